@@ -1,0 +1,165 @@
+"""Influence-preserving SVD (IPSVD) and the two baseline factorisations.
+
+For a linear layer ``y = W h`` with probe inputs ``H: (in, N)`` and output gradients
+``Delta: (out, N)``, IPSVD finds the rank-``r`` matrix ``M = A B`` minimising
+
+    || C_delta^1/2 (W - M) C_h^1/2 ||_F,
+    C_h     = H H^T / N         + lambda_h I,   lambda_h     = ridge * tr(H H^T / N) / in,
+    C_delta = Delta Delta^T / N + lambda_d I,   lambda_d     = ridge * tr(Delta Delta^T / N) / out.
+
+The ridge is relative to the mean eigenvalue of each empirical covariance, so the result does
+not depend on the scale of the probes (gradients are tiny, activations are not). With ``N``
+below a layer's width, the empirical covariance is singular: the ridge is what gives the
+complement of the probe span its weight, so ``W``'s action there is kept (to the extent the
+ridge says) rather than silently dropped.
+
+Neither covariance is formed. A skinny SVD ``X / sqrt(N) = U diag(s) V^T`` (``U: (dim, k)``,
+``k = min(dim, N)``) gives every power of ``C = U diag(s^2) U^T + lambda I`` in closed form:
+
+    C^p = lambda^p I + U diag((s^2 + lambda)^p - lambda^p) U^T,
+
+applied to a matrix in ``O(dim k cols)``. The whitened weight ``C_delta^1/2 W C_h^1/2`` is then
+factorised by one SVD (the same cost as the plain-SVD baseline), truncated to rank ``r``
+(Eckart-Young), and mapped back with ``C^-1/2``. Because both roots are invertible, this is the
+exact minimiser of the regularised objective; ``tests/engine/math/test_ipsvd.py`` checks it
+against a dense twin built from explicit matrix square roots.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+_DTYPE = torch.float64  # whitening squares condition numbers; float32 loses the small directions
+
+
+@dataclass(frozen=True)
+class CovarianceRoot:
+    """``C = U diag(eig) U^T + lam I`` for ``C = X X^T / N + lam I`` from probes ``X: (dim, N)``.
+
+    ``basis``: (dim, k) orthonormal columns spanning the probes; ``eig``: (k,) the empirical
+    covariance's non-zero-or-kept eigenvalues; ``lam``: the absolute ridge.
+    """
+
+    basis: torch.Tensor
+    eig: torch.Tensor
+    lam: float
+
+    @property
+    def dim(self) -> int:
+        return int(self.basis.shape[0])
+
+    def apply(self, M: torch.Tensor, power: float) -> torch.Tensor:
+        """``C^power @ M`` for ``M: (dim, cols)`` -> (dim, cols), without forming ``C``."""
+        if self.lam > 0.0:
+            diag = (self.eig + self.lam) ** power - self.lam**power
+            return self.lam**power * M + self.basis @ (diag[:, None] * (self.basis.T @ M))
+        # No ridge: ``covariance_root`` made sure the basis is square and the spectrum positive.
+        return self.basis @ ((self.eig**power)[:, None] * (self.basis.T @ M))
+
+
+def covariance_root(X: torch.Tensor, ridge: float) -> CovarianceRoot:
+    """Spectral form of ``X X^T / N + ridge * mean_eig * I`` for probes ``X: (dim, N)``.
+
+    ``ridge`` is relative to the mean eigenvalue ``tr(X X^T / N) / dim``. ``ridge = 0`` is
+    allowed only when the empirical covariance has full rank (otherwise the objective leaves
+    the complement of the probe span free and the minimiser is not unique).
+    """
+    if X.ndim != 2 or X.shape[1] < 1:
+        raise ValueError(f"probes must be (dim, N) with N >= 1, got {tuple(X.shape)}")
+    if ridge < 0.0:
+        raise ValueError(f"ridge must be non-negative, got {ridge}")
+    dim, n = X.shape
+    Xs = X.to(_DTYPE) / n**0.5
+    U, s, _ = torch.linalg.svd(Xs, full_matrices=False)
+    eig = s**2
+    mean_eig = float(eig.sum()) / dim
+    if mean_eig <= 0.0:
+        raise ValueError("probes are all zero: the covariance carries no information")
+    lam = ridge * mean_eig
+    if lam == 0.0:
+        tol = float(eig.max()) * max(dim, n) * torch.finfo(_DTYPE).eps
+        if U.shape[1] < dim or float(eig.min()) <= tol:
+            raise ValueError(
+                f"ridge 0 needs a full-rank covariance, but {n} probe columns span fewer than "
+                f"{dim} dimensions; use a positive ridge"
+            )
+    return CovarianceRoot(basis=U, eig=eig, lam=lam)
+
+
+def _apply_right(M: torch.Tensor, root: CovarianceRoot, power: float) -> torch.Tensor:
+    """``M @ C^power`` for ``M: (rows, dim)``; ``C`` is symmetric, so transpose around ``apply``."""
+    return root.apply(M.T, power).T
+
+
+def whiten(W: torch.Tensor, root_h: CovarianceRoot, root_d: CovarianceRoot) -> torch.Tensor:
+    """``C_delta^1/2 W C_h^1/2``: (out, in), in float64."""
+    return _apply_right(root_d.apply(W.to(_DTYPE), 0.5), root_h, 0.5)
+
+
+def ipsvd_factors(
+    W: torch.Tensor, H: torch.Tensor, Delta: torch.Tensor, rank: int, ridge: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rank-``rank`` factors minimising ``|| C_delta^1/2 (W - A B) C_h^1/2 ||_F``.
+
+    ``W: (out, in)``, ``H: (in, N)``, ``Delta: (out, N)``. Returns ``A: (out, r)`` and
+    ``B: (r, in)`` in ``W``'s dtype, with the singular values split evenly between them
+    (``A = C_delta^-1/2 U sqrt(S)``, ``B = sqrt(S) V^T C_h^-1/2``) so both factors have
+    comparable scale when they are trained afterwards.
+    """
+    out_f, in_f = W.shape
+    if H.shape[0] != in_f or Delta.shape[0] != out_f or H.shape[1] != Delta.shape[1]:
+        raise ValueError(
+            f"probe shapes do not match W {tuple(W.shape)}: H {tuple(H.shape)}, "
+            f"Delta {tuple(Delta.shape)}"
+        )
+    _check_rank(W, rank)
+    root_h = covariance_root(H, ridge)
+    root_d = covariance_root(Delta, ridge)
+    U, s, Vt = torch.linalg.svd(whiten(W, root_h, root_d), full_matrices=False)
+    sq = s[:rank].sqrt()
+    A = root_d.apply(U[:, :rank] * sq, -0.5)
+    B = _apply_right(sq[:, None] * Vt[:rank], root_h, -0.5)
+    return A.to(W.dtype), B.to(W.dtype)
+
+
+def weighted_error(
+    W: torch.Tensor, M: torch.Tensor, H: torch.Tensor, Delta: torch.Tensor, ridge: float
+) -> float:
+    """``|| C_delta^1/2 (W - M) C_h^1/2 ||_F / || C_delta^1/2 W C_h^1/2 ||_F``: relative error."""
+    root_h = covariance_root(H, ridge)
+    root_d = covariance_root(Delta, ridge)
+    num = torch.linalg.matrix_norm(whiten(W.to(_DTYPE) - M.to(_DTYPE), root_h, root_d))
+    den = torch.linalg.matrix_norm(whiten(W, root_h, root_d))
+    return float(num / den) if float(den) > 0 else 0.0
+
+
+def svd_factors(W: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain truncated SVD of ``W: (out, in)``: ``A = U sqrt(S)`` (out, r), ``B = sqrt(S) V^T``."""
+    _check_rank(W, rank)
+    U, s, Vt = torch.linalg.svd(W.to(_DTYPE), full_matrices=False)
+    sq = s[:rank].sqrt()
+    return (U[:, :rank] * sq).to(W.dtype), (sq[:, None] * Vt[:rank]).to(W.dtype)
+
+
+def random_factors(
+    W: torch.Tensor, rank: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``W`` restricted to a random rank-``r`` input subspace: ``A = W Q`` (out, r), ``B = Q^T``.
+
+    ``Q: (in, r)`` has orthonormal columns from a seeded Gaussian draw. The baseline keeps no
+    knowledge of which directions matter, yet stays a projection of ``W`` (unlike factors drawn
+    from scratch, whose proxy would be a different, untrained model).
+    """
+    _check_rank(W, rank)
+    G = torch.randn(W.shape[1], rank, generator=generator, dtype=_DTYPE)
+    Q, _ = torch.linalg.qr(G)
+    return (W.to(_DTYPE) @ Q).to(W.dtype), Q.T.contiguous().to(W.dtype)
+
+
+def _check_rank(W: torch.Tensor, rank: int) -> None:
+    if W.ndim != 2:
+        raise ValueError(f"W must be a matrix, got shape {tuple(W.shape)}")
+    if not 1 <= rank <= min(W.shape):
+        raise ValueError(f"rank must be in [1, {min(W.shape)}] for W {tuple(W.shape)}, got {rank}")
