@@ -1,0 +1,1 @@
+"""API keys: Bearer tokens hashed at rest; each key belongs to one tenant."""

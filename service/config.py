@@ -1,0 +1,113 @@
+"""Deployment settings, read from ``IPROX_*`` environment variables by the API and the worker.
+
+With nothing set, everything lives under ``IPROX_HOME`` (the embedded default): a SQLite
+database, a filesystem message broker and the artifact folder. Production points
+``IPROX_DATABASE_URL`` at Postgres and ``IPROX_BROKER_URL`` at Redis.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# The engine's presets, repeated here because the API may not import the engine; a test checks
+# that the two lists agree.
+DEFAULT_PRESETS = ("smollm2-135m-instruct", "gemma3-270m")
+
+
+def _split_paths(value: Any) -> Any:
+    """``IPROX_DATA_ROOTS=/a:/b`` (os.pathsep) or ``/a,/b``; a list passes through."""
+    if isinstance(value, str):
+        parts = value.replace(",", os.pathsep).split(os.pathsep)
+        return [p.strip() for p in parts if p.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every knob of a deployment; the README's "Configuration" section lists them."""
+
+    model_config = SettingsConfigDict(env_prefix="IPROX_", extra="ignore")
+
+    home: Path = Field(
+        default_factory=lambda: Path.home() / ".iprox",
+        description="State folder of the embedded default (SQLite file, broker queue, artifacts).",
+    )
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default sqlite:///$IPROX_HOME/iprox.db."
+    )
+    broker_url: str | None = Field(
+        default=None,
+        description="Celery broker URL; default a filesystem queue under $IPROX_HOME/broker.",
+    )
+    artifact_root: Path | None = Field(
+        default=None, description="Folder for proxies, gradient stores and subsets."
+    )
+    data_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Folders that file:// dataset URIs must lie under (':' or ',' separated).",
+    )
+    model_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Folders that local target_model directories must lie under.",
+    )
+    presets: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_PRESETS),
+        description="Model preset names the API accepts as target_model.",
+    )
+    api_key: str | None = Field(
+        default=None, description="Local API key of the embedded default (created when unset)."
+    )
+    http_max_bytes: int = Field(
+        default=512 * 1024 * 1024, gt=0, description="Largest http(s) dataset accepted, bytes."
+    )
+    http_timeout_s: float = Field(
+        default=30.0, gt=0, description="Connect/read timeout for http(s) datasets, seconds."
+    )
+    shard_size: int = Field(
+        default=2048, gt=0, description="Pool samples per scoring shard (one Celery task each)."
+    )
+    task_soft_time_limit_s: int = Field(
+        default=6 * 3600, gt=0, description="Soft time limit of one task; the job then fails."
+    )
+    task_time_limit_s: int = Field(
+        default=6 * 3600 + 300, gt=0, description="Hard time limit: the worker kills the task."
+    )
+    queue: str = Field(default="iprox", description="Celery queue the worker consumes.")
+    page_size_max: int = Field(default=1000, gt=0, description="Largest page the API returns.")
+
+    @field_validator("data_roots", "model_roots", "presets", mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return _split_paths(value)
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'iprox.db'}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def resolved_artifact_root(self) -> Path:
+        return self.artifact_root or self.home / "artifacts"
+
+    @property
+    def broker_folder(self) -> Path:
+        """Where the filesystem broker keeps its messages (embedded default only)."""
+        return self.home / "broker"
+
+    @property
+    def is_embedded_broker(self) -> bool:
+        return self.resolved_broker_url.startswith("filesystem://")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

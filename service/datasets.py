@@ -1,0 +1,206 @@
+"""Dataset URIs: where a file may come from, and a cheap check that it looks like data.
+
+The API checks before anything is queued; the worker resolves the same URI again with
+:func:`resolve_file_uri` (so a file swapped for a symlink after submission is still caught) and
+fetches remote ones with :func:`fetch_remote`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import httpx
+
+from service.errors import ValidationFailed
+
+REMOTE_SCHEMES = ("http", "https", "s3", "gs")
+SUFFIXES = (".jsonl", ".json", ".csv")
+# Key sets the engine's record reader understands (worker/engine/data/records.py).
+RECORD_KEYS: tuple[frozenset[str], ...] = (
+    frozenset({"messages"}),
+    frozenset({"prompt", "completion"}),
+    frozenset({"instruction", "output"}),
+    frozenset({"instruction", "response"}),
+    frozenset({"question", "answers"}),
+    frozenset({"question", "answer"}),
+    frozenset({"text"}),
+)
+_SNIFF_BYTES = 1 << 20
+
+
+def _within(path: Path, roots: Sequence[Path]) -> bool:
+    return any(path.is_relative_to(root.resolve()) for root in roots)
+
+
+def resolve_file_uri(uri: str, roots: Sequence[Path], field: str) -> Path:
+    """The real path of a ``file://`` URI, which must lie under one of ``roots``.
+
+    ``..`` segments are refused outright, and the path is resolved (symlinks followed) before
+    the containment check, so no link can point out of a root.
+    """
+    parts = urlsplit(uri)
+    if parts.scheme != "file" or parts.netloc not in ("", "localhost"):
+        raise ValidationFailed(f"{uri!r} is not a file:// URI", field=field)
+    raw = unquote(parts.path)
+    if not raw.startswith("/"):
+        raise ValidationFailed(f"{uri!r}: a file:// URI needs an absolute path", field=field)
+    if ".." in Path(raw).parts:
+        raise ValidationFailed(f"{uri!r}: '..' segments are not allowed", field=field)
+    if not roots:
+        raise ValidationFailed(
+            "file:// URIs are disabled: no data root is configured (IPROX_DATA_ROOTS)", field=field
+        )
+    path = Path(raw).resolve()
+    if not _within(path, roots):
+        shown = ", ".join(str(r) for r in roots)
+        raise ValidationFailed(f"{uri!r} lies outside the data roots ({shown})", field=field)
+    if not path.exists():
+        raise ValidationFailed(f"{uri!r}: no such file or directory", field=field)
+    return path
+
+
+def _check_record(obj: Any, where: str, field: str) -> None:
+    if not isinstance(obj, dict):
+        raise ValidationFailed(f"{where}: a record must be a JSON object", field=field)
+    if not any(keys <= obj.keys() for keys in RECORD_KEYS):
+        raise ValidationFailed(
+            f"{where}: unknown record format (keys: {', '.join(sorted(obj)) or 'none'})",
+            field=field,
+        )
+
+
+def _first_record_json(doc: Any, where: str, field: str) -> None:
+    if isinstance(doc, list):
+        if not doc:
+            raise ValidationFailed(f"{where}: the list holds no records", field=field)
+        _check_record(doc[0], where, field)
+    elif isinstance(doc, dict) and doc and all(isinstance(v, list) for v in doc.values()):
+        first = next((v[0] for v in doc.values() if v), None)
+        if first is None:
+            raise ValidationFailed(f"{where}: holds no records", field=field)
+        _check_record(first, where, field)
+    elif isinstance(doc, dict) and doc and all(isinstance(v, str) for v in doc.values()):
+        return  # task -> few-shot prompt (BBH); split by the engine
+    else:
+        _check_record(doc, where, field)
+
+
+def sniff_text(head: str, suffix: str, where: str, field: str, complete: bool) -> None:
+    """Check that the start of a data file parses in a known format."""
+    if suffix == ".jsonl":
+        line = next((ln for ln in head.splitlines() if ln.strip()), None)
+        if line is None:
+            raise ValidationFailed(f"{where}: the file holds no records", field=field)
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValidationFailed(
+                f"{where}: line 1 is not JSON ({exc.msg})", field=field
+            ) from None
+        _check_record(obj, where, field)
+    elif suffix == ".csv":
+        row = next(csv.reader(io.StringIO(head)), None)
+        if row is None or len(row) != 6:
+            raise ValidationFailed(
+                f"{where}: expected MMLU-style CSV rows (question,A,B,C,D,answer)", field=field
+            )
+    elif suffix == ".json":
+        if not complete:
+            if head.lstrip()[:1] not in ("[", "{"):
+                raise ValidationFailed(f"{where}: not a JSON document", field=field)
+            return
+        try:
+            doc = json.loads(head)
+        except json.JSONDecodeError as exc:
+            raise ValidationFailed(f"{where}: not valid JSON ({exc.msg})", field=field) from None
+        _first_record_json(doc, where, field)
+    else:
+        raise ValidationFailed(
+            f"{where}: unknown file type {suffix!r}; use .jsonl, .json or .csv", field=field
+        )
+
+
+def check_local(path: Path, uri: str, field: str) -> None:
+    """Sniff a local file (or a folder of MMLU CSVs)."""
+    if path.is_dir():
+        csvs = sorted(path.glob("*.csv"))
+        if not csvs:
+            raise ValidationFailed(f"{uri!r}: a folder must hold .csv files", field=field)
+        path = csvs[0]
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        head = fh.read(_SNIFF_BYTES)
+    text = head.decode("utf-8", errors="replace")
+    sniff_text(text, path.suffix.lower(), uri, field, complete=size <= _SNIFF_BYTES)
+
+
+def check_http(uri: str, field: str, *, max_bytes: int, timeout_s: float) -> None:
+    """HEAD the URL: reachable, 2xx, and not larger than ``max_bytes`` when it says its size."""
+    try:
+        resp = httpx.head(uri, follow_redirects=True, timeout=timeout_s)
+    except httpx.HTTPError as exc:
+        raise ValidationFailed(
+            f"{uri!r} is unreachable ({type(exc).__name__})", field=field
+        ) from None
+    if resp.status_code >= 400:
+        raise ValidationFailed(f"{uri!r} answered HTTP {resp.status_code}", field=field)
+    length = resp.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > max_bytes:
+        raise ValidationFailed(
+            f"{uri!r} is {int(length)} bytes, over the limit of {max_bytes}", field=field
+        )
+
+
+def check_fsspec(uri: str, field: str) -> None:
+    """s3:// and gs:// go through fsspec; the protocol's package is an optional extra."""
+    import fsspec
+
+    scheme = urlsplit(uri).scheme
+    try:
+        fs, path = fsspec.core.url_to_fs(uri)
+    except (ImportError, ValueError) as exc:
+        raise ValidationFailed(
+            f"{scheme}:// needs its fsspec back end (pip install 'iprox-service[{scheme}]'): {exc}",
+            field=field,
+        ) from None
+    try:
+        exists = fs.exists(path)
+    except Exception as exc:  # network or credential errors, whatever the back end raises
+        raise ValidationFailed(f"{uri!r} is unreachable ({exc})", field=field) from None
+    if not exists:
+        raise ValidationFailed(f"{uri!r}: no such object", field=field)
+
+
+def check_uri(
+    uri: str,
+    field: str,
+    *,
+    data_roots: Sequence[Path],
+    http_max_bytes: int,
+    http_timeout_s: float,
+) -> None:
+    """Refuse a dataset URI that cannot be read or does not look like data (422 on ``field``)."""
+    scheme = urlsplit(uri).scheme
+    suffix = Path(urlsplit(uri).path).suffix.lower()
+    if scheme == "file":
+        check_local(resolve_file_uri(uri, data_roots, field), uri, field)
+        return
+    if scheme not in REMOTE_SCHEMES:
+        raise ValidationFailed(
+            f"{uri!r}: unsupported scheme {scheme or '(none)'!r}; use file://, http(s)://, s3://, gs://",
+            field=field,
+        )
+    if suffix not in SUFFIXES:
+        raise ValidationFailed(
+            f"{uri!r}: unknown file type {suffix!r}; use .jsonl, .json or .csv", field=field
+        )
+    if scheme in ("http", "https"):
+        check_http(uri, field, max_bytes=http_max_bytes, timeout_s=http_timeout_s)
+    else:
+        check_fsspec(uri, field)

@@ -1,0 +1,1 @@
+"""The /jobs domain: submit, inspect, cancel, and read results of selection jobs."""

@@ -1,0 +1,186 @@
+"""All SQL of the jobs domain. Functions flush; the caller's boundary commits."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from service.models import Job, JobEvent, JobLabel, JobShard, JobStatus, Score, ShardStatus
+from service.models.base import utcnow
+
+
+def encode_cursor(created_at: datetime, row_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{row_id}".encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """Raises ValueError on anything that is not a cursor this API issued."""
+    stamp, _, row_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
+    if not row_id:
+        raise ValueError("not a cursor")
+    return datetime.fromisoformat(stamp), row_id
+
+
+def get_job(session: Session, tenant_id: str, job_id: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id))
+
+
+def lock_job(session: Session, job_id: str) -> Job | None:
+    """The row, locked until the transaction ends (SQLite: BEGIN IMMEDIATE locks the database)."""
+    return session.scalar(select(Job).where(Job.id == job_id).with_for_update())
+
+
+def find_by_idempotency_key(session: Session, tenant_id: str, key: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key))
+
+
+def add_job(session: Session, job: Job, labels: dict[str, str]) -> Job:
+    session.add(job)
+    session.flush()
+    session.add_all(JobLabel(job_id=job.id, key=k, value=v) for k, v in labels.items())
+    session.flush()
+    return job
+
+
+def labels_of(session: Session, job_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {j: {} for j in job_ids}
+    if job_ids:
+        for row in session.scalars(select(JobLabel).where(JobLabel.job_id.in_(job_ids))):
+            out[row.job_id][row.key] = row.value
+    return out
+
+
+def list_jobs(
+    session: Session,
+    tenant_id: str,
+    *,
+    statuses: Sequence[JobStatus],
+    labels: dict[str, str],
+    cursor: tuple[datetime, str] | None,
+    limit: int,
+) -> list[Job]:
+    """Newest first; keyset pagination on (created_at, id)."""
+    q = select(Job).where(Job.tenant_id == tenant_id)
+    if statuses:
+        q = q.where(Job.status.in_(statuses))
+    for key, value in labels.items():
+        q = q.where(
+            select(JobLabel.job_id)
+            .where(JobLabel.job_id == Job.id, JobLabel.key == key, JobLabel.value == value)
+            .exists()
+        )
+    if cursor is not None:
+        at, row_id = cursor
+        q = q.where(or_(Job.created_at < at, and_(Job.created_at == at, Job.id < row_id)))
+    q = q.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+    return list(session.scalars(q))
+
+
+def add_event(
+    session: Session,
+    job_id: str,
+    type_: str,
+    message: str = "",
+    *,
+    stage: str | None = None,
+    data: dict[str, Any] | None = None,
+) -> None:
+    session.add(JobEvent(job_id=job_id, type=type_, stage=stage, message=message, data=data))
+    session.flush()
+
+
+def list_events(session: Session, job_id: str, *, after: int, limit: int) -> list[JobEvent]:
+    q = (
+        select(JobEvent)
+        .where(JobEvent.job_id == job_id, JobEvent.id > after)
+        .order_by(JobEvent.id)
+        .limit(limit)
+    )
+    return list(session.scalars(q))
+
+
+def upsert_scores(session: Session, job_id: str, rows: Iterable[tuple[int, str, float]]) -> int:
+    """Insert or overwrite (job_id, sample_index) -> score: a redelivered shard rewrites its own
+    rows instead of duplicating them."""
+    values = [
+        {"job_id": job_id, "sample_index": i, "sample_id": sid, "score": s} for i, sid, s in rows
+    ]
+    if not values:
+        return 0
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    stmt = insert(Score).values(values)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[Score.job_id, Score.sample_index],
+        set_={"sample_id": stmt.excluded.sample_id, "score": stmt.excluded.score},
+    )
+    session.execute(stmt)
+    return len(values)
+
+
+def list_scores(session: Session, job_id: str, *, after: int, limit: int) -> list[Score]:
+    q = (
+        select(Score)
+        .where(Score.job_id == job_id, Score.sample_index > after)
+        .order_by(Score.sample_index)
+        .limit(limit)
+    )
+    return list(session.scalars(q))
+
+
+def count_scores(session: Session, job_id: str) -> int:
+    return int(session.scalar(select(func.count()).where(Score.job_id == job_id)) or 0)
+
+
+def all_scores(session: Session, job_id: str) -> dict[int, float]:
+    rows = session.execute(
+        select(Score.sample_index, Score.score).where(Score.job_id == job_id)
+    ).all()
+    return {int(i): float(s) for i, s in rows}
+
+
+def create_shards(session: Session, job_id: str, bounds: Sequence[tuple[int, int]]) -> None:
+    """Idempotent: a redelivered planning step finds the shards already there."""
+    existing = {
+        s.shard_index for s in session.scalars(select(JobShard).where(JobShard.job_id == job_id))
+    }
+    session.add_all(
+        JobShard(job_id=job_id, shard_index=k, start=a, stop=b)
+        for k, (a, b) in enumerate(bounds)
+        if k not in existing
+    )
+    session.flush()
+
+
+def get_shard(session: Session, job_id: str, index: int) -> JobShard | None:
+    return session.get(JobShard, (job_id, index))
+
+
+def shards_of(session: Session, job_id: str) -> list[JobShard]:
+    q = select(JobShard).where(JobShard.job_id == job_id).order_by(JobShard.shard_index)
+    return list(session.scalars(q))
+
+
+def shards_pending(session: Session, job_id: str) -> int:
+    q = select(func.count()).where(
+        JobShard.job_id == job_id, JobShard.status == ShardStatus.PENDING
+    )
+    return int(session.scalar(q) or 0)
+
+
+def stale_running_jobs(session: Session, before: datetime) -> list[str]:
+    q = select(Job.id).where(
+        Job.status.in_((JobStatus.RUNNING, JobStatus.CANCELLING)), Job.updated_at < before
+    )
+    return list(session.scalars(q))
+
+
+def touch(job: Job) -> None:
+    job.updated_at = utcnow()

@@ -1,0 +1,141 @@
+"""HTTP routes of /jobs. Thin: parse, call the service, shape the response."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
+
+from service.auth.deps import TenantDep
+from service.config import get_settings
+from service.db import SessionDep
+from service.errors import Unavailable, ValidationFailed
+from service.jobs import service, state
+from service.jobs.schemas import EventPage, JobCreate, JobPage, JobRead, ScorePage
+from service.models import JobStatus
+from service.queue import TASK_RUN_JOB, get_dispatcher
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+_METADATA_PREFIX = "metadata."
+
+
+@router.post("", status_code=202, response_model=JobRead)
+def create_job(
+    body: JobCreate,
+    session: SessionDep,
+    tenant: TenantDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> JobRead:
+    """Validate, store the job, commit, then queue it by task name with its id."""
+    job, created = service.create_job(session, get_settings(), tenant, body, idempotency_key)
+    read = service.read_job(session, job)
+    session.commit()  # the worker must find the row when the message arrives
+    if created:
+        try:
+            get_dispatcher().enqueue(TASK_RUN_JOB, job.id)
+        except Exception as exc:  # the broker is down: the job must not sit queued forever
+            state.fail(session, job.id, "broker_unavailable", f"could not queue the job: {exc}")
+            session.commit()
+            raise Unavailable(f"the job queue is unreachable ({type(exc).__name__})") from exc
+    response.headers["Location"] = f"/jobs/{job.id}"
+    return read
+
+
+@router.get("", response_model=JobPage)
+def list_jobs(
+    request: Request,
+    session: SessionDep,
+    tenant: TenantDep,
+    status: Annotated[list[JobStatus] | None, Query(description="Repeat to OR statuses.")] = None,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+) -> JobPage:
+    """Newest first. Filter by metadata with ``metadata.<key>=<value>`` (all must match)."""
+    labels = {
+        k.removeprefix(_METADATA_PREFIX): v
+        for k, v in request.query_params.items()
+        if k.startswith(_METADATA_PREFIX)
+    }
+    if any(not k for k in labels):
+        raise ValidationFailed(
+            "metadata filters look like metadata.<key>=<value>", field="metadata"
+        )
+    return service.list_jobs(
+        session, tenant, statuses=status or [], labels=labels, cursor=cursor, limit=limit
+    )
+
+
+@router.get("/{job_id}", response_model=JobRead)
+def get_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobRead:
+    return service.read_job(session, service.get_job(session, tenant, job_id))
+
+
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobRead)
+def cancel_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobRead:
+    """A queued job is cancelled at once; a running one stops at its next batch."""
+    return service.read_job(session, service.cancel(session, tenant, job_id))
+
+
+@router.get("/{job_id}/events", response_model=EventPage)
+def job_events(
+    job_id: str,
+    session: SessionDep,
+    tenant: TenantDep,
+    after: Annotated[int, Query(ge=0, description="Only events with a larger id.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+) -> EventPage:
+    return service.events(session, tenant, job_id, after, limit)
+
+
+@router.get("/{job_id}/scores", response_model=ScorePage)
+def job_scores(
+    job_id: str,
+    session: SessionDep,
+    tenant: TenantDep,
+    cursor: Annotated[int, Query(ge=-1, description="next_cursor of the previous page.")] = -1,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 500,
+) -> ScorePage:
+    """Every scored sample by pool index; ``partial`` says whether scoring finished."""
+    return service.scores(session, tenant, job_id, cursor, limit)
+
+
+def _stream(path: Path, top_k: int | None, fmt: str) -> Iterator[bytes]:
+    if fmt == "json":
+        yield b"["
+    with path.open("rb") as fh:
+        for n, line in enumerate(fh):
+            if top_k is not None and n >= top_k:
+                break
+            if fmt == "json":
+                yield (b"," if n else b"") + line.rstrip(b"\n")
+            else:
+                yield line
+    if fmt == "json":
+        yield b"]"
+
+
+@router.get(
+    "/{job_id}/subset",
+    responses={200: {"content": {"application/x-ndjson": {}, "application/json": {}}}},
+)
+def job_subset(
+    job_id: str,
+    session: SessionDep,
+    tenant: TenantDep,
+    top_k: Annotated[int | None, Query(ge=1, description="Only the best top_k records.")] = None,
+    format: Annotated[Literal["jsonl", "json"], Query()] = "jsonl",
+) -> StreamingResponse:
+    """The ranked records, best first: original fields plus ``rank`` and ``score``."""
+    path = service.subset_file(session, get_settings(), tenant, job_id)
+    media = "application/x-ndjson" if format == "jsonl" else "application/json"
+    name = f"subset-{job_id}.{format}"
+    return StreamingResponse(
+        _stream(path, top_k, format),
+        media_type=media,
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )

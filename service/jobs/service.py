@@ -1,0 +1,252 @@
+"""The rules of the jobs domain: validate before queueing, idempotency, tenancy, cancellation."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service.config import Settings
+from service.datasets import check_uri
+from service.errors import Conflict, IdempotencyConflict, NotFound, ValidationFailed
+from service.jobs import repository as repo
+from service.jobs import state
+from service.jobs.schemas import (
+    ErrorInfo,
+    EventPage,
+    EventRead,
+    JobCreate,
+    JobPage,
+    JobRead,
+    Progress,
+    ScorePage,
+    ScoreRead,
+)
+from service.models import Job, JobKind, JobStatus
+from service.proxies import repository as proxy_repo
+from service.targets import resolve_target_model
+
+
+def request_hash(body: JobCreate) -> str:
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def subset_path(settings: Settings, job_id: str) -> Path:
+    """Where the ranked subset of a job is written (by the worker) and read (by the API)."""
+    return settings.resolved_artifact_root / "jobs" / job_id / "subset.jsonl"
+
+
+def links(job_id: str) -> dict[str, str]:
+    base = f"/jobs/{job_id}"
+    return {
+        "self": base,
+        "events": f"{base}/events",
+        "cancel": f"{base}/cancel",
+        "scores": f"{base}/scores",
+        "subset": f"{base}/subset",
+    }
+
+
+def to_read(job: Job, labels: dict[str, str]) -> JobRead:
+    error = (
+        ErrorInfo(code=job.error_code, message=job.error_message or "") if job.error_code else None
+    )
+    return JobRead(
+        id=job.id,
+        kind=job.kind,
+        status=job.status,
+        stage=job.stage,
+        progress=Progress(done=job.progress_done, total=job.progress_total),
+        partial=job.partial,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        updated_at=job.updated_at,
+        error=error,
+        result=job.result,
+        proxy_id=job.proxy_id,
+        metadata=labels,
+        request=job.request,
+        links=links(job.id),
+    )
+
+
+def read_job(session: Session, job: Job) -> JobRead:
+    return to_read(job, repo.labels_of(session, [job.id])[job.id])
+
+
+def validate(
+    session: Session, settings: Settings, tenant_id: str, body: JobCreate
+) -> dict[str, str]:
+    """Every check that can fail before queueing; returns resolved references. Raises 422."""
+    if body.kind is JobKind.SELECT:
+        if not body.target_uris():
+            raise ValidationFailed("target_uri is required for a select job", field="target_uri")
+        if body.selection is None:
+            raise ValidationFailed("selection is required for a select job", field="selection")
+    elif body.proxy.proxy_id is not None:
+        raise ValidationFailed(
+            "a proxy_build job builds a new proxy; drop proxy.proxy_id", field="proxy.proxy_id"
+        )
+    elif body.target_uri is not None or body.selection is not None:
+        field = "target_uri" if body.target_uri is not None else "selection"
+        raise ValidationFailed(f"a proxy_build job takes no {field}", field=field)
+    model = resolve_target_model(
+        body.target_model, presets=settings.presets, model_roots=settings.model_roots
+    )
+    limits = dict(
+        data_roots=settings.data_roots,
+        http_max_bytes=settings.http_max_bytes,
+        http_timeout_s=settings.http_timeout_s,
+    )
+    check_uri(body.dataset_uri, "dataset_uri", **limits)  # type: ignore[arg-type]
+    for k, uri in enumerate(body.target_uris()):
+        field = "target_uri" if isinstance(body.target_uri, str) else f"target_uri.{k}"
+        check_uri(uri, field, **limits)  # type: ignore[arg-type]
+    if body.proxy.proxy_id is not None:
+        proxy = proxy_repo.get_proxy(session, tenant_id, body.proxy.proxy_id)
+        if proxy is None:
+            raise ValidationFailed(
+                f"no proxy {body.proxy.proxy_id!r} for this API key", field="proxy.proxy_id"
+            )
+        if proxy.target_model != model:
+            raise ValidationFailed(
+                f"proxy {proxy.id} was built from {proxy.target_model!r}, not {model!r}",
+                field="proxy.proxy_id",
+            )
+    return {"target_model": model}
+
+
+def create_job(
+    session: Session,
+    settings: Settings,
+    tenant_id: str,
+    body: JobCreate,
+    idempotency_key: str | None,
+) -> tuple[Job, bool]:
+    """Validate and insert a queued job; returns (job, created). A replayed key returns the
+    original job (created False); the same key with another body is a 422."""
+    digest = request_hash(body)
+    if idempotency_key is not None:
+        if not 0 < len(idempotency_key) <= 255:
+            raise ValidationFailed("must be 1 to 255 characters", field="Idempotency-Key")
+        existing = repo.find_by_idempotency_key(session, tenant_id, idempotency_key)
+        if existing is not None:
+            return _replay(existing, digest), False
+    resolved = validate(session, settings, tenant_id, body)
+    request = body.model_dump(mode="json") | {"resolved": resolved}
+    job = Job(
+        tenant_id=tenant_id,
+        kind=body.kind,
+        status=JobStatus.QUEUED,
+        request=request,
+        request_hash=digest,
+        idempotency_key=idempotency_key,
+        proxy_id=body.proxy.proxy_id,
+    )
+    try:
+        with session.begin_nested():
+            repo.add_job(session, job, body.metadata)
+            repo.add_event(session, job.id, "status", "queued")
+    except IntegrityError:
+        # Two requests with one key raced; the other insert won.
+        if idempotency_key is None:
+            raise
+        existing = repo.find_by_idempotency_key(session, tenant_id, idempotency_key)
+        if existing is None:
+            raise
+        return _replay(existing, digest), False
+    return job, True
+
+
+def _replay(existing: Job, digest: str) -> Job:
+    if existing.request_hash != digest:
+        raise IdempotencyConflict(
+            f"Idempotency-Key was used for job {existing.id} with a different body",
+            field="Idempotency-Key",
+        )
+    return existing
+
+
+def get_job(session: Session, tenant_id: str, job_id: str) -> Job:
+    """The tenant's job; another tenant's id is indistinguishable from a missing one."""
+    job = repo.get_job(session, tenant_id, job_id)
+    if job is None:
+        raise NotFound(f"no job {job_id}")
+    return job
+
+
+def list_jobs(
+    session: Session,
+    tenant_id: str,
+    *,
+    statuses: Sequence[JobStatus],
+    labels: dict[str, str],
+    cursor: str | None,
+    limit: int,
+) -> JobPage:
+    try:
+        after = repo.decode_cursor(cursor) if cursor else None
+    except ValueError:
+        raise ValidationFailed("not a cursor this API issued", field="cursor") from None
+    jobs = repo.list_jobs(
+        session, tenant_id, statuses=statuses, labels=labels, cursor=after, limit=limit + 1
+    )
+    more = len(jobs) > limit
+    jobs = jobs[:limit]
+    all_labels = repo.labels_of(session, [j.id for j in jobs])
+    items = [to_read(j, all_labels[j.id]) for j in jobs]
+    nxt = repo.encode_cursor(jobs[-1].created_at, jobs[-1].id) if more and jobs else None
+    return JobPage(items=items, next_cursor=nxt)
+
+
+def cancel(session: Session, tenant_id: str, job_id: str) -> Job:
+    return state.request_cancel(session, get_job(session, tenant_id, job_id))
+
+
+def events(session: Session, tenant_id: str, job_id: str, after: int, limit: int) -> EventPage:
+    get_job(session, tenant_id, job_id)
+    rows = repo.list_events(session, job_id, after=after, limit=limit)
+    items = [
+        EventRead(
+            id=e.id,
+            created_at=e.created_at,
+            type=e.type,
+            stage=e.stage,
+            message=e.message,
+            data=e.data,
+        )
+        for e in rows
+    ]
+    return EventPage(items=items, next_after=items[-1].id if len(items) == limit else None)
+
+
+def scores(session: Session, tenant_id: str, job_id: str, after: int, limit: int) -> ScorePage:
+    job = get_job(session, tenant_id, job_id)
+    rows = repo.list_scores(session, job_id, after=after, limit=limit)
+    items = [ScoreRead(index=s.sample_index, id=s.sample_id, score=s.score) for s in rows]
+    partial = job.partial or job.status is not JobStatus.SUCCEEDED
+    return ScorePage(
+        items=items,
+        next_cursor=items[-1].index if len(items) == limit else None,
+        partial=partial,
+        count=repo.count_scores(session, job_id),
+    )
+
+
+def subset_file(session: Session, settings: Settings, tenant_id: str, job_id: str) -> Path:
+    job = get_job(session, tenant_id, job_id)
+    if job.kind is not JobKind.SELECT:
+        raise Conflict(f"job {job_id} is a {job.kind.value} job; it selects nothing")
+    if job.status is not JobStatus.SUCCEEDED:
+        hint = " (its partial scores are at /scores)" if job.partial else ""
+        raise Conflict(f"job {job_id} is {job.status.value}; no subset{hint}")
+    path = subset_path(settings, job_id)
+    if not path.is_file():
+        raise NotFound(f"the subset file of job {job_id} is missing from the artifact root")
+    return path

@@ -1,0 +1,47 @@
+"""The FastAPI application: routers, health probes, the problem+json handler."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from sqlalchemy import text
+
+from service.db import get_engine
+from service.errors import Unavailable, install_error_handlers
+from service.jobs.router import router as jobs_router
+from service.proxies.router import router as proxies_router
+from service.queue import get_dispatcher
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="iprox-service",
+        version="0.1.0",
+        description="Influence-preserving proxies (IProX) for gradient-based data selection.",
+    )
+    install_error_handlers(app)
+    app.include_router(jobs_router)
+    app.include_router(proxies_router)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        """The process is up."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    def readyz() -> dict[str, str]:
+        """The database and the broker are reachable."""
+        try:
+            with get_engine().connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception as exc:
+            raise Unavailable(f"database unreachable ({type(exc).__name__})") from exc
+        try:
+            get_dispatcher().ping()
+        except Exception as exc:
+            raise Unavailable(f"broker unreachable ({type(exc).__name__})") from exc
+        return {"status": "ready", "database": "ok", "broker": "ok"}
+
+    return app
+
+
+app = create_app()

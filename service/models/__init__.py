@@ -1,0 +1,32 @@
+"""SQLAlchemy ORM models; importing this package registers every table on ``Base.metadata``."""
+
+from service.models.base import Base
+from service.models.job import (
+    Job,
+    JobEvent,
+    JobKind,
+    JobLabel,
+    JobShard,
+    JobStage,
+    JobStatus,
+    Score,
+    ShardStatus,
+)
+from service.models.proxy import Proxy
+from service.models.tenant import ApiKey, Tenant
+
+__all__ = [
+    "ApiKey",
+    "Base",
+    "Job",
+    "JobEvent",
+    "JobKind",
+    "JobLabel",
+    "JobShard",
+    "JobStage",
+    "JobStatus",
+    "Proxy",
+    "Score",
+    "ShardStatus",
+    "Tenant",
+]

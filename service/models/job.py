@@ -1,0 +1,147 @@
+"""Jobs, their labels, events, scoring shards and per-sample scores."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from service.models.base import Base, new_id, utcnow
+from service.models.types import UTCDateTime
+
+
+class JobKind(enum.StrEnum):
+    SELECT = "select"
+    PROXY_BUILD = "proxy_build"
+
+
+class JobStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+
+    def is_terminal(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+class JobStage(enum.StrEnum):
+    LOADING = "loading"
+    COMPRESSING = "compressing"
+    ALIGNING = "aligning"
+    SCORING = "scoring"
+    RANKING = "ranking"
+
+
+class ShardStatus(enum.StrEnum):
+    PENDING = "pending"
+    DONE = "done"
+    STOPPED = "stopped"
+
+
+def _enum(cls: type[enum.Enum]) -> Enum:
+    # Stored as checked text rather than a native Postgres enum: identical on SQLite, and a new
+    # member needs no ALTER TYPE.
+    return Enum(
+        cls,
+        native_enum=False,
+        length=16,
+        values_callable=lambda e: [m.value for m in e],
+        create_constraint=True,
+        name=cls.__name__.lower(),
+    )
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_idempotency"),
+        Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    kind: Mapped[JobKind] = mapped_column(_enum(JobKind))
+    status: Mapped[JobStatus] = mapped_column(_enum(JobStatus), default=JobStatus.QUEUED)
+    stage: Mapped[JobStage | None] = mapped_column(_enum(JobStage), default=None)
+    progress_done: Mapped[int] = mapped_column(Integer, default=0)
+    progress_total: Mapped[int] = mapped_column(Integer, default=0)
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    proxy_id: Mapped[str | None] = mapped_column(
+        ForeignKey("proxies.id", ondelete="SET NULL"), default=None
+    )
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    partial: Mapped[bool] = mapped_column(Boolean, default=False)
+    error_code: Mapped[str | None] = mapped_column(String(64), default=None)
+    error_message: Mapped[str | None] = mapped_column(Text, default=None)
+    shards_total: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    # Touched on every progress report: a heartbeat that tells a live job from an orphan.
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class JobLabel(Base):
+    """One ``metadata`` entry of a job, as a row so that filtering is portable and indexed."""
+
+    __tablename__ = "job_labels"
+    __table_args__ = (Index("ix_job_labels_key_value", "key", "value"),)
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[str] = mapped_column(String(500))
+
+
+class JobEvent(Base):
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    type: Mapped[str] = mapped_column(String(32))
+    stage: Mapped[str | None] = mapped_column(String(16), default=None)
+    message: Mapped[str] = mapped_column(Text, default="")
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+
+
+class JobShard(Base):
+    """A slice ``[start, stop)`` of the pool scored by one task; the last one done ranks."""
+
+    __tablename__ = "job_shards"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    shard_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    start: Mapped[int] = mapped_column(Integer)
+    stop: Mapped[int] = mapped_column(Integer)
+    status: Mapped[ShardStatus] = mapped_column(_enum(ShardStatus), default=ShardStatus.PENDING)
+    scored: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Score(Base):
+    """One pool sample's score; the key makes a redelivered shard overwrite, not duplicate."""
+
+    __tablename__ = "scores"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    sample_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sample_id: Mapped[str] = mapped_column(String(255))
+    score: Mapped[float] = mapped_column(Float)

@@ -1,0 +1,1 @@
+"""The /proxies domain: proxies built by jobs, reusable by id."""

@@ -1,0 +1,24 @@
+"""Response bodies of /proxies."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+
+class ProxyRead(BaseModel):
+    id: str
+    job_id: str | None
+    target_model: str
+    method: str
+    sparsity: float
+    sha256: str
+    manifest: dict[str, Any]
+    created_at: datetime
+
+
+class ProxyPage(BaseModel):
+    items: list[ProxyRead]
+    next_cursor: str | None

@@ -1,0 +1,43 @@
+"""Reading proxies; they are created by the worker when a build finishes."""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from service.errors import NotFound, ValidationFailed
+from service.jobs.repository import decode_cursor, encode_cursor
+from service.models import Proxy
+from service.proxies import repository as repo
+from service.proxies.schemas import ProxyPage, ProxyRead
+
+
+def to_read(p: Proxy) -> ProxyRead:
+    return ProxyRead(
+        id=p.id,
+        job_id=p.job_id,
+        target_model=p.target_model,
+        method=p.method,
+        sparsity=p.sparsity,
+        sha256=p.sha256,
+        manifest=p.manifest,
+        created_at=p.created_at,
+    )
+
+
+def get_proxy(session: Session, tenant_id: str, proxy_id: str) -> ProxyRead:
+    proxy = repo.get_proxy(session, tenant_id, proxy_id)
+    if proxy is None:
+        raise NotFound(f"no proxy {proxy_id}")
+    return to_read(proxy)
+
+
+def list_proxies(session: Session, tenant_id: str, cursor: str | None, limit: int) -> ProxyPage:
+    try:
+        after = decode_cursor(cursor) if cursor else None
+    except ValueError:
+        raise ValidationFailed("not a cursor this API issued", field="cursor") from None
+    rows = repo.list_proxies(session, tenant_id, cursor=after, limit=limit + 1)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    nxt = encode_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None
+    return ProxyPage(items=[to_read(p) for p in rows], next_cursor=nxt)

@@ -1,0 +1,74 @@
+"""The Celery application's configuration, shared by the API (which only sends tasks, by name)
+and the worker (which registers them). The API never imports the worker's task code."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Protocol
+
+from celery import Celery
+
+from service.config import Settings, get_settings
+
+TASK_RUN_JOB = "iprox.run_job"
+TASK_SCORE_SHARD = "iprox.score_shard"
+TASK_RANK_JOB = "iprox.rank_job"
+
+
+def make_celery(settings: Settings) -> Celery:
+    """Redis in production; the embedded default uses kombu's filesystem transport (no server)."""
+    app = Celery("iprox", broker=settings.resolved_broker_url)
+    conf: dict[str, object] = dict(
+        task_default_queue=settings.queue,
+        task_acks_late=True,  # a task lost with its worker is redelivered, not dropped
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,  # jobs are long: never hoard messages
+        task_soft_time_limit=settings.task_soft_time_limit_s,
+        task_time_limit=settings.task_time_limit_s,
+        task_ignore_result=True,  # job state lives in the database, not in a result backend
+        task_serializer="json",
+        accept_content=["json"],
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+    )
+    if settings.is_embedded_broker:
+        folder = settings.broker_folder
+        for sub in ("out", "processed"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        conf["broker_transport_options"] = {
+            "data_folder_in": str(folder / "out"),
+            "data_folder_out": str(folder / "out"),
+            "processed_folder": str(folder / "processed"),
+            "store_processed": False,
+        }
+    else:
+        # Redis redelivers an unacknowledged message after this long; keep it above the hard
+        # time limit or a long job would run twice.
+        conf["broker_transport_options"] = {"visibility_timeout": settings.task_time_limit_s + 600}
+    app.conf.update(conf)
+    return app
+
+
+class Dispatcher(Protocol):
+    def enqueue(self, task_name: str, *args: object) -> None: ...
+
+    def ping(self) -> None: ...
+
+
+class CeleryDispatcher:
+    """Sends tasks by name with ids only (never objects)."""
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+
+    def enqueue(self, task_name: str, *args: object) -> None:
+        self.app.send_task(task_name, args=list(args))
+
+    def ping(self) -> None:
+        with self.app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=3)
+
+
+@lru_cache
+def get_dispatcher() -> Dispatcher:
+    return CeleryDispatcher(make_celery(get_settings()))
