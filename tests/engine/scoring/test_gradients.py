@@ -1,0 +1,93 @@
+"""The hook-based projected gradients against the naive per-sample autograd loop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.tiny import ARCHES, tiny_model
+from worker.engine.data import collate, encode, pad_token_id, record_from_obj
+from worker.engine.errors import ConfigError, NoResponseTokensError
+from worker.engine.lowrank import LowRankLinear
+from worker.engine.scoring.gradients import (
+    GradientFeaturizer,
+    naive_features,
+    per_sample_loss,
+    target_modules,
+)
+
+LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _batch(tok, n: int = 3) -> dict[str, torch.Tensor]:  # type: ignore[no-untyped-def]
+    # Different lengths, so the batch is padded and the padding must contribute nothing.
+    recs = [
+        record_from_obj(
+            {"prompt": "say it " * (i + 1), "completion": "fine ok " * (2 * i + 1)}, i, "t"
+        )
+        for i in range(n)
+    ]
+    return collate([encode(r, tok, 96) for r in recs], pad_token_id(tok))
+
+
+def _low_rank(model: torch.nn.Module, rank: int) -> None:
+    """Replace every MLP down_proj with its rank-``rank`` SVD, as a proxy would."""
+    for layer in model.model.layers:  # type: ignore[union-attr]
+        w = layer.mlp.down_proj.weight.detach()
+        U, S, Vh = torch.linalg.svd(w, full_matrices=False)
+        layer.mlp.down_proj = LowRankLinear(U[:, :rank] * S[:rank], Vh[:rank])
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_projected_gradients_match_naive_per_sample_loop(arch) -> None:  # type: ignore[no-untyped-def]
+    model, tok = tiny_model(arch)
+    batch = _batch(tok)
+    assert int(batch["attention_mask"].sum()) < batch["attention_mask"].numel()
+    feat = GradientFeaturizer(model, LAYERS, proj_dim=2048, seed=0)
+    fast = feat(batch)
+    slow = naive_features(model, feat.blocks, batch)
+    assert fast.shape == (3, feat.dim) and feat.dim <= 2048
+    assert torch.allclose(fast, slow, atol=1e-5, rtol=1e-4), float((fast - slow).abs().max())
+    assert feat.computed == 3
+    # the pass leaves the model's trainable flags as they were
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_low_rank_factors_match_naive_gradients_of_a_and_b() -> None:
+    model, tok = tiny_model("llama")
+    _low_rank(model, rank=8)
+    feat = GradientFeaturizer(model, LAYERS, proj_dim=1536, seed=1)
+    params = {(b.module.split(".")[-1], b.param) for b in feat.blocks}
+    assert ("down_proj", "A") in params and ("down_proj", "B") in params
+    assert ("down_proj", "weight") not in params
+    batch = _batch(tok)
+    fast = feat(batch)
+    slow = naive_features(model, feat.blocks, batch)
+    assert torch.allclose(fast, slow, atol=1e-5, rtol=1e-4), float((fast - slow).abs().max())
+
+
+def test_features_do_not_depend_on_batch_composition() -> None:
+    model, tok = tiny_model("qwen2")
+    feat = GradientFeaturizer(model, LAYERS, proj_dim=512, seed=0)
+    batch = _batch(tok)
+    together = feat(batch)
+    alone = feat({k: v[2:3] for k, v in batch.items()})
+    assert torch.allclose(together[2], alone[0], atol=1e-5)
+
+
+def test_seed_fixes_the_projection() -> None:
+    model, tok = tiny_model("llama")
+    batch = _batch(tok, 2)
+    a = GradientFeaturizer(model, LAYERS, 512, seed=0)(batch)
+    b = GradientFeaturizer(model, LAYERS, 512, seed=0)(batch)
+    c = GradientFeaturizer(model, LAYERS, 512, seed=1)(batch)
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+
+
+def test_unknown_layer_names_and_rows_without_loss_are_errors() -> None:
+    model, _ = tiny_model("llama")
+    with pytest.raises(ConfigError, match="no linear layer named like"):
+        target_modules(model, ("c_attn",))
+    labels = torch.tensor([[1, 2, 3], [5, -100, -100]])
+    with pytest.raises(NoResponseTokensError, match="batch row 1"):
+        per_sample_loss(torch.zeros(2, 3, 8), labels)

@@ -1,0 +1,112 @@
+"""Seeded random projections of per-sample linear-layer gradients (Kronecker-factored).
+
+For a linear map ``y_t = W h_t`` applied at tokens ``t`` of one sample, the sample's loss gradient
+is a sum of outer products, ``G = sum_t delta_t h_t^T`` with ``delta_t = dL/dy_t``. Projecting
+``vec(G)`` with the Kronecker product ``P_out (x) P_in`` (``P_out: (k_out, out)``,
+``P_in: (k_in, in)``) gives
+
+    P_out G P_in^T = sum_t (P_out delta_t) (P_in h_t)^T        (k_out, k_in)
+
+so the projected gradient comes from per-token vectors of size ``k_out`` and ``k_in``: the
+``out x in`` gradient is never formed (LoGra / LogIX use the same identity). Both factors hold
+i.i.d. ``N(0, 1/k)`` entries, so ``E[<P g1, P g2>] = <g1, g2>`` (a Johnson-Lindenstrauss-type
+estimator; the Kronecker structure makes its variance larger than a dense projection of the same
+size, see :func:`kron_relative_variance`).
+
+Low-rank factors fit the same mould. For ``y = A z``, ``z = B h``: ``grad_A = sum_t delta_t z_t^T``
+and ``grad_B = sum_t (A^T delta_t) h_t^T``, so ``P_out grad_A P_r^T`` uses left matrix ``P_out``
+and right matrix ``P_r B`` (applied to ``h``), and ``P_r grad_B P_in^T`` uses left ``P_r A^T``
+(applied to ``delta``) and right ``P_in``. Folding the factors into the projection matrices once
+costs nothing per token.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def gaussian_projection(rows: int, cols: int, seed: int) -> torch.Tensor:
+    """A ``(rows, cols)`` float32 matrix of i.i.d. ``N(0, 1/rows)`` entries, fixed by ``seed``.
+
+    ``E[P^T P] = I``, so ``<P x, P y>`` is an unbiased estimate of ``<x, y>``. The generator is
+    a private CPU ``torch.Generator``: the same seed gives the same matrix on every machine.
+    """
+    if rows < 1 or cols < 1:
+        raise ValueError(f"projection shape must be positive, got ({rows}, {cols})")
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    return torch.randn(rows, cols, generator=gen, dtype=torch.float32) / math.sqrt(rows)
+
+
+def kron_project(
+    delta: torch.Tensor,
+    h: torch.Tensor,
+    left: torch.Tensor,
+    right: torch.Tensor,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-sample projected gradients ``sum_t (left delta_t) (right h_t)^T``, flattened.
+
+    Args:
+        delta: ``(batch, T, out)`` output gradients of one linear map.
+        h: ``(batch, T, in)`` its inputs.
+        left: ``(k_out, out)``; right: ``(k_in, in)``.
+        mask: optional ``(batch, T)``; positions where it is 0 contribute nothing (padding).
+
+    Returns:
+        ``(batch, k_out * k_in)`` float32, row-major over ``(k_out, k_in)`` (the layout of
+        ``(left (x) right) vec(G)`` with ``vec`` row-major).
+    """
+    d = delta.float() @ left.T  # (batch, T, k_out)
+    x = h.float() @ right.T  # (batch, T, k_in)
+    if mask is not None:
+        d = d * mask.to(d.dtype).unsqueeze(-1)
+    return torch.einsum("bto,bti->boi", d, x).reshape(delta.shape[0], -1)
+
+
+def dense_kron_project(grad: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """Reference twin of :func:`kron_project`: ``(left (x) right) vec(grad)`` for a materialised
+    gradient ``grad: (out, in)``; returns ``(k_out * k_in,)``. Forms the dense Kronecker matrix, so
+    only for tests on tiny layers."""
+    return torch.kron(left, right) @ grad.reshape(-1)
+
+
+def kron_sizes(shapes: list[tuple[int, int]], budget: int) -> list[tuple[int, int]]:
+    """Choose ``(k_out, k_in)`` per gradient block so that the total ``sum k_out * k_in`` is as
+    close to ``budget`` as a near-square grid allows, never above it.
+
+    Every block starts at ``k x k`` with ``k = floor(sqrt(budget / n_blocks))``; blocks are then
+    upgraded in order to ``(k+1) x k`` and ``(k+1) x (k+1)`` while the budget allows. No side
+    exceeds the block's own dimension (projecting a 32-dim vector to 40 dims buys nothing).
+
+    Args:
+        shapes: ``(out, in)`` of each block's gradient.
+        budget: the target feature dimension ``d``.
+    """
+    n_blocks = len(shapes)
+    if n_blocks < 1:
+        raise ValueError("need at least one gradient block")
+    if budget < n_blocks:
+        raise ValueError(
+            f"proj_dim {budget} is smaller than the number of gradient blocks {n_blocks}"
+        )
+    k = max(1, math.isqrt(budget // n_blocks))
+    sizes = [(min(k, o), min(k, i)) for o, i in shapes]
+    total = sum(a * b for a, b in sizes)
+    for step in (0, 1):  # 0: grow k_out, 1: grow k_in
+        for j, (o, i) in enumerate(shapes):
+            a, b = sizes[j]
+            na, nb = (min(a + 1, o), b) if step == 0 else (a, min(b + 1, i))
+            extra = na * nb - a * b
+            if extra and total + extra <= budget:
+                sizes[j] = (na, nb)
+                total += extra
+    return sizes
+
+
+def kron_relative_variance(k_out: int, k_in: int) -> float:
+    """Relative variance of ``|(P_out (x) P_in) vec(g)|^2 / |g|^2`` for a rank-one ``g`` (the
+    worst case) with Gaussian ``N(0, 1/k)`` factors: ``(1 + 2/k_out)(1 + 2/k_in) - 1``. A dense
+    projection to ``k_out * k_in`` dims would give ``2 / (k_out k_in)``."""
+    return (1.0 + 2.0 / k_out) * (1.0 + 2.0 / k_in) - 1.0

@@ -1,0 +1,117 @@
+"""Scores between projected training and target-task gradients (TracIn, influence functions).
+
+All functions take feature matrices whose rows are samples: ``G: (n, d)``. Aggregation over a
+target set by the mean is linear, so ``mean_j <g_i, t_j> = <g_i, mean_j t_j>``: a target set
+collapses to one ``d``-vector and scoring a block of the pool is one matrix-vector product. Nothing
+here ever needs an ``n_train x n_target`` matrix; :func:`blockwise_max` covers the one non-linear
+aggregate by walking the target set in blocks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def l2_normalize(G: torch.Tensor, eps: float = 1e-12) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of ``G: (n, d)`` scaled to unit length, and their norms ``(n,)``.
+
+    A zero row stays zero (its cosine with anything is defined as 0).
+    """
+    norms = G.norm(dim=1)
+    return G / norms.clamp_min(eps).unsqueeze(1), norms
+
+
+def target_direction(T: torch.Tensor) -> torch.Tensor:
+    """Mean of a target set's feature rows ``T: (m, d)`` -> ``(d,)``; ``<g, mean(T)>`` is the mean
+    score of ``g`` over the target set."""
+    if T.ndim != 2 or T.shape[0] == 0:
+        raise ValueError(f"target features must be a non-empty (m, d) matrix, got {tuple(T.shape)}")
+    return T.float().mean(dim=0)
+
+
+def tracin_scores(
+    train: Sequence[torch.Tensor], direction: Sequence[torch.Tensor], lrs: Sequence[float]
+) -> torch.Tensor:
+    """TracIn over checkpoints: ``sum_c lr_c <g_c, v_c>`` for each training row.
+
+    Args:
+        train: per checkpoint ``c``, the pool block's features ``(n, d)``.
+        direction: per checkpoint, the target direction ``(d,)`` (see :func:`target_direction`).
+        lrs: per checkpoint, the learning rate in force when it was saved (TracIn's weighting).
+
+    Returns:
+        ``(n,)`` float32 scores.
+    """
+    if not (len(train) == len(direction) == len(lrs)) or not train:
+        raise ValueError("need the same positive number of checkpoints for train, target and lrs")
+    out = torch.zeros(train[0].shape[0], dtype=torch.float32)
+    for g, v, lr in zip(train, direction, lrs, strict=True):
+        out += float(lr) * (g.float() @ v.float())
+    return out
+
+
+def blockwise_max(train: torch.Tensor, target: torch.Tensor, block: int = 1024) -> torch.Tensor:
+    """``max_j <g_i, t_j>`` for rows ``g_i`` of ``train: (n, d)`` over rows of ``target: (m, d)``,
+    visiting ``target`` in blocks of ``block`` rows so memory stays ``O(n * block)``."""
+    best = torch.full((train.shape[0],), -torch.inf)
+    for start in range(0, target.shape[0], block):
+        s = train.float() @ target[start : start + block].float().T
+        best = torch.maximum(best, s.max(dim=1).values)
+    return best
+
+
+class CurvatureAccumulator:
+    """Streams ``F = G^T G / n`` over blocks of the pool's features ``G: (n, d)``."""
+
+    def __init__(self, dim: int) -> None:
+        self.gram = torch.zeros(dim, dim, dtype=torch.float64)
+        self.count = 0
+
+    def add(self, G: torch.Tensor) -> None:
+        """Accumulate a block ``G: (b, d)``."""
+        g = G.double()
+        self.gram += g.T @ g
+        self.count += int(G.shape[0])
+
+    def matrix(self) -> torch.Tensor:
+        """``G^T G / n``: ``(d, d)`` float64."""
+        if self.count == 0:
+            raise ValueError("no training features were accumulated")
+        return self.gram / self.count
+
+
+def influence_direction(F: torch.Tensor, v: torch.Tensor, damping: float) -> torch.Tensor:
+    """``(F + damping I)^{-1} v`` by Cholesky; ``F: (d, d)`` symmetric PSD, ``v: (d,)``.
+
+    Then ``<g_train, result>`` is the influence-function score ``v^T (F + lambda I)^{-1} g_train``
+    (``F`` symmetric). ``damping`` must be positive, which keeps the system positive definite.
+    """
+    if damping <= 0:
+        raise ValueError(f"damping must be positive, got {damping}")
+    eye = torch.eye(F.shape[0], dtype=torch.float64)
+    chol = torch.linalg.cholesky(F.double() + damping * eye)
+    return torch.cholesky_solve(v.double().unsqueeze(1), chol).squeeze(1).float()
+
+
+def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Spearman rank correlation of two ``(n,)`` score vectors (ties ranked by position)."""
+    if x.shape != y.shape or x.numel() < 2:
+        raise ValueError("need two score vectors of the same length >= 2")
+    rx = torch.empty_like(x, dtype=torch.float64)
+    ry = torch.empty_like(y, dtype=torch.float64)
+    ar = torch.arange(x.numel(), dtype=torch.float64)
+    rx[torch.argsort(x, stable=True)] = ar
+    ry[torch.argsort(y, stable=True)] = ar
+    rx -= rx.mean()
+    ry -= ry.mean()
+    return float((rx @ ry) / (rx.norm() * ry.norm()))
+
+
+def top_overlap(x: torch.Tensor, y: torch.Tensor, fraction: float) -> float:
+    """Fraction of ``x``'s top ``fraction`` (at least one item) that is also in ``y``'s top."""
+    k = max(1, round(fraction * x.numel()))
+    a = set(torch.topk(x, k).indices.tolist())
+    b = set(torch.topk(y, k).indices.tolist())
+    return len(a & b) / k

@@ -1,0 +1,143 @@
+"""The engine's facade: what the CLI and the Celery tasks call.
+
+Each function takes file paths and configs and does the whole step (load the model, read the data,
+run the stage), so callers need no knowledge of the engine's insides. ``iter_scores`` yields batch
+by batch: the caller persists each batch and may stop between them (a later run with the same
+``store_dir`` resumes from the stored gradients).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from worker.engine.data import encode, load_records
+from worker.engine.errors import NoResponseTokensError
+from worker.engine.progress import ProgressFn, StopFn, report
+from worker.engine.scoring import (
+    RankedRecord,
+    ScoreBatch,
+    ScoreConfig,
+    ScoreStats,
+    SelectionConfig,
+    score_stream,
+)
+from worker.engine.scoring import rank as _rank
+
+if TYPE_CHECKING:
+    from worker.engine.models import LoadedModel
+    from worker.engine.proxy import ProxyConfig  # type: ignore[attr-defined]
+
+__all__ = [
+    "RankedRecord",
+    "ScoreBatch",
+    "ScoreConfig",
+    "ScoreStats",
+    "SelectionConfig",
+    "build_proxy_from_files",
+    "iter_scores",
+    "rank",
+    "token_counts",
+]
+
+
+def _load(model_ref: str, progress: ProgressFn | None) -> LoadedModel:
+    from worker.engine.models import load_model
+
+    report(progress, "loading", 0, 1)
+    target = load_model(model_ref)
+    report(progress, "loading", 1, 1)
+    return target
+
+
+def build_proxy_from_files(
+    model_ref: str,
+    data: Path,
+    out_dir: Path,
+    config: ProxyConfig,
+    *,
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+) -> dict[str, Any]:
+    """Build a proxy of ``model_ref`` from the records of ``data``, save it to ``out_dir`` and
+    return its manifest."""
+    from worker.engine.proxy import build_proxy, save_proxy  # type: ignore[attr-defined]
+
+    target = _load(model_ref, progress)
+    records = load_records(data)
+    proxy = build_proxy(target, records, config, progress=progress, should_stop=should_stop)
+    save_proxy(proxy, Path(out_dir))
+    return dict(proxy.manifest)
+
+
+def iter_scores(
+    model_ref: str,
+    train: Path,
+    targets: Sequence[Path],
+    *,
+    proxy: Path | ProxyConfig | None,
+    config: ScoreConfig,
+    store_dir: Path | None = None,
+    indices: Sequence[int] | None = None,
+    progress: ProgressFn | None = None,
+    stats: ScoreStats | None = None,
+) -> Iterator[ScoreBatch]:
+    """Scores of the pool ``train`` (or its ``indices``) against the target-task files.
+
+    ``proxy``: a saved proxy directory, a :class:`ProxyConfig` to build one now from the pool, or
+    ``None`` to score with the full target model (the baseline). ``stats`` (optional) is filled
+    with how many gradients were computed and how many came from the store.
+    """
+    from worker.engine.proxy import (  # type: ignore[attr-defined]
+        ProxyConfig,
+        build_proxy,
+        load_proxy,
+    )
+    from worker.engine.scoring.store import tensor_fingerprint
+
+    target = _load(model_ref, progress)
+    model: Any
+    if proxy is None:
+        model, tokenizer, model_hash = target.model, target.tokenizer, f"target:{target.sha256}"
+    else:
+        if isinstance(proxy, ProxyConfig):
+            built = build_proxy(target, load_records(train), proxy, progress=progress)
+        else:
+            built = load_proxy(Path(proxy), target)
+        model, tokenizer = built.model, built.tokenizer
+        model_hash = f"proxy:{tensor_fingerprint(model)}"
+    yield from score_stream(
+        model,
+        tokenizer,
+        model_hash,
+        Path(train),
+        [Path(t) for t in targets],
+        config,
+        store_dir=store_dir,
+        indices=indices,
+        progress=progress,
+        stats=stats,
+    )
+
+
+def rank(
+    train: Path,
+    scores: Mapping[int, float],
+    selection: SelectionConfig,
+    *,
+    token_counts: Mapping[int, int] | None = None,
+) -> list[RankedRecord]:
+    """The selected records of ``train`` in rank order (see :func:`worker.engine.scoring.rank`)."""
+    return _rank(Path(train), scores, selection, token_counts=token_counts)
+
+
+def token_counts(tokenizer: Any, train: Path, max_length: int) -> dict[int, int]:
+    """Tokens per record of ``train`` as scoring sees them (after truncation), for token budgets."""
+    out = {}
+    for rec in load_records(train):
+        try:
+            out[rec.index] = len(encode(rec, tokenizer, max_length).input_ids)
+        except NoResponseTokensError as exc:
+            raise NoResponseTokensError(f"{train}: {exc.message}") from None
+    return out

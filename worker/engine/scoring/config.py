@@ -1,0 +1,110 @@
+"""Hyperparameters of scoring and selection: frozen dataclasses with help text per field.
+
+Each config is saved next to what it produced (the gradient store's manifest, the scores file's
+summary), so a result can always be traced to the settings behind it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+from worker.engine.errors import ConfigError
+
+
+def _help(text: str, default: Any) -> Any:
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """How per-sample gradients are computed, projected and turned into scores."""
+
+    scorer: Literal["tracin", "influence"] = _help(
+        "tracin: mean similarity to the target set's gradients (max over several target tasks); "
+        "influence: g_target^T (G^T G / n + damping I)^-1 g_train in projected space",
+        "tracin",
+    )
+    proj_dim: int = _help(
+        "feature budget d: per-layer Kronecker projections are sized so their total is as close "
+        "to d as a near-square grid allows, never above (the exact size is in the store manifest)",
+        8192,
+    )
+    batch_size: int = _help("samples per forward/backward pass", 4)
+    max_length: int = _help("tokens per sample; truncation keeps the response", 512)
+    seed: int = _help("seed of the random projection matrices", 0)
+    damping: float = _help(
+        "influence only: ridge lambda added to G^T G / n (features unit-norm)", 1e-3
+    )
+    normalize: bool = _help(
+        "L2-normalise each gradient before scoring (cosine, as LESS); false scores by dot product",
+        True,
+    )
+    shard_size: int = _help("training samples per gradient-store shard (the unit of resume)", 64)
+    layers: tuple[str, ...] = _help(
+        "name suffixes of the linear layers whose gradients are features",
+        ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    )
+
+    def __post_init__(self) -> None:
+        if self.scorer not in ("tracin", "influence"):
+            raise ConfigError(f"scorer must be 'tracin' or 'influence', got {self.scorer!r}")
+        for name in ("proj_dim", "batch_size", "max_length", "shard_size"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.max_length < 2:
+            raise ConfigError("max_length must be at least 2")
+        if not self.damping > 0:
+            raise ConfigError(f"damping must be positive, got {self.damping}")
+        if not self.layers:
+            raise ConfigError("layers must name at least one linear-layer suffix")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["layers"] = list(self.layers)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ScoreConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown score config fields: {', '.join(unknown)}")
+        d = dict(data)
+        if "layers" in d:
+            d["layers"] = tuple(d["layers"])
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    """Which samples to keep: exactly one of ``top_k``, ``fraction``, ``token_budget``."""
+
+    top_k: int | None = _help("keep the k best-scored samples", None)
+    fraction: float | None = _help("keep this fraction (0, 1] of the pool, rounded up", None)
+    token_budget: int | None = _help("keep best samples while their token total fits this", None)
+    quota_field: str | None = _help(
+        "record field naming a sample's source; with quota, no source exceeds its share", None
+    )
+    quota: float | None = _help("max share (0, 1] of the selection from any one source", None)
+
+    def __post_init__(self) -> None:
+        chosen = [n for n in ("top_k", "fraction", "token_budget") if getattr(self, n) is not None]
+        if len(chosen) != 1:
+            raise ConfigError(
+                "give exactly one of top_k, fraction, token_budget"
+                + (f" (got {', '.join(chosen)})" if chosen else "")
+            )
+        if self.top_k is not None and self.top_k < 1:
+            raise ConfigError(f"top_k must be positive, got {self.top_k}")
+        if self.fraction is not None and not 0 < self.fraction <= 1:
+            raise ConfigError(f"fraction must be in (0, 1], got {self.fraction}")
+        if self.token_budget is not None and self.token_budget < 1:
+            raise ConfigError(f"token_budget must be positive, got {self.token_budget}")
+        if (self.quota_field is None) != (self.quota is None):
+            raise ConfigError("quota_field and quota go together")
+        if self.quota is not None and not 0 < self.quota <= 1:
+            raise ConfigError(f"quota must be in (0, 1], got {self.quota}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

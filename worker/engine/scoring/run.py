@@ -1,0 +1,137 @@
+"""Score a pool against target tasks with an already loaded model, batch by batch.
+
+TracIn (one checkpoint): a sample's score for one target task is the mean over the task's samples
+of the similarity (cosine, or dot with ``normalize=False``) between its gradient and theirs;
+across several target tasks the max (LESS). The mean collapses each task to one direction, so
+every pool batch is scored as soon as its gradients exist and is yielded at once.
+
+Influence: ``v^T (G^T G / n + lambda I)^{-1} g`` needs the pool's curvature first, so the pool is
+featurized once (into the store when there is one), the system is solved per task, and the scores
+come from a second pass over the stored features (from memory without a store).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from worker.engine.data import load_records, pad_token_id
+from worker.engine.errors import ConfigError
+from worker.engine.math.scores import CurvatureAccumulator, influence_direction, target_direction
+from worker.engine.progress import ProgressFn
+from worker.engine.scoring.config import ScoreConfig
+from worker.engine.scoring.features import (
+    Features,
+    ScoreStats,
+    encode_records,
+    target_features,
+    train_features,
+)
+from worker.engine.scoring.gradients import GradientFeaturizer
+from worker.engine.scoring.store import GradientStore, file_sha256
+
+
+@dataclass(frozen=True)
+class ScoreBatch:
+    """Scores of one batch of pool samples (``indices`` into the training file, their ``ids``)."""
+
+    indices: list[int]
+    ids: list[str]
+    scores: list[float]
+
+
+def _vectors(unit: torch.Tensor, norms: torch.Tensor, normalize: bool) -> torch.Tensor:
+    return unit if normalize else unit * norms.unsqueeze(1)
+
+
+def score_stream(
+    model: nn.Module,
+    tokenizer: Any,
+    model_hash: str,
+    train: Path,
+    targets: Sequence[Path],
+    config: ScoreConfig,
+    *,
+    store_dir: Path | None = None,
+    indices: Sequence[int] | None = None,
+    progress: ProgressFn | None = None,
+    stats: ScoreStats | None = None,
+) -> Iterator[ScoreBatch]:
+    """Yield :class:`ScoreBatch` es covering ``indices`` of ``train`` (all when ``None``).
+
+    Target-task gradients are computed (or loaded from the store) before the first batch.
+    ``model_hash`` identifies the model's weights in the store key.
+    """
+    stats = stats if stats is not None else ScoreStats()
+    if not targets:
+        raise ConfigError("give at least one target-task file")
+    records = load_records(train)
+    if indices is not None:
+        bad = [i for i in indices if not 0 <= i < len(records)]
+        if bad:
+            raise ConfigError(f"{train}: indices out of range 0..{len(records) - 1}: {bad[:5]}")
+        records = [records[i] for i in sorted(set(indices))]
+    ids = {r.index: r.id for r in records}
+    examples = encode_records(train, records, tokenizer, config.max_length)
+    featurizer = GradientFeaturizer(model, config.layers, config.proj_dim, config.seed)
+    store = None
+    if store_dir is not None:
+        key = {
+            "model": model_hash,
+            "dataset": file_sha256(train),
+            "seed": config.seed,
+            "proj_dim": config.proj_dim,
+            "max_length": config.max_length,
+            "layers": list(config.layers),
+        }
+        store = GradientStore(store_dir, key, featurizer.dim)
+
+    directions = []
+    for path in targets:
+        unit, norms = target_features(
+            featurizer,
+            tokenizer,
+            path,
+            load_records(path),
+            file_sha256(path),
+            max_length=config.max_length,
+            batch_size=config.batch_size,
+            store=store,
+            stats=stats,
+        )
+        directions.append(target_direction(_vectors(unit, norms, config.normalize)))
+
+    def stream(s: ScoreStats, prog: ProgressFn | None) -> Iterator[Features]:
+        return train_features(
+            featurizer,
+            examples,
+            pad_id=pad_token_id(tokenizer),
+            batch_size=config.batch_size,
+            shard_size=config.shard_size,
+            store=store,
+            stats=s,
+            progress=prog,
+        )
+
+    if config.scorer == "influence":
+        acc = CurvatureAccumulator(featurizer.dim)
+        kept: list[Features] = []
+        for ids_, unit, norms in stream(stats, progress):
+            acc.add(_vectors(unit, norms, config.normalize))
+            if store is None:
+                kept.append((ids_, unit.half(), norms))
+        curvature = acc.matrix()
+        directions = [influence_direction(curvature, v, config.damping) for v in directions]
+        batches: Any = iter(kept) if store is None else stream(ScoreStats(), None)
+    else:
+        batches = stream(stats, progress)
+
+    for idx, unit, norms in batches:
+        x = _vectors(unit.float(), norms, config.normalize)
+        scores = torch.stack([x @ v for v in directions]).max(dim=0).values
+        yield ScoreBatch(idx, [ids[i] for i in idx], scores.tolist())
