@@ -1,0 +1,207 @@
+"""Alignment: train only the proxy's factors with ``L_GA + lambda_KL * L_KL``.
+
+``L_GA`` is the mean over compressed layers of ``1 - cos(proxy factor gradients, target weight
+gradient in factor space)``; ``L_KL`` the temperature-scaled KL from the target's to the proxy's
+token distributions over response tokens. ``L_GA`` is a function of gradients, so its own
+gradient needs second-order autograd (``create_graph=True`` on the proxy's backward pass); the
+target's side is a constant (computed without a graph to the factors).
+
+Steps use small batches (single records are noisy), AdamW, linear warm-up then cosine decay,
+and gradient-norm clipping.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from worker.engine.data import Example, collate
+from worker.engine.lowrank import LowRankLinear
+from worker.engine.math.alignment import (
+    factor_cosine,
+    factor_space_targets,
+    gradient_alignment_loss,
+)
+from worker.engine.progress import ProgressFn, StopFn, check_stop, report
+from worker.engine.proxy.compress import factor_modules
+from worker.engine.proxy.config import ProxyConfig
+from worker.engine.proxy.lm import forward_logits, loss_positions, sequence_losses, temperature_kl
+
+
+@dataclass(frozen=True)
+class AlignLosses:
+    total: torch.Tensor
+    ga: torch.Tensor
+    kl: torch.Tensor
+    cosines: list[float]
+
+
+@contextmanager
+def _requires_grad(params: Sequence[nn.Parameter]) -> Iterator[None]:
+    """Temporarily let ``params`` take gradients, restoring each flag afterwards."""
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, flags, strict=True):
+            p.requires_grad_(flag)
+
+
+@contextmanager
+def eager_attention(model: nn.Module) -> Iterator[None]:
+    """Run ``model`` with eager attention: fused CPU attention kernels have no double backward,
+    which ``L_GA`` needs. The previous implementation comes back afterwards, so the saved proxy
+    computes exactly as the target's architecture does."""
+    config = getattr(model, "config", None)
+    previous = getattr(config, "_attn_implementation", None)
+    setter = getattr(model, "set_attn_implementation", None)
+    if previous is None or previous == "eager" or setter is None:
+        yield
+        return
+    setter("eager")
+    try:
+        yield
+    finally:
+        setter(previous)
+
+
+def target_signals(
+    target: nn.Module, names: Sequence[str], batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The target's logits ``(batch, seq, vocab)`` and ``dL/dW`` of each named layer (out, in),
+    where ``L`` is the batch mean of per-sequence response losses. Both detached."""
+    weights: list[nn.Parameter] = []
+    for n in names:
+        w = target.get_submodule(n).weight
+        assert isinstance(w, nn.Parameter)
+        weights.append(w)
+    with torch.enable_grad(), _requires_grad(weights):
+        logits = forward_logits(target, batch)
+        loss = sequence_losses(logits, batch["labels"]).mean()
+        grads = torch.autograd.grad(loss, weights)
+    return logits.detach(), [g.detach() for g in grads]
+
+
+def alignment_losses(
+    target: nn.Module,
+    proxy: nn.Module,
+    batch: dict[str, torch.Tensor],
+    config: ProxyConfig,
+    *,
+    create_graph: bool,
+) -> AlignLosses:
+    """``L_GA``, ``L_KL`` and ``L_GA + kl_weight * L_KL`` on one batch.
+
+    With ``create_graph`` the result is differentiable in the factors (for a training step);
+    without it, the values are for reporting.
+    """
+    layers: dict[str, LowRankLinear] = factor_modules(proxy)
+    if not layers:
+        raise ValueError("the proxy has no low-rank layer to align")
+    t_logits, t_grads = target_signals(target, list(layers), batch)
+    with torch.enable_grad():
+        p_logits = forward_logits(proxy, batch)
+        p_loss = sequence_losses(p_logits, batch["labels"]).mean()
+        params = [t for m in layers.values() for t in (m.A, m.B)]
+        p_grads = torch.autograd.grad(p_loss, params, create_graph=create_graph)
+        cosines = []
+        for i, (mod, gW) in enumerate(zip(layers.values(), t_grads, strict=True)):
+            tA, tB = factor_space_targets(gW, mod.A, mod.B)
+            cosines.append(factor_cosine(p_grads[2 * i], p_grads[2 * i + 1], tA, tB))
+        ga = gradient_alignment_loss(cosines)
+        kl = temperature_kl(t_logits, p_logits, loss_positions(batch["labels"]), config.temperature)
+        total = ga + config.kl_weight * kl
+    return AlignLosses(total, ga, kl, [float(c.detach()) for c in cosines])
+
+
+def lr_factor(step: int, total: int, warmup_fraction: float) -> float:
+    """Multiplier of the peak rate at ``step`` (0-based): linear warm-up, then cosine to zero."""
+    warmup = int(warmup_fraction * total)
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    span = max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / span))
+
+
+def _batches(examples: Sequence[Example], size: int, seed: int) -> Iterator[Sequence[Example]]:
+    """Endless shuffled passes over ``examples`` in batches of ``size`` (last short one dropped
+    unless the set is smaller than a batch)."""
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(len(examples), generator=generator).tolist()
+        full = max(1, len(order) // size)
+        for b in range(full):
+            yield [examples[i] for i in order[b * size : (b + 1) * size]]
+
+
+def align(
+    target: nn.Module,
+    proxy: nn.Module,
+    examples: Sequence[Example],
+    config: ProxyConfig,
+    *,
+    pad_id: int,
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+) -> list[dict[str, float]]:
+    """Run ``config.align_steps`` steps on ``proxy``'s factors (in place); the per-step history."""
+    if config.align_steps == 0:
+        return []
+    if not examples:
+        raise ValueError("alignment needs at least one example")
+    params = [t for m in factor_modules(proxy).values() for t in (m.A, m.B)]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, config.align_steps, config.warmup_fraction)
+    )
+    stream = _batches(examples, config.align_batch_size, config.seed + 1)
+    history: list[dict[str, float]] = []
+    with eager_attention(proxy):
+        for step in range(config.align_steps):
+            check_stop(should_stop, "aligning")
+            _step(target, proxy, next(stream), config, pad_id, params, optimizer, history)
+            schedule.step()
+            report(progress, "aligning", step + 1, config.align_steps)
+    for p in params:
+        p.grad = None
+    return history
+
+
+def _step(
+    target: nn.Module,
+    proxy: nn.Module,
+    chunk: Sequence[Example],
+    config: ProxyConfig,
+    pad_id: int,
+    params: list[nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    history: list[dict[str, float]],
+) -> None:
+    """One optimiser step on one batch; appends its losses to ``history``."""
+    batch = collate(chunk, pad_id)
+    losses = alignment_losses(target, proxy, batch, config, create_graph=True)
+    optimizer.zero_grad(set_to_none=True)
+    losses.total.backward()  # type: ignore[no-untyped-call]
+    grad_norm = (
+        float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
+        if config.max_grad_norm > 0
+        else float("nan")
+    )
+    history.append(
+        {
+            "step": len(history) + 1,
+            "lr": optimizer.param_groups[0]["lr"],
+            "loss": float(losses.total),
+            "ga": float(losses.ga),
+            "kl": float(losses.kl),
+            "grad_norm": grad_norm,
+        }
+    )
+    optimizer.step()

@@ -1,0 +1,181 @@
+"""``build_proxy``: split the records, probe the target, compress, align, describe the result."""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from worker.engine.data import Record, encode_all, pad_token_id
+from worker.engine.errors import ConfigError, EmptyDatasetError
+from worker.engine.models import LoadedModel
+from worker.engine.progress import ProgressFn, StopFn
+from worker.engine.proxy.align import align
+from worker.engine.proxy.compress import compress, parameter_summary
+from worker.engine.proxy.config import ProxyConfig
+from worker.engine.proxy.probes import collect_probes, select_layers
+
+MANIFEST_VERSION = 1
+
+
+@dataclass
+class Proxy:
+    """A compressed (and possibly aligned) copy of a target model.
+
+    ``model`` is the target architecture with ``LowRankLinear`` in place of compressed layers,
+    eval mode, only the factors requiring gradients. ``manifest`` is what ``proxy.json`` holds.
+    """
+
+    model: nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    config: ProxyConfig
+    manifest: dict[str, Any]
+
+
+def split_records(
+    records: Sequence[Record], config: ProxyConfig
+) -> tuple[list[Record], list[Record]]:
+    """Seeded, disjoint probe and alignment sets drawn from ``records``.
+
+    The alignment set defaults to 1% of the pool (at least one batch). When the pool is too
+    small for both, the alignment set reuses records from the probe set rather than shrinking
+    the probe set (probing is what the factorisation rests on).
+    """
+    order = torch.randperm(len(records), generator=torch.Generator().manual_seed(config.seed))
+    shuffled = [records[i] for i in order.tolist()]
+    n_probe = min(config.probe_samples, len(shuffled)) if config.method == "ipsvd" else 0
+    n_align = 0
+    if config.align_steps > 0:
+        default = max(config.align_batch_size, math.ceil(0.01 * len(records)))
+        n_align = min(config.align_samples or default, len(shuffled))
+    probe = shuffled[:n_probe]
+    rest = shuffled[n_probe:]
+    aligned = rest[:n_align] if len(rest) >= n_align else (rest + probe)[:n_align]
+    return probe, aligned
+
+
+def library_versions() -> dict[str, str]:
+    import safetensors
+    import transformers
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "safetensors": safetensors.__version__,
+    }
+
+
+def build_proxy(
+    target: LoadedModel,
+    records: Sequence[Record],
+    config: ProxyConfig,
+    *,
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+) -> Proxy:
+    """Compress ``target`` by ``config.method`` at ``config.sparsity`` and align the factors.
+
+    ``records`` is the pool the probe and alignment sets are drawn from (see
+    :func:`split_records`). The target model is not modified. Raises ``ConfigError`` when no
+    layer matches ``config.target_modules`` and ``EmptyDatasetError`` when the records leave
+    nothing to probe or align with.
+    """
+    started = time.perf_counter()
+    if not records:
+        raise EmptyDatasetError("build_proxy: no record to probe or align with")
+    model, tok = target.model, target.tokenizer
+    layers = select_layers(model, config.target_modules)
+    if not layers:
+        raise ConfigError(
+            "target_modules: no nn.Linear layer of the model ends with any of "
+            f"{', '.join(config.target_modules)}"
+        )
+    pad = pad_token_id(tok)
+    probe_records, align_records = split_records(records, config)
+    probes = None
+    t0 = time.perf_counter()
+    if probe_records:
+        examples = encode_all(probe_records, tok, config.max_length, on_empty="skip")
+        probes = collect_probes(
+            model,
+            layers,
+            examples,
+            pad_id=pad,
+            positions_per_sequence=config.probe_positions,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            progress=progress,
+            should_stop=should_stop,
+        )
+    t_probe = time.perf_counter() - t0
+    probe_columns = probes.columns if probes is not None else 0
+    t0 = time.perf_counter()
+    proxy_model, layer_reports = compress(
+        model, layers, config, probes, progress=progress, should_stop=should_stop
+    )
+    t_factor = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    history: list[dict[str, float]] = []
+    if config.align_steps > 0:
+        align_examples = encode_all(align_records, tok, config.max_length, on_empty="skip")
+        history = align(
+            model,
+            proxy_model,
+            align_examples,
+            config,
+            pad_id=pad,
+            progress=progress,
+            should_stop=should_stop,
+        )
+    t_align = time.perf_counter() - t0
+    proxy_model.eval()
+    counts = parameter_summary(model, proxy_model)
+    compressed_target = sum(r["target_params"] for r in layer_reports if r["kind"] == "lowrank")
+    compressed_proxy = sum(r["proxy_params"] for r in layer_reports if r["kind"] == "lowrank")
+    manifest: dict[str, Any] = {
+        "format_version": MANIFEST_VERSION,
+        "method": config.method,
+        "sparsity": config.sparsity,
+        **counts,
+        "param_ratio": counts["proxy_params"] / counts["target_params"],
+        "compressed_layers": sum(1 for r in layer_reports if r["kind"] == "lowrank"),
+        "dense_layers": sum(1 for r in layer_reports if r["kind"] == "dense"),
+        # Sparsity actually achieved over the layers that were compressed (ranks are floored).
+        "achieved_sparsity": 1.0 - compressed_proxy / compressed_target
+        if compressed_target
+        else 0.0,
+        "layers": layer_reports,
+        "target": {"ref": target.ref, "identity": target.identity, "sha256": target.sha256},
+        "probe": {
+            "records": len(probe_records),
+            "record_ids": [r.id for r in probe_records],
+            "columns_per_layer": probe_columns,
+            "positions_per_sequence": config.probe_positions,
+            "ridge": config.ridge,
+        },
+        "alignment": {
+            "records": len(align_records) if config.align_steps > 0 else 0,
+            "record_ids": [r.id for r in align_records] if config.align_steps > 0 else [],
+            "steps": config.align_steps,
+            "first": history[0] if history else None,
+            "last": history[-1] if history else None,
+        },
+        "seed": config.seed,
+        "config": config.to_dict(),
+        "timings_s": {
+            "probe": round(t_probe, 3),
+            "factorise": round(t_factor, 3),
+            "align": round(t_align, 3),
+            "total": round(time.perf_counter() - started, 3),
+        },
+        "versions": library_versions(),
+    }
+    return Proxy(proxy_model, tok, config, manifest)

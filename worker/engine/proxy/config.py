@@ -1,0 +1,153 @@
+"""Hyperparameters of proxy construction, saved beside every proxy they produced."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+from worker.engine.errors import ConfigError
+
+Method = Literal["ipsvd", "svd", "random"]
+METHODS: tuple[str, ...] = ("ipsvd", "svd", "random")
+DEFAULT_TARGET_MODULES: tuple[str, ...] = (
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+)
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """How to compress a target model into a proxy and align it. ``field.metadata['help']``
+    holds each parameter's description (the CLI shows it)."""
+
+    method: Method = field(
+        default="ipsvd",
+        metadata=_help(
+            "ipsvd: influence-preserving SVD from probe covariances; svd: truncated SVD of each "
+            "weight; random: each weight restricted to a random input subspace"
+        ),
+    )
+    sparsity: float = field(
+        default=0.5,
+        metadata=_help("rho, the fraction of each compressed layer's parameters removed"),
+    )
+    target_modules: tuple[str, ...] = field(
+        default=DEFAULT_TARGET_MODULES,
+        metadata=_help("nn.Linear layers whose name ends with one of these are compressed"),
+    )
+    rank_multiple: int = field(
+        default=1,
+        metadata=_help("round ranks down to a multiple of this (1: no rounding)"),
+    )
+    probe_samples: int = field(default=64, metadata=_help("records in the probe set (ipsvd only)"))
+    probe_positions: int = field(
+        default=16,
+        metadata=_help(
+            "response-token positions sampled per probe sequence, so long sequences do not "
+            "dominate; probe columns per layer = probe_samples * probe_positions at most"
+        ),
+    )
+    ridge: float = field(
+        default=1e-2,
+        metadata=_help(
+            "ridge added to each probe covariance, relative to its mean eigenvalue; it weighs "
+            "the directions the probes do not span (too small makes their inverse root explode)"
+        ),
+    )
+    align_steps: int = field(
+        default=20, metadata=_help("optimiser steps of alignment (0: no alignment)")
+    )
+    align_samples: int | None = field(
+        default=None,
+        metadata=_help(
+            "records in the alignment set (default: 1% of the pool, at least one batch)"
+        ),
+    )
+    align_batch_size: int = field(default=4, metadata=_help("records per alignment step"))
+    kl_weight: float = field(
+        default=1.0, metadata=_help("lambda_KL, the weight of the KL term against L_GA")
+    )
+    temperature: float = field(
+        default=2.0, metadata=_help("softmax temperature of the KL term (scaled by T^2)")
+    )
+    lr: float = field(default=5e-5, metadata=_help("peak AdamW learning rate for the factors"))
+    warmup_fraction: float = field(
+        default=0.1, metadata=_help("fraction of alignment steps with linear warm-up, then cosine")
+    )
+    max_grad_norm: float = field(
+        default=1.0, metadata=_help("gradient-norm clip for alignment steps (0: no clipping)")
+    )
+    batch_size: int = field(default=8, metadata=_help("records per probe forward/backward pass"))
+    max_length: int = field(
+        default=256, metadata=_help("tokens per record at most (truncation keeps the response)")
+    )
+    seed: int = field(
+        default=0, metadata=_help("seeds the probe/alignment split, positions and random method")
+    )
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        if self.method not in METHODS:
+            problems.append(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if not 0.0 <= self.sparsity < 1.0:
+            problems.append(f"sparsity must be in [0, 1), got {self.sparsity}")
+        if not self.target_modules:
+            problems.append("target_modules must name at least one layer suffix")
+        positive = ("rank_multiple", "probe_samples", "probe_positions", "align_batch_size")
+        for name in (*positive, "batch_size"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_length < 2:
+            problems.append(f"max_length must be at least 2, got {self.max_length}")
+        if self.ridge <= 0.0:
+            problems.append(f"ridge must be positive, got {self.ridge}")
+        if self.align_steps < 0:
+            problems.append(f"align_steps must be non-negative, got {self.align_steps}")
+        if self.align_samples is not None and self.align_samples < 1:
+            problems.append(f"align_samples must be at least 1, got {self.align_samples}")
+        for name in ("kl_weight", "max_grad_norm"):
+            if getattr(self, name) < 0.0:
+                problems.append(f"{name} must be non-negative, got {getattr(self, name)}")
+        if self.temperature <= 0.0 or self.lr <= 0.0:
+            problems.append(
+                f"temperature and lr must be positive, got {self.temperature} and {self.lr}"
+            )
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            problems.append(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        if problems:
+            raise ConfigError("proxy config: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready; tuples become lists."""
+        out = asdict(self)
+        out["target_modules"] = list(self.target_modules)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProxyConfig:
+        """Inverse of ``to_dict``; unknown keys are an error (a manifest from another version)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"proxy config: unknown field(s) {', '.join(unknown)}")
+        values = dict(data)
+        if "target_modules" in values:
+            values["target_modules"] = tuple(values["target_modules"])
+        return cls(**values)
+
+    @staticmethod
+    def help_for(name: str) -> str:
+        """The help text of field ``name``."""
+        for f in fields(ProxyConfig):
+            if f.name == name:
+                return str(f.metadata.get("help", ""))
+        raise KeyError(name)

@@ -1,0 +1,59 @@
+"""Causal-LM helpers shared by probing, alignment and evaluation: losses over response tokens.
+
+Position ``t`` of the logits predicts token ``t + 1``; a position carries loss when the label
+of the next token is not ``IGNORE_INDEX`` (a response token).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from worker.engine.data import IGNORE_INDEX
+
+
+def loss_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Boolean ``(batch, seq)`` mask of logit positions that predict a response token."""
+    mask = torch.zeros_like(labels, dtype=torch.bool)
+    mask[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    return mask
+
+
+def sequence_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over each sequence's response tokens.
+
+    ``logits: (batch, seq, vocab)``, ``labels: (batch, seq)`` -> ``(batch,)``. Every sequence
+    weighs the same however long its response is, as a per-sample loss should.
+    """
+    mask = loss_positions(labels)
+    targets = torch.zeros_like(labels)
+    targets[:, :-1] = labels[:, 1:].clamp_min(0)
+    tok = nn.functional.cross_entropy(
+        logits.float().transpose(1, 2), targets, reduction="none"
+    )  # (batch, seq)
+    counts = mask.sum(dim=1)
+    if bool((counts == 0).any()):
+        raise ValueError("a sequence in the batch has no response token to score")
+    return (tok * mask).sum(dim=1) / counts
+
+
+def temperature_kl(
+    target_logits: torch.Tensor, proxy_logits: torch.Tensor, mask: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """``T^2 * KL(softmax(z_t / T) || softmax(z_p / T))`` averaged over positions in ``mask``.
+
+    ``*_logits: (batch, seq, vocab)``, ``mask: (batch, seq)`` bool. The ``T^2`` factor keeps the
+    gradient scale independent of ``T`` (Hinton et al.). Target logits carry no gradient.
+    """
+    t = target_logits.detach()[mask].float() / temperature
+    p = proxy_logits[mask].float() / temperature
+    log_pt = torch.log_softmax(t, dim=-1)
+    log_pp = torch.log_softmax(p, dim=-1)
+    kl = (log_pt.exp() * (log_pt - log_pp)).sum(dim=-1)
+    return temperature**2 * kl.mean()
+
+
+def forward_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``model(input_ids, attention_mask).logits``: (batch, seq, vocab)."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    return out.logits

@@ -1,0 +1,133 @@
+"""Probe collection: each target layer's inputs ``h`` and output gradients ``delta``.
+
+Forward hooks on the chosen ``nn.Linear`` modules keep their inputs at a few sampled
+response-token positions per sequence (a fixed number, seeded, so long sequences do not
+dominate), and a tensor hook on each output keeps the gradient at the same positions during the
+backward pass. Gradients flow from each sequence's mean response loss; sequences in a batch do
+not interact, so every probe column belongs to exactly one sequence's loss.
+
+Only the input embeddings are made to require gradients: no weight gradient is formed (or
+stored), and the target model's ``requires_grad`` flags are left as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from worker.engine.data import Example, batches, collate
+from worker.engine.progress import ProgressFn, StopFn, check_stop, report
+from worker.engine.proxy.lm import loss_positions, sequence_losses
+
+
+@dataclass
+class Probes:
+    """Per layer name: ``inputs[name]: (in, N)`` and ``grads[name]: (out, N)``, float32."""
+
+    inputs: dict[str, torch.Tensor]
+    grads: dict[str, torch.Tensor]
+    sequences: int
+    positions_per_sequence: int
+
+    @property
+    def columns(self) -> int:
+        return int(next(iter(self.inputs.values())).shape[1]) if self.inputs else 0
+
+
+def select_layers(model: nn.Module, suffixes: Sequence[str]) -> dict[str, nn.Linear]:
+    """The ``nn.Linear`` modules whose qualified name ends with one of ``suffixes``, in order.
+
+    A suffix matches a whole name component (``proj`` does not match ``q_proj``).
+    """
+    out: dict[str, nn.Linear] = {}
+    for name, module in model.named_modules():
+        last = name.rsplit(".", 1)[-1]
+        if isinstance(module, nn.Linear) and last in suffixes:
+            out[name] = module
+    return out
+
+
+def sample_positions(
+    labels: torch.Tensor, per_sequence: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to ``per_sequence`` loss-bearing positions of each row, without replacement.
+
+    ``labels: (batch, seq)`` -> ``(rows, cols)``, two ``(n,)`` index tensors, rows ascending.
+    """
+    mask = loss_positions(labels)
+    rows, cols = [], []
+    for b in range(labels.shape[0]):
+        pos = mask[b].nonzero().flatten()
+        if pos.numel() > per_sequence:
+            pos = pos[torch.randperm(pos.numel(), generator=generator)[:per_sequence]].sort()[0]
+        rows.append(torch.full_like(pos, b))
+        cols.append(pos)
+    return torch.cat(rows), torch.cat(cols)
+
+
+@dataclass
+class _Capture:
+    rows: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
+    cols: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
+    inputs: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    grads: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+
+    def hook(self, name: str):  # type: ignore[no-untyped-def]
+        def forward_hook(
+            module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor
+        ) -> None:
+            rows, cols = self.rows, self.cols
+            self.inputs[name].append(args[0][rows, cols].detach().float())
+            if output.requires_grad:
+                output.register_hook(
+                    lambda g: self.grads[name].append(g[rows, cols].detach().float())
+                )
+
+        return forward_hook
+
+
+def collect_probes(
+    model: nn.Module,
+    layers: dict[str, nn.Linear],
+    examples: Sequence[Example],
+    *,
+    pad_id: int,
+    positions_per_sequence: int,
+    batch_size: int,
+    seed: int,
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+) -> Probes:
+    """One forward/backward pass per batch of ``examples`` over ``model``; see the module doc."""
+    capture = _Capture(inputs={name: [] for name in layers}, grads={name: [] for name in layers})
+    handles = [mod.register_forward_hook(capture.hook(name)) for name, mod in layers.items()]
+    generator = torch.Generator().manual_seed(seed)
+    embed = model.get_input_embeddings()  # type: ignore[operator]
+    done = 0
+    try:
+        for chunk in batches(examples, batch_size):
+            check_stop(should_stop, "compressing")
+            batch = collate(chunk, pad_id)
+            capture.rows, capture.cols = sample_positions(
+                batch["labels"], positions_per_sequence, generator
+            )
+            with torch.enable_grad():
+                embeds = embed(batch["input_ids"]).detach().requires_grad_(True)
+                logits = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).logits
+                loss = sequence_losses(logits, batch["labels"]).sum()
+                torch.autograd.grad(loss, embeds)
+            done += len(chunk)
+            report(progress, "compressing", done, len(examples))
+    finally:
+        for h in handles:
+            h.remove()
+    inputs = {n: torch.cat(v).T.contiguous() for n, v in capture.inputs.items()}
+    # Backward visits layers in reverse and batches append in order: columns line up with inputs.
+    grads = {n: torch.cat(v).T.contiguous() for n, v in capture.grads.items()}
+    for name in layers:
+        if grads[name].shape[1] != inputs[name].shape[1]:
+            raise RuntimeError(f"layer {name}: no gradient reached it; is it on the loss path?")
+    return Probes(inputs, grads, len(examples), positions_per_sequence)
