@@ -1,0 +1,45 @@
+"""Tiny models and records for the fine-tuning and evaluation tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.tiny import save_tiny_model
+from worker.engine.data import Record, record_from_obj
+from worker.engine.models import LoadedModel, load_model
+
+QA = [
+    {"question": "2 + 2?", "answer": "four"},
+    {"question": "Capital of France?", "answer": "Paris"},
+    {"question": "Colour of the sky?", "answer": "blue"},
+    {"question": "Opposite of hot?", "answer": "cold"},
+    {"prompt": "Say hi.", "completion": "hi there"},
+    {"instruction": "Name a fruit.", "input": "", "output": "apple"},
+]
+
+
+def qa_records() -> list[Record]:
+    return [record_from_obj(obj, i, f"qa[{i}]") for i, obj in enumerate(QA)]
+
+
+@pytest.fixture
+def tiny_dir(tmp_path: Path) -> Path:
+    return save_tiny_model(tmp_path / "tiny", "llama")
+
+
+@pytest.fixture
+def tiny(tiny_dir: Path, tmp_path: Path) -> LoadedModel:
+    return load_model(str(tiny_dir), cache_dir=tmp_path / "cache")
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models run ~10x faster on one thread than on two contended ones (shared CI cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -1,0 +1,36 @@
+"""Fine-tuning (full or LoRA), warm-up with checkpoints for TracIn, and evaluation."""
+
+from worker.engine.train.checkpoints import (
+    Checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    read_manifest,
+)
+from worker.engine.train.config import FinetuneConfig
+from worker.engine.train.evaluate import (
+    EvalReport,
+    ExampleResult,
+    evaluate,
+    example_nll,
+    option_logprobs,
+)
+from worker.engine.train.finetune import FinetuneResult, finetune, records_sha256
+from worker.engine.train.warmup import random_slice, warmup
+
+__all__ = [
+    "Checkpoint",
+    "EvalReport",
+    "ExampleResult",
+    "FinetuneConfig",
+    "FinetuneResult",
+    "evaluate",
+    "example_nll",
+    "finetune",
+    "list_checkpoints",
+    "load_checkpoint",
+    "option_logprobs",
+    "random_slice",
+    "read_manifest",
+    "records_sha256",
+    "warmup",
+]
