@@ -15,7 +15,7 @@ from worker.engine.train.evaluate import (
     option_logprobs,
 )
 from worker.engine.train.finetune import FinetuneResult, finetune, records_sha256
-from worker.engine.train.warmup import random_slice, warmup
+from worker.engine.train.warmup import random_slice, sample_records, warmup
 
 __all__ = [
     "Checkpoint",
@@ -32,5 +32,6 @@ __all__ = [
     "random_slice",
     "read_manifest",
     "records_sha256",
+    "sample_records",
     "warmup",
 ]

@@ -23,14 +23,20 @@ from worker.engine.train.config import FinetuneConfig
 from worker.engine.train.finetune import FinetuneResult, finetune
 
 
+def sample_records(records: Sequence[Record], k: int, seed: int) -> list[Record]:
+    """``k`` records drawn without replacement (seeded), kept in their original order."""
+    if not 1 <= k <= len(records):
+        raise ConfigError(f"cannot draw {k} records from {len(records)}")
+    gen = torch.Generator().manual_seed(seed)
+    picked = sorted(torch.randperm(len(records), generator=gen)[:k].tolist())
+    return [records[i] for i in picked]
+
+
 def random_slice(records: Sequence[Record], fraction: float, seed: int) -> list[Record]:
     """``ceil(fraction * n)`` records drawn without replacement (seeded), in pool order."""
     if not 0 < fraction <= 1:
         raise ConfigError(f"warm-up fraction must be in (0, 1], got {fraction}")
-    k = max(1, math.ceil(fraction * len(records)))
-    gen = torch.Generator().manual_seed(seed)
-    picked = sorted(torch.randperm(len(records), generator=gen)[:k].tolist())
-    return [records[i] for i in picked]
+    return sample_records(records, max(1, math.ceil(fraction * len(records))), seed)
 
 
 def checkpoint_steps(total_steps: int, checkpoints: int) -> tuple[int, ...]:
