@@ -198,9 +198,9 @@ def _step(
         {
             "step": len(history) + 1,
             "lr": optimizer.param_groups[0]["lr"],
-            "loss": float(losses.total),
-            "ga": float(losses.ga),
-            "kl": float(losses.kl),
+            "loss": float(losses.total.detach()),
+            "ga": float(losses.ga.detach()),
+            "kl": float(losses.kl.detach()),
             "grad_norm": grad_norm,
         }
     )

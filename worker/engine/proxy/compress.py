@@ -98,7 +98,10 @@ def compress(
         else:
             W = mod.weight.detach()
             A, B = factorise(W, rank, config, pair, generator)
-            layer = LowRankLinear(A, B, mod.bias.detach() if mod.bias is not None else None)
+            # Contiguous factors: a loaded proxy has them so, and matmul kernels pick their path
+            # by memory layout; equal strides are what makes save/load bit-exact.
+            bias_t = mod.bias.detach() if mod.bias is not None else None
+            layer = LowRankLinear(A.contiguous(), B.contiguous(), bias_t)
             if layer.bias is not None:
                 layer.bias.requires_grad_(False)
             replace_layer(proxy, name, layer)

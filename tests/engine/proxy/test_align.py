@@ -1,0 +1,76 @@
+"""Alignment: a few steps lower L_GA, only factors move, the schedule warms up and decays."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from worker.engine.data import Record, collate, encode_all, pad_token_id
+from worker.engine.lowrank import LowRankLinear
+from worker.engine.math.ipsvd import svd_factors
+from worker.engine.models import LoadedModel
+from worker.engine.proxy import ProxyConfig, build_proxy
+from worker.engine.proxy.align import align, alignment_losses, lr_factor
+from worker.engine.proxy.compress import replace_layer
+from worker.engine.proxy.probes import select_layers
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_a_few_steps_lower_the_gradient_alignment_loss(
+    arch: str, make_target: Callable[..., LoadedModel], records: list[Record]
+) -> None:
+    target = make_target(arch)
+    cfg = ProxyConfig(
+        method="svd",
+        sparsity=0.7,
+        align_steps=8,
+        align_batch_size=4,
+        lr=5e-3,
+        warmup_fraction=0.0,
+        max_length=64,
+    )
+    proxy = build_proxy(target, records, ProxyConfig(**{**cfg.to_dict(), "align_steps": 0}))
+    tok = target.tokenizer
+    examples = encode_all(records[:4], tok, 64)
+    batch = collate(examples, pad_token_id(tok))
+    before = alignment_losses(target.model, proxy.model, batch, cfg, create_graph=False)
+    frozen = {n: p.clone() for n, p in proxy.model.named_parameters() if not p.requires_grad}
+    history = align(target.model, proxy.model, examples, cfg, pad_id=pad_token_id(tok))
+    after = alignment_losses(target.model, proxy.model, batch, cfg, create_graph=False)
+    assert len(history) == 8
+    assert float(after.ga) < float(before.ga) - 0.05, (float(before.ga), float(after.ga))
+    for n, p in proxy.model.named_parameters():
+        if n in frozen:
+            assert torch.equal(p, frozen[n]), n
+    assert proxy.model.config._attn_implementation != "eager"  # type: ignore[union-attr]
+    assert all(p.grad is None for p in proxy.model.parameters())
+    assert all(p.grad is None for p in target.model.parameters())
+
+
+def test_alignment_losses_are_in_range_and_kl_vanishes_for_an_exact_proxy(
+    make_target: Callable[..., LoadedModel], records: list[Record]
+) -> None:
+    target = make_target("llama")
+    # Full-rank factors (rank = min(out, in)) reproduce the target: KL 0, cosine 1 per layer.
+    proxy = copy.deepcopy(target.model)
+    for name, mod in select_layers(target.model, ProxyConfig().target_modules).items():
+        A, B = svd_factors(mod.weight.detach(), min(mod.weight.shape))
+        replace_layer(proxy, name, LowRankLinear(A, B))
+    batch = collate(encode_all(records[:3], target.tokenizer, 64), pad_token_id(target.tokenizer))
+    losses = alignment_losses(target.model, proxy, batch, ProxyConfig(), create_graph=False)
+    assert float(losses.kl.detach()) == pytest.approx(0.0, abs=1e-5)
+    assert float(losses.ga.detach()) == pytest.approx(0.0, abs=1e-4)
+    assert all(c == pytest.approx(1.0, abs=1e-4) for c in losses.cosines)
+    assert len(losses.cosines) == 14
+
+
+def test_lr_schedule_warms_up_then_decays_to_zero() -> None:
+    factors = [lr_factor(s, 20, 0.2) for s in range(20)]
+    assert factors[0] < factors[1] < factors[3] <= 1.0
+    assert factors[4] == pytest.approx(1.0)
+    assert all(a >= b for a, b in itertools.pairwise(factors[4:]))
+    assert factors[-1] < 0.05
