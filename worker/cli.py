@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from worker.engine.errors import EngineError
 
-COMMAND_MODULES: tuple[str, ...] = ("train",)
+COMMAND_MODULES: tuple[str, ...] = ("train", "proxy")
 
 
 def build_parser() -> argparse.ArgumentParser:
