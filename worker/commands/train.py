@@ -118,6 +118,13 @@ def register(subparsers: Any) -> None:
     ev.add_argument("--seed", type=int, default=0, help="seed for --sample (default: 0)")
     ev.add_argument("--no-accuracy", action="store_true", help="skip multiple-choice accuracy")
     ev.add_argument(
+        "--choice-scoring",
+        choices=("letter", "option"),
+        default="letter",
+        help="multiple choice: compare the options' first (letter) token, free with the NLL "
+        "pass, or their whole responses, one more forward per record (default: letter)",
+    )
+    ev.add_argument(
         "--out", type=Path, default=None, help="also write the report with per-example rows"
     )
     ev.set_defaults(func=_evaluate)
@@ -211,6 +218,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         batch_size=args.batch_size,
         accuracy="never" if args.no_accuracy else "auto",
+        choice_scoring=args.choice_scoring,
         progress=_progress,
     )
     summary = {"model": loaded.identity, "sha256": loaded.sha256, "task": str(args.task)}

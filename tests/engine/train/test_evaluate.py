@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -14,6 +15,12 @@ from tests.engine.train.conftest import qa_records
 from worker.engine.data import encode, load_records, record_from_obj
 from worker.engine.models import LoadedModel
 from worker.engine.train import FinetuneConfig, evaluate, finetune, option_logprobs
+from worker.engine.train.choice import (
+    choices_of,
+    first_response_position,
+    letter_tokens,
+    option_examples,
+)
 
 
 def _hand_nll(model: torch.nn.Module, input_ids: list[int], labels: list[int]) -> float:
@@ -76,14 +83,34 @@ def test_option_scores_match_one_forward_per_option(tiny: LoadedModel, tmp_path:
         assert score == pytest.approx(-_hand_nll(tiny.model, ex.input_ids, ex.labels), rel=1e-4)
 
 
-def test_mmlu_scoring_picks_the_planted_answers(tiny: LoadedModel, tmp_path: Path) -> None:
+def test_letter_scores_are_first_token_logprobs(tiny: LoadedModel, tmp_path: Path) -> None:
+    rec = load_records(_mmlu_csv(tmp_path / "quiz_test.csv"))[1]
+    choices, _ = choices_of(rec) or ([], "")
+    options = option_examples(rec, choices, tiny.tokenizer, 128)
+    tokens = letter_tokens(options)
+    assert tokens is not None and tiny.tokenizer.decode(tokens) == "ABCD"
+    start = first_response_position(options[0])
+    with torch.no_grad():
+        logits = tiny.model(input_ids=torch.tensor([options[0].input_ids[:start]])).logits[0, -1]
+    hand = torch.log_softmax(logits.double(), dim=-1)[tokens]
+    report = evaluate(tiny.model, tiny.tokenizer, [rec], max_length=128)
+    assert report.examples[0].predicted == "ABCD"[int(hand.argmax())]
+    # Options that do not start with distinct tokens cannot be told apart by their first token.
+    same = [dataclasses.replace(o, input_ids=[*o.input_ids[:start], 5, 6]) for o in options]
+    assert letter_tokens(same) is None
+
+
+@pytest.mark.parametrize("scoring", ["letter", "option"])
+def test_mmlu_scoring_picks_the_planted_answers(
+    tiny: LoadedModel, tmp_path: Path, scoring: Any
+) -> None:
     """After learning the reference answers, the model must pick them among the four options."""
     records = load_records(_mmlu_csv(tmp_path / "quiz_test.csv"))
-    before = evaluate(tiny.model, tiny.tokenizer, records, max_length=128)
+    before = evaluate(tiny.model, tiny.tokenizer, records, max_length=128, choice_scoring=scoring)
     assert before.accuracy is not None and before.accuracy < 1.0  # not right by chance
-    config = FinetuneConfig(epochs=30, lr=1e-2, batch_size=4, max_length=128, warmup_ratio=0.0)
+    config = FinetuneConfig(epochs=60, lr=1e-2, batch_size=4, max_length=128, warmup_ratio=0.0)
     tuned = finetune(tiny, records, config, tmp_path / "run").model
-    after = evaluate(tuned, tiny.tokenizer, records, max_length=128)
+    after = evaluate(tuned, tiny.tokenizer, records, max_length=128, choice_scoring=scoring)
     assert after.accuracy == 1.0 and after.accuracy_se == 0.0
     assert [e.predicted for e in after.examples] == ["B", "D", "A", "C"]
     assert all(e.correct for e in after.examples)

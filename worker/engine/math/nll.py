@@ -30,16 +30,17 @@ def sequence_nll(
     """
     if logits.ndim != 3 or labels.shape != logits.shape[:2]:
         raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} differ")
-    shift_logits = logits[:, :-1, :].float()
     shift_labels = labels[:, 1:]
     mask = shift_labels != ignore_index
-    # cross_entropy needs valid class ids everywhere; masked positions are zeroed afterwards.
-    targets = shift_labels.masked_fill(~mask, 0)
+    # Only loss-bearing positions go through the softmax: prompts are often most of a sequence,
+    # and a (B, T, V) log-softmax of a 49k vocabulary is the largest tensor of a step.
+    rows, cols = mask.nonzero(as_tuple=True)
     token_nll = F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.shape[-1]), targets.reshape(-1), reduction="none"
-    ).view_as(targets)
-    token_nll = token_nll * mask
-    return token_nll.sum(dim=1), mask.sum(dim=1).float()
+        logits[rows, cols].float(), shift_labels[rows, cols], reduction="none"
+    )
+    nll_sum = torch.zeros(labels.shape[0], dtype=torch.float32, device=logits.device)
+    nll_sum = nll_sum.index_add(0, rows, token_nll)
+    return nll_sum, mask.sum(dim=1).float()
 
 
 def token_mean_loss(

@@ -6,15 +6,11 @@ from worker.engine.train.checkpoints import (
     load_checkpoint,
     read_manifest,
 )
+from worker.engine.train.choice import option_logprobs
 from worker.engine.train.config import FinetuneConfig
-from worker.engine.train.evaluate import (
-    EvalReport,
-    ExampleResult,
-    evaluate,
-    example_nll,
-    option_logprobs,
-)
+from worker.engine.train.evaluate import EvalReport, ExampleResult, evaluate
 from worker.engine.train.finetune import FinetuneResult, finetune, records_sha256
+from worker.engine.train.forward import Scored, score_examples
 from worker.engine.train.warmup import random_slice, sample_records, warmup
 
 __all__ = [
@@ -23,8 +19,8 @@ __all__ = [
     "ExampleResult",
     "FinetuneConfig",
     "FinetuneResult",
+    "Scored",
     "evaluate",
-    "example_nll",
     "finetune",
     "list_checkpoints",
     "load_checkpoint",
@@ -33,5 +29,6 @@ __all__ = [
     "read_manifest",
     "records_sha256",
     "sample_records",
+    "score_examples",
     "warmup",
 ]

@@ -3,27 +3,36 @@
 The main metric is the mean over examples of the per-token NLL of the reference response
 (prompt tokens carry no loss): continuous, and sensitive to small changes at the scale this
 project runs at. Multiple-choice accuracy (MMLU) is computed where records carry ``choices`` and
-an ``answer`` letter: the model picks the option whose response ``"<letter>. <text>"`` (the form
-the MMLU reader gives the reference) has the highest summed log-likelihood after the same prompt.
+an ``answer`` letter, by comparing the likelihoods of the four options
+(:mod:`worker.engine.train.choice`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import torch
 from torch import nn
 
-from worker.engine.data import Example, Record, collate, encode, pad_token_id
-from worker.engine.errors import DataFormatError, EmptyDatasetError, NoResponseTokensError
-from worker.engine.math.nll import mean_and_se, sequence_nll
+from worker.engine.data import Example, Record, encode, pad_token_id
+from worker.engine.errors import EmptyDatasetError, NoResponseTokensError
+from worker.engine.math.nll import mean_and_se
 from worker.engine.progress import ProgressFn, StopFn, check_stop, report
+from worker.engine.train.choice import (
+    ChoiceScoring,
+    choices_of,
+    first_response_position,
+    letter_scores,
+    letter_tokens,
+    option_examples,
+    option_logprobs,
+    pick,
+)
+from worker.engine.train.forward import Scored, score_examples
 
 STAGE = "evaluating"
-LETTERS = ("A", "B", "C", "D")
 
 
 @dataclass(frozen=True)
@@ -68,57 +77,6 @@ class EvalReport:
         return d
 
 
-@torch.no_grad()
-def example_nll(
-    model: nn.Module, examples: Sequence[Example], pad_id: int, batch_size: int = 8
-) -> list[tuple[float, int]]:
-    """``(summed NLL, loss-token count)`` of each example, in input order.
-
-    Examples are batched by length (less padding); right padding with an attention mask leaves
-    every real position's logits as they are without padding.
-    """
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
-    out: list[tuple[float, int]] = [(0.0, 0)] * len(examples)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        batch = collate([examples[i] for i in idx], pad_id)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        sums, counts = sequence_nll(logits, batch["labels"])
-        for i, s, c in zip(idx, sums.tolist(), counts.tolist(), strict=True):
-            out[i] = (float(s), int(c))
-    return out
-
-
-def _choices(record: Record) -> tuple[list[str], str] | None:
-    f: Mapping[str, Any] = record.fields
-    choices, answer = f.get("choices"), f.get("answer")
-    if not isinstance(choices, list) or not isinstance(answer, str):
-        return None
-    if len(choices) != len(LETTERS) or answer not in LETTERS:
-        raise DataFormatError(
-            f"record {record.index} (id {record.id!r}): multiple choice needs 4 'choices' and an "
-            f"'answer' in A-D, got {len(choices)} choices and answer {answer!r}"
-        )
-    return [str(c).strip() for c in choices], answer
-
-
-@torch.no_grad()
-def option_logprobs(
-    model: nn.Module, tokenizer: Any, record: Record, choices: Sequence[str], max_length: int
-) -> list[float]:
-    """Summed log-likelihood of each option's response ``"<letter>. <text>"`` after the prompt.
-
-    All options go through the model as one batch.
-    """
-    options = [
-        dataclasses.replace(record, response=f"{letter}. {text}")
-        for letter, text in zip(LETTERS, choices, strict=True)
-    ]
-    examples = [encode(o, tokenizer, max_length) for o in options]
-    sums = example_nll(model, examples, pad_token_id(tokenizer), batch_size=len(examples))
-    return [-s for s, _ in sums]
-
-
 def evaluate(
     model: nn.Module,
     tokenizer: Any,
@@ -127,50 +85,98 @@ def evaluate(
     max_length: int = 512,
     batch_size: int = 8,
     accuracy: Literal["auto", "never"] = "auto",
+    choice_scoring: ChoiceScoring = "letter",
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
 ) -> EvalReport:
     """NLL of every record's reference response; accuracy where every record is multiple choice.
 
     Records whose response has no token left are skipped and listed. ``accuracy="auto"``
-    measures accuracy when every record carries ``choices`` and ``answer`` (MMLU).
+    measures accuracy when every record carries ``choices`` and ``answer`` (MMLU), scored as
+    ``choice_scoring`` says (see :mod:`worker.engine.train.choice`); a record whose options do
+    not tokenise to distinct first tokens falls back to whole-option scoring.
     """
     was_training = model.training
     model.eval()
     try:
-        examples: list[Example] = []
-        kept: list[Record] = []
-        skipped: list[str] = []
-        for r in records:
-            try:
-                examples.append(encode(r, tokenizer, max_length))
-                kept.append(r)
-            except NoResponseTokensError:
-                skipped.append(r.id)
-        if not examples:
-            raise EmptyDatasetError("no evaluation record has a response token")
-        pad = pad_token_id(tokenizer)
-        nlls: list[tuple[float, int]] = []
-        for start in range(0, len(examples), batch_size):
-            check_stop(should_stop, STAGE)
-            chunk = examples[start : start + batch_size]
-            nlls.extend(example_nll(model, chunk, pad, batch_size))
-            report(progress, STAGE, len(nlls), len(examples))
-        mc = [_choices(r) for r in kept] if accuracy == "auto" else []
-        measure = bool(mc) and all(c is not None for c in mc)
-        results = []
-        for i, (r, e, (s, n)) in enumerate(zip(kept, examples, nlls, strict=True)):
-            predicted, correct = None, None
-            if measure:
-                check_stop(should_stop, STAGE)
-                choices, answer = mc[i]  # type: ignore[misc]
-                scores = option_logprobs(model, tokenizer, r, choices, max_length)
-                predicted = LETTERS[max(range(len(scores)), key=scores.__getitem__)]
-                correct = predicted == answer
-            results.append(ExampleResult(r.index, r.id, s, n, e.truncated, predicted, correct))
-        return _aggregate(results, skipped)
+        return _evaluate(
+            model,
+            tokenizer,
+            records,
+            max_length,
+            batch_size,
+            accuracy,
+            choice_scoring,
+            progress,
+            should_stop,
+        )
     finally:
         model.train(was_training)
+
+
+def _evaluate(
+    model: nn.Module,
+    tokenizer: Any,
+    records: Sequence[Record],
+    max_length: int,
+    batch_size: int,
+    accuracy: str,
+    choice_scoring: ChoiceScoring,
+    progress: ProgressFn | None,
+    should_stop: StopFn | None,
+) -> EvalReport:
+    examples: list[Example] = []
+    kept: list[Record] = []
+    skipped: list[str] = []
+    for r in records:
+        try:
+            examples.append(encode(r, tokenizer, max_length))
+            kept.append(r)
+        except NoResponseTokensError:
+            skipped.append(r.id)
+    if not examples:
+        raise EmptyDatasetError("no evaluation record has a response token")
+    mc = [choices_of(r) for r in kept] if accuracy == "auto" else []
+    measure = bool(mc) and all(c is not None for c in mc)
+    letters = measure and choice_scoring == "letter"
+    pad = pad_token_id(tokenizer)
+    scored: list[Scored] = []
+    for start in range(0, len(examples), batch_size):
+        check_stop(should_stop, STAGE)
+        chunk = examples[start : start + batch_size]
+        scored.extend(score_examples(model, chunk, pad, batch_size, first_logprobs=letters))
+        report(progress, STAGE, len(scored), len(examples))
+    results = []
+    for i, (r, e, sc) in enumerate(zip(kept, examples, scored, strict=True)):
+        predicted, correct = None, None
+        if measure:
+            choices, answer = mc[i]  # type: ignore[misc]
+            predicted = _predict(model, tokenizer, r, e, sc, choices, max_length, letters)
+            correct = predicted == answer
+        results.append(
+            ExampleResult(r.index, r.id, sc.nll_sum, sc.n_tokens, e.truncated, predicted, correct)
+        )
+    return _aggregate(results, skipped)
+
+
+def _predict(
+    model: nn.Module,
+    tokenizer: Any,
+    record: Record,
+    reference: Example,
+    scored: Scored,
+    choices: list[str],
+    max_length: int,
+    letters: bool,
+) -> str:
+    if letters and scored.first_logprobs is not None:
+        options = option_examples(record, choices, tokenizer, max_length)
+        tokens = letter_tokens(options)
+        start = first_response_position(reference)
+        # The reference shares the options' prefix only if it tokenised the same way.
+        if tokens is not None and reference.input_ids[:start] == options[0].input_ids[:start]:
+            return pick(letter_scores(scored.first_logprobs, tokens))
+    return pick(option_logprobs(model, tokenizer, record, choices, max_length))
 
 
 def _aggregate(results: list[ExampleResult], skipped: list[str]) -> EvalReport:
