@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from tests.engine.tiny_gguf import write_tiny_llama_gguf
 from tests.tiny import save_tiny_model, tiny_model
 from worker.engine import models
 from worker.engine.errors import ModelNotFoundError
@@ -172,6 +174,34 @@ def test_failed_conversion_leaves_no_cache_entry(
         models._convert_gguf(tmp_path / "fake.gguf", entry)
     assert not entry.exists()
     assert os.listdir(entry.parent) == []
+
+
+def test_gguf_file_converts_once_then_loads_from_the_cache(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    gguf, expected, tok = write_tiny_llama_gguf(tmp_path / "tiny.gguf")
+    cache = tmp_path / "cache"
+    loaded = load_model(str(gguf), cache_dir=cache)
+    assert loaded.sha256 == file_sha256(gguf) and loaded.identity == str(gguf.resolve())
+    for name, tensor in expected.state_dict().items():
+        torch.testing.assert_close(loaded.model.state_dict()[name], tensor)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False
+    )
+    assert loaded.tokenizer(text)["input_ids"] == tok(text)["input_ids"]
+    entry = cache / "gguf-converted" / loaded.sha256
+    assert (entry / "model.safetensors").is_file()
+    assert "quantization_config" not in json.loads((entry / "config.json").read_text())
+    assert [p.name for p in entry.parent.iterdir()] == [loaded.sha256]  # no temp dirs left
+
+    def no_conversion(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("converted again instead of reading the cache")
+
+    monkeypatch.setattr(models, "_convert_gguf", no_conversion)
+    again = load_model(str(gguf), cache_dir=cache)
+    assert again.sha256 == loaded.sha256
+    for name, tensor in expected.state_dict().items():
+        torch.testing.assert_close(again.model.state_dict()[name], tensor)
 
 
 @pytest.mark.slow
