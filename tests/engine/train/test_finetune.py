@@ -42,6 +42,16 @@ def test_full_finetune_lowers_training_loss(tiny: LoadedModel, tmp_path: Path) -
     m = result.manifest
     assert m["steps"] == 16 and m["steps_per_epoch"] == 2
     assert [c["step"] for c in m["checkpoints"]] == [4, 8, 16]
+    # The last checkpoint of a full run is the final model itself, not a second copy.
+    assert [c["path"] for c in m["checkpoints"]] == [
+        "checkpoints/step-000004",
+        "checkpoints/step-000008",
+        ".",
+    ]
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == [
+        "step-000004",
+        "step-000008",
+    ]
     assert m["base"]["sha256"] == tiny.sha256
     assert m["data"]["examples"] == len(qa_records())
     saved = json.loads((tmp_path / "run" / "finetune.json").read_text())

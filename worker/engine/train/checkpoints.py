@@ -6,6 +6,7 @@ A run directory looks like::
       finetune.json               manifest: config, base model, data hash, steps, checkpoints
       config.json, model.safetensors, tokenizer files   the final model (always merged, full)
       checkpoints/step-000010/    a checkpoint: a full model, or a LoRA adapter over the base
+                                  (a full run's last checkpoint is the final model itself: ".")
 
 The final model is a plain Hugging Face directory, so ``load_model(out)`` and ``iprox evaluate
 --model out`` open it like any other model. Checkpoints of LoRA runs hold only the adapter

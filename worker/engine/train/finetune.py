@@ -151,8 +151,11 @@ def finetune(
         lrs_since.append(lr)
         done = step + 1
         if done in save_at:
-            path = checkpoint_dir(out_dir, done)
-            _save(model, tokenizer, path)
+            if done == total and not config.lora:
+                path = out_dir  # the final model, saved there below: no second full copy
+            else:
+                path = checkpoint_dir(out_dir, done)
+                _save(model, tokenizer, path)
             checkpoints.append(
                 {
                     "step": done,
@@ -160,7 +163,7 @@ def finetune(
                     "lr": lr,
                     "mean_lr": sum(lrs_since) / len(lrs_since),
                     "kind": "lora" if config.lora else "full",
-                    "path": str(path.relative_to(out_dir)),
+                    "path": str(path.relative_to(out_dir)),  # "." for the final model
                     "train_loss": sum(losses[-len(lrs_since) :]) / len(lrs_since),
                 }
             )
