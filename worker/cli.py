@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from worker.engine.errors import EngineError
 
-COMMAND_MODULES: tuple[str, ...] = ("train", "proxy")
+COMMAND_MODULES: tuple[str, ...] = ("train", "proxy", "score", "serve", "migrate", "keys")
 
 
 def build_parser() -> argparse.ArgumentParser:

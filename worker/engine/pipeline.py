@@ -8,13 +8,15 @@ by batch: the caller persists each batch and may stop between them (a later run 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from worker.engine.data import encode, load_records
 from worker.engine.errors import NoResponseTokensError
-from worker.engine.progress import ProgressFn, StopFn, report
+from worker.engine.progress import ProgressFn, StopFn, check_stop, report
 from worker.engine.scoring import (
     RankedRecord,
     ScoreBatch,
@@ -35,9 +37,11 @@ __all__ = [
     "ScoreConfig",
     "ScoreStats",
     "SelectionConfig",
+    "SelectionResult",
     "build_proxy_from_files",
     "iter_scores",
     "rank",
+    "run_selection",
     "token_counts",
 ]
 
@@ -141,3 +145,90 @@ def token_counts(tokenizer: Any, train: Path, max_length: int) -> dict[int, int]
         except NoResponseTokensError as exc:
             raise NoResponseTokensError(f"{train}: {exc.message}") from None
     return out
+
+
+@dataclass(frozen=True)
+class SelectionResult:
+    """The outcome of :func:`run_selection`: the selection, every score, and a summary."""
+
+    ranked: list[RankedRecord]
+    scores: dict[int, float]
+    ids: dict[int, str]
+    summary: dict[str, Any]
+
+
+def run_selection(
+    model_ref: str,
+    train: Path,
+    targets: Sequence[Path],
+    *,
+    proxy: ProxyConfig | None,
+    config: ScoreConfig,
+    selection: SelectionConfig,
+    store_dir: Path | None = None,
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+) -> SelectionResult:
+    """The whole pipeline: load the target, build a proxy from the pool (``proxy=None``: score
+    with the full target), score the pool against the targets, select.
+
+    The summary holds the sample counts, seconds per stage, the proxy's size and what the
+    gradient store reused.
+    """
+    from worker.engine.proxy import build_proxy  # type: ignore[attr-defined]
+    from worker.engine.scoring.store import tensor_fingerprint
+
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    target = _load(model_ref, progress)
+    timings["loading"] = time.perf_counter() - t
+    proxy_info: dict[str, Any] | None = None
+    model: Any = target.model
+    tokenizer, model_hash = target.tokenizer, f"target:{target.sha256}"
+    if proxy is not None:
+        t = time.perf_counter()
+        built = build_proxy(
+            target, load_records(train), proxy, progress=progress, should_stop=should_stop
+        )
+        timings["proxy"] = time.perf_counter() - t
+        model, tokenizer = built.model, built.tokenizer
+        model_hash = f"proxy:{tensor_fingerprint(model)}"
+        m = built.manifest
+        proxy_info = {k: m.get(k) for k in ("method", "sparsity", "target_params", "proxy_params")}
+    stats = ScoreStats()
+    scores: dict[int, float] = {}
+    ids: dict[int, str] = {}
+    t = time.perf_counter()
+    for batch in score_stream(
+        model,
+        tokenizer,
+        model_hash,
+        Path(train),
+        [Path(p) for p in targets],
+        config,
+        store_dir=store_dir,
+        progress=progress,
+        stats=stats,
+    ):
+        scores.update(zip(batch.indices, batch.scores, strict=True))
+        ids.update(zip(batch.indices, batch.ids, strict=True))
+        check_stop(should_stop, "scoring")
+    timings["scoring"] = time.perf_counter() - t
+    t = time.perf_counter()
+    report(progress, "ranking", 0, 1)
+    counts = token_counts(tokenizer, train, config.max_length) if selection.token_budget else None
+    ranked = rank(train, scores, selection, token_counts=counts)
+    report(progress, "ranking", 1, 1)
+    timings["ranking"] = time.perf_counter() - t
+    summary = {
+        "model": target.identity,
+        "samples": len(scores),
+        "selected": len(ranked),
+        "targets": [str(p) for p in targets],
+        "proxy": proxy_info,
+        "score_config": config.to_dict(),
+        "selection": selection.to_dict(),
+        "gradients": asdict(stats),
+        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+    }
+    return SelectionResult(ranked, scores, ids, summary)

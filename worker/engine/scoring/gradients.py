@@ -66,6 +66,17 @@ def target_modules(model: nn.Module, suffixes: Sequence[str]) -> list[tuple[str,
     return found
 
 
+def scored_parameters(model: nn.Module, suffixes: Sequence[str]) -> list[torch.Tensor]:
+    """The parameters whose gradients are features: ``A``/``B`` of low-rank layers, else ``weight``."""
+    out: list[torch.Tensor] = []
+    for _, m in target_modules(model, suffixes):
+        if isinstance(m, LowRankLinear):
+            out += [m.A, m.B]
+        elif isinstance(m, nn.Linear):
+            out.append(m.weight)
+    return out
+
+
 def build_blocks(
     model: nn.Module, suffixes: Sequence[str], proj_dim: int, seed: int
 ) -> list[GradBlock]:

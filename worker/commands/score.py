@@ -1,0 +1,216 @@
+"""``iprox score`` (gradient scores of a pool against target tasks) and ``iprox select`` (the whole
+pipeline: build a proxy, score, select).
+
+Progress goes to stderr (tqdm bars); a JSON summary goes to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from worker.engine.scoring.config import ScoreConfig
+
+_METHODS = ("ipsvd", "svd", "random", "none")
+
+
+def _default(name: str) -> Any:
+    return next(f.default for f in fields(ScoreConfig) if f.name == name)
+
+
+def _help(name: str) -> str:
+    f = next(f for f in fields(ScoreConfig) if f.name == name)
+    return str(f.metadata["help"])
+
+
+def _add_scoring(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="preset name, local HF directory or .gguf file")
+    p.add_argument("--train", type=Path, required=True, help="the pool to score (any format)")
+    p.add_argument(
+        "--target",
+        type=Path,
+        required=True,
+        action="append",
+        help="target-task file (JSONL/JSON, MMLU CSV or folder, LESS JSON); repeat for several "
+        "tasks (a sample's score is its max over tasks)",
+    )
+    p.add_argument(
+        "--scorer", choices=("tracin", "influence"), default="tracin", help=_help("scorer")
+    )
+    p.add_argument("--proj-dim", type=int, default=_default("proj_dim"), help=_help("proj_dim"))
+    p.add_argument(
+        "--batch-size", type=int, default=_default("batch_size"), help=_help("batch_size")
+    )
+    p.add_argument(
+        "--max-length", type=int, default=_default("max_length"), help=_help("max_length")
+    )
+    p.add_argument("--seed", type=int, default=_default("seed"), help=_help("seed"))
+    p.add_argument("--damping", type=float, default=_default("damping"), help=_help("damping"))
+    p.add_argument(
+        "--dot", action="store_true", help="score by dot product instead of cosine (no normalising)"
+    )
+    p.add_argument(
+        "--store", type=Path, default=None, help="gradient store directory (reuse and resume)"
+    )
+
+
+def register(subparsers: Any) -> None:
+    score = subparsers.add_parser(
+        "score",
+        help="score a training pool against target tasks by projected gradients",
+        description="Write OUT: one JSON line {index, id, score} per pool sample.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _add_scoring(score)
+    score.add_argument(
+        "--proxy", type=Path, default=None, help="saved proxy directory (default: full model)"
+    )
+    score.add_argument("--out", type=Path, required=True, help="scores file to write (JSONL)")
+    score.set_defaults(func=_score)
+
+    select = subparsers.add_parser(
+        "select",
+        help="build a proxy, score the pool and write the selected records",
+        description="Write OUT (the selected records in rank order, original fields plus rank "
+        "and score) and the full scores file.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _add_scoring(select)
+    select.add_argument("--out", type=Path, required=True, help="selected records (JSONL)")
+    select.add_argument(
+        "--scores-out", type=Path, default=None, help="full scores file (default: OUT.scores.jsonl)"
+    )
+    size = select.add_mutually_exclusive_group(required=True)
+    size.add_argument("--fraction", type=float, help="keep this fraction of the pool")
+    size.add_argument("--top-k", type=int, help="keep the k best samples")
+    size.add_argument("--token-budget", type=int, help="keep best samples within this many tokens")
+    select.add_argument("--quota-field", default=None, help="record field naming the source")
+    select.add_argument("--quota", type=float, default=None, help="max share of any one source")
+    select.add_argument(
+        "--method", choices=_METHODS, default="ipsvd", help="proxy method; none = full target model"
+    )
+    select.add_argument(
+        "--sparsity", type=float, default=0.5, help="rho, fraction of parameters removed"
+    )
+    select.add_argument("--align-steps", type=int, default=None, help="proxy alignment steps")
+    select.add_argument("--probe-samples", type=int, default=None, help="IPSVD probe records")
+    select.set_defaults(func=_select)
+
+
+class _Bars:
+    """One tqdm bar per stage on stderr."""
+
+    def __init__(self) -> None:
+        self.bars: dict[str, Any] = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        bar = self.bars.get(stage)
+        if bar is None:
+            bar = self.bars[stage] = tqdm(total=total, desc=stage, file=sys.stderr, leave=True)
+        bar.total = total
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
+def _config(args: argparse.Namespace) -> ScoreConfig:
+    return ScoreConfig(
+        scorer=args.scorer,
+        proj_dim=args.proj_dim,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        seed=args.seed,
+        damping=args.damping,
+        normalize=not args.dot,
+    )
+
+
+def _score(args: argparse.Namespace) -> int:
+    import time
+
+    from worker.engine.pipeline import ScoreStats, iter_scores
+    from worker.engine.scoring.output import write_scores
+
+    config = _config(args)
+    bars, stats = _Bars(), ScoreStats()
+    scores: dict[int, float] = {}
+    ids: dict[int, str] = {}
+    start = time.perf_counter()
+    try:
+        for batch in iter_scores(
+            args.model,
+            args.train,
+            args.target,
+            proxy=args.proxy,
+            config=config,
+            store_dir=args.store,
+            progress=bars,
+            stats=stats,
+        ):
+            scores.update(zip(batch.indices, batch.scores, strict=True))
+            ids.update(zip(batch.indices, batch.ids, strict=True))
+    finally:
+        bars.close()
+    write_scores(args.out, scores, ids)
+    summary = {
+        "samples": len(scores),
+        "scores": str(args.out),
+        "proxy": str(args.proxy) if args.proxy else None,
+        "gradients": vars(stats),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _select(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from worker.engine.pipeline import SelectionConfig, run_selection
+    from worker.engine.proxy import ProxyConfig
+    from worker.engine.scoring.output import write_scores, write_selection
+
+    selection = SelectionConfig(
+        top_k=args.top_k,
+        fraction=args.fraction,
+        token_budget=args.token_budget,
+        quota_field=args.quota_field,
+        quota=args.quota,
+    )
+    proxy = None
+    if args.method != "none":
+        proxy = ProxyConfig(method=args.method, sparsity=args.sparsity, max_length=args.max_length)
+        if args.align_steps is not None:
+            proxy = replace(proxy, align_steps=args.align_steps)
+        if args.probe_samples is not None:
+            proxy = replace(proxy, probe_samples=args.probe_samples)
+    bars = _Bars()
+    try:
+        result = run_selection(
+            args.model,
+            args.train,
+            args.target,
+            proxy=proxy,
+            config=_config(args),
+            selection=selection,
+            store_dir=args.store,
+            progress=bars,
+        )
+    finally:
+        bars.close()
+    scores_out = args.scores_out or args.out.with_name(args.out.stem + ".scores.jsonl")
+    write_selection(args.out, result.ranked)
+    write_scores(scores_out, result.scores, result.ids)
+    summary = dict(result.summary, selected_file=str(args.out), scores_file=str(scores_out))
+    print(json.dumps(summary, indent=2))
+    return 0
