@@ -13,6 +13,9 @@ import pytest
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
+# Postgres/Redis fixtures shared by the service and worker tiers (requested by name only there).
+pytest_plugins = ["tests.service.plugin"]
+
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Iterator[Any]:

@@ -32,6 +32,11 @@ def get_job(session: Session, tenant_id: str, job_id: str) -> Job | None:
     return session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id))
 
 
+def get_job_any_tenant(session: Session, job_id: str) -> Job | None:
+    """For the worker, which acts on ids the API already checked."""
+    return session.get(Job, job_id, populate_existing=True)
+
+
 def lock_job(session: Session, job_id: str) -> Job | None:
     """The row, locked until the transaction ends (SQLite: BEGIN IMMEDIATE locks the database)."""
     return session.scalar(select(Job).where(Job.id == job_id).with_for_update())

@@ -75,12 +75,18 @@ def report_progress(session: Session, job_id: str, done: int, total: int) -> Job
     return job.status
 
 
-def add_progress(session: Session, job_id: str, delta: int) -> JobStatus:
-    """Add ``delta`` samples scored (shards run concurrently, so they add rather than set)."""
+def record_scores(session: Session, job_id: str, rows: list[tuple[int, str, float]]) -> JobStatus:
+    """Upsert a batch of scores and set progress to the number scored; returns the status.
+
+    The job row is locked before the insert: the insert's foreign-key check takes a share lock
+    on it, and two shards each holding that share lock while asking for the row lock deadlock.
+    """
     job = _lock(session, job_id)
-    if not job.status.is_terminal():
-        job.progress_done = min(job.progress_total, job.progress_done + delta)
-        repo.touch(job)
+    if job.status.is_terminal():
+        return job.status
+    repo.upsert_scores(session, job_id, rows)
+    job.progress_done = repo.count_scores(session, job_id)
+    repo.touch(job)
     return job.status
 
 

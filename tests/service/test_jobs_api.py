@@ -86,9 +86,9 @@ def test_rejected_requests_name_the_field_and_write_nothing(
 
 
 def test_path_traversal_is_rejected(
-    client: TestClient, auth: dict[str, str], select_body: dict[str, Any], roots: dict[str, Any]
+    client: TestClient, auth: dict[str, str], select_body: dict[str, Any], svc_roots: dict[str, Any]
 ) -> None:
-    data_root = roots["data"]
+    data_root = svc_roots["data"]
     (data_root.parent / "secret.jsonl").write_text('{"text": "secret"}\n')
     link = data_root / "escape.jsonl"
     link.symlink_to(data_root.parent / "secret.jsonl")

@@ -1,5 +1,5 @@
-"""The service tier: the real app against a fresh Postgres (migrated by Alembic) and a real
-Redis broker (messages are sent but no worker consumes them here)."""
+"""Fixtures of the service and worker tiers (loaded by tests/conftest.py as a plugin): the real
+app against a fresh Postgres (migrated by Alembic) and a real Redis broker."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from tests.service.kit import (
 
 
 @pytest.fixture(scope="session")
-def roots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def svc_roots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("iprox-service")
     out = {"home": base / "home", "data": base / "data", "models": base / "models"}
     for p in out.values():
@@ -34,11 +34,11 @@ def roots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def service_db(roots: dict[str, Path]) -> Iterator[str]:
+def service_db(svc_roots: dict[str, Path]) -> Iterator[str]:
     require_redis()
     with fresh_postgres() as url:
         env = service_env(
-            url, redis_url(REDIS_DB_SERVICE), roots["home"], roots["data"], roots["models"]
+            url, redis_url(REDIS_DB_SERVICE), svc_roots["home"], svc_roots["data"], svc_roots["models"]
         )
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
@@ -84,11 +84,11 @@ def other_auth(service_db: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def data_file(roots: dict[str, Path]) -> Callable[..., str]:
+def data_file(svc_roots: dict[str, Path]) -> Callable[..., str]:
     """Write rows under the data root; returns the file:// URI."""
 
     def _write(rows: list[dict[str, Any]] | str, suffix: str = ".jsonl") -> str:
-        path = roots["data"] / f"{uuid.uuid4().hex[:10]}{suffix}"
+        path = svc_roots["data"] / f"{uuid.uuid4().hex[:10]}{suffix}"
         if isinstance(rows, str):
             path.write_text(rows, encoding="utf-8")
         else:
@@ -99,9 +99,9 @@ def data_file(roots: dict[str, Path]) -> Callable[..., str]:
 
 
 @pytest.fixture
-def model_dir(roots: dict[str, Path]) -> str:
+def model_dir(svc_roots: dict[str, Path]) -> str:
     """A folder that passes the API's light model check (config.json under the model root)."""
-    path = roots["models"] / "tiny-llama"
+    path = svc_roots["models"] / "tiny-llama"
     path.mkdir(exist_ok=True)
     (path / "config.json").write_text("{}", encoding="utf-8")
     return str(path)

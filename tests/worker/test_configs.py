@@ -1,0 +1,44 @@
+"""The API's request schema and the engine's configs must agree (the API cannot import the
+engine, so these lists are kept in two places and checked here)."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+import pytest
+
+from service.config import DEFAULT_PRESETS
+from service.jobs.schemas import ProxySpec, ScorerSpec, SelectionSpec
+from worker.engine.errors import ConfigError
+from worker.engine.models import PRESETS
+from worker.engine.proxy import ProxyConfig
+from worker.engine.scoring import ScoreConfig, SelectionConfig
+from worker.tasks.configs import proxy_config, score_config, selection_config
+
+
+def test_presets_match_the_engine() -> None:
+    assert set(DEFAULT_PRESETS) == set(PRESETS)
+
+
+def test_proxy_spec_fields_exist_in_proxy_config() -> None:
+    names = {f.name for f in fields(ProxyConfig)}
+    assert set(ProxySpec.model_fields) - {"proxy_id"} <= names
+    spec = ProxySpec(method="svd", sparsity=0.3, align_steps=0).model_dump()
+    cfg = proxy_config(spec)
+    assert (cfg.method, cfg.sparsity, cfg.align_steps) == ("svd", 0.3, 0)
+    assert cfg.lr == ProxyConfig().lr  # unset fields keep the engine's defaults
+
+
+def test_scorer_and_selection_specs_map_onto_engine_configs() -> None:
+    names = {f.name for f in fields(ScoreConfig)}
+    assert set(ScorerSpec.model_fields) - {"method"} <= names
+    cfg = score_config(ScorerSpec(method="influence", proj_dim=32).model_dump())
+    assert (cfg.scorer, cfg.proj_dim) == ("influence", 32)
+    assert set(SelectionSpec.model_fields) == {f.name for f in fields(SelectionConfig)}
+    sel = selection_config(SelectionSpec(fraction=0.25).model_dump())
+    assert sel.fraction == 0.25 and sel.top_k is None
+
+
+def test_engine_still_rejects_what_the_api_cannot_see() -> None:
+    with pytest.raises(ConfigError):
+        proxy_config({"sparsity": 0.5, "probe_samples": 0})

@@ -1,0 +1,53 @@
+"""Fetching dataset URIs in the worker: local re-checks, http downloads with a size cap."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from service.config import Settings
+from worker.tasks.inputs import InputError, local_input
+
+
+@pytest.fixture
+def http_root(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = partial(SimpleHTTPRequestHandler, directory=str(root))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", root
+    server.shutdown()
+    server.server_close()
+
+
+def test_http_download_is_cached_and_capped(http_root: tuple[str, Path], tmp_path: Path) -> None:
+    base, root = http_root
+    (root / "pool.jsonl").write_text('{"text": "a"}\n' * 10)
+    settings = Settings(home=tmp_path, http_max_bytes=1000)
+    got = local_input(f"{base}/pool.jsonl", "dataset_uri", tmp_path / "job", settings)
+    assert got.read_text() == '{"text": "a"}\n' * 10
+    (root / "pool.jsonl").unlink()  # a redelivered task reuses the download
+    assert local_input(f"{base}/pool.jsonl", "dataset_uri", tmp_path / "job", settings) == got
+    (root / "big.jsonl").write_text("x" * 5000)
+    with pytest.raises(InputError, match="limit of 1000"):
+        local_input(f"{base}/big.jsonl", "dataset_uri", tmp_path / "job", settings)
+    assert not list((tmp_path / "job" / "inputs").glob("*.part"))
+    with pytest.raises(InputError, match="HTTP 404"):
+        local_input(f"{base}/gone.jsonl", "dataset_uri", tmp_path / "job", settings)
+
+
+def test_file_uri_is_rechecked_against_the_roots(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    root.mkdir()
+    (tmp_path / "outside.jsonl").write_text('{"text": "x"}\n')
+    (root / "link.jsonl").symlink_to(tmp_path / "outside.jsonl")
+    settings = Settings(home=tmp_path, data_roots=[root])
+    with pytest.raises(InputError, match="outside the data roots"):
+        local_input((root / "link.jsonl").as_uri(), "dataset_uri", tmp_path / "job", settings)

@@ -1,0 +1,188 @@
+"""Job steps on a tiny real model: select end to end (sharded), proxy reuse, cancel, failure,
+redelivery, orphaned jobs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from service.config import get_settings
+from service.db import session_scope
+from service.jobs import repository, state
+from service.models import Job, JobShard, Proxy
+from service.models.base import utcnow
+from service.queue import TASK_RANK_JOB, TASK_SCORE_SHARD
+from tests.worker.conftest import POOL, read_jsonl
+from tests.worker.inline import InlineQueue
+from worker.tasks import steps
+
+
+@pytest.fixture
+def small_shards() -> Iterator[None]:
+    """Shards of 4 samples: the 6-record pool splits into two."""
+    settings = get_settings()
+    old = settings.shard_size
+    settings.shard_size = 4
+    yield
+    settings.shard_size = old
+
+
+def submit(client: TestClient, auth: dict[str, str], body: dict[str, Any]) -> str:
+    r = client.post("/jobs", json=body, headers=auth)
+    assert r.status_code == 202, r.text
+    return str(r.json()["id"])
+
+
+def stages(client: TestClient, auth: dict[str, str], job_id: str) -> list[str]:
+    events = client.get(f"/jobs/{job_id}/events", headers=auth).json()["items"]
+    return [e["message"] for e in events if e["type"] == "stage"]
+
+
+def proxy_count() -> int:
+    with session_scope() as s:
+        return int(s.scalar(select(func.count()).select_from(Proxy)) or 0)
+
+
+def test_select_runs_sharded_and_ranks(
+    client: TestClient,
+    auth: dict[str, str],
+    job_body: Callable[..., dict[str, Any]],
+    small_shards: None,
+) -> None:
+    job_id = submit(client, auth, job_body())
+    queue = InlineQueue()
+    queue.run(job_id)
+    job = client.get(f"/jobs/{job_id}", headers=auth).json()
+    assert job["status"] == "succeeded", job["error"]
+    assert job["progress"] == {"done": 6, "total": 6} and job["partial"] is False
+    assert queue.names().count(TASK_SCORE_SHARD) == 2 and queue.names().count(TASK_RANK_JOB) == 1
+    assert stages(client, auth, job_id)[0] == "loading"
+    assert {"compressing", "scoring", "ranking"} <= set(stages(client, auth, job_id))
+    scores = client.get(f"/jobs/{job_id}/scores", headers=auth).json()
+    assert scores["count"] == 6 and scores["partial"] is False
+    by_index = {s["index"]: s["score"] for s in scores["items"]}
+    subset = read_jsonl(client.get(f"/jobs/{job_id}/subset", headers=auth).text)
+    best = sorted(by_index, key=lambda i: (-by_index[i], i))[:3]
+    assert [r["rank"] for r in subset] == [1, 2, 3]
+    assert [r["id"] for r in subset] == [POOL[i]["id"] for i in best]
+    for r, i in zip(subset, best, strict=True):
+        assert r["score"] == pytest.approx(by_index[i])
+        assert {k: r[k] for k in POOL[i]} == POOL[i]  # original fields kept
+    result = job["result"]
+    assert result["selected"] == 3 and result["pool_size"] == 6
+    proxy = client.get(f"/proxies/{result['proxy_id']}", headers=auth).json()
+    assert proxy["job_id"] == job_id and proxy["manifest"]["method"] == "ipsvd"
+
+
+def test_proxy_build_then_select_reuses_it(
+    client: TestClient, auth: dict[str, str], job_body: Callable[..., dict[str, Any]]
+) -> None:
+    build_id = submit(client, auth, job_body("proxy_build"))
+    InlineQueue().run(build_id)
+    built = client.get(f"/jobs/{build_id}", headers=auth).json()
+    assert built["status"] == "succeeded", built["error"]
+    proxy_id = built["result"]["proxy_id"]
+    assert [p["id"] for p in client.get("/proxies", headers=auth).json()["items"]] == [proxy_id]
+    proxies_before = proxy_count()
+    body = job_body()
+    body["proxy"] = {"proxy_id": proxy_id}
+    job_id = submit(client, auth, body)
+    InlineQueue().run(job_id)
+    job = client.get(f"/jobs/{job_id}", headers=auth).json()
+    assert job["status"] == "succeeded", job["error"]
+    assert job["result"]["proxy_id"] == proxy_id == job["proxy_id"]
+    assert proxy_count() == proxies_before  # no second build
+    assert "compressing" not in stages(client, auth, job_id)
+
+
+def test_cancel_mid_scoring_keeps_partial_scores(
+    client: TestClient,
+    auth: dict[str, str],
+    job_body: Callable[..., dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import worker.engine.pipeline as pipeline
+
+    job_id = submit(client, auth, job_body())
+    real_iter_scores = pipeline.iter_scores
+    yielded: list[int] = []
+
+    def cancel_after_first_batch(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        for batch in real_iter_scores(*args, **kwargs):
+            if yielded:  # batch 1 is persisted and committed: the user cancels now
+                assert client.post(f"/jobs/{job_id}/cancel", headers=auth).status_code == 202
+            yielded.append(len(batch.indices))
+            yield batch
+
+    monkeypatch.setattr(pipeline, "iter_scores", cancel_after_first_batch)
+    InlineQueue().run(job_id)
+    job = client.get(f"/jobs/{job_id}", headers=auth).json()
+    assert job["status"] == "cancelled" and job["partial"] is True
+    assert len(yielded) == 2  # the batch in flight is kept, then the shard stops
+    scores = client.get(f"/jobs/{job_id}/scores", headers=auth).json()
+    assert scores["partial"] is True and scores["count"] == sum(yielded) < len(POOL)
+    assert job["result"]["scored"] == sum(yielded)
+    assert client.get(f"/jobs/{job_id}/subset", headers=auth).status_code == 409
+
+
+def test_corrupt_dataset_fails_with_a_code(
+    client: TestClient,
+    auth: dict[str, str],
+    job_body: Callable[..., dict[str, Any]],
+    data_file: Callable[..., str],
+) -> None:
+    # The first record is fine (so the API accepts it); the third line is not JSON.
+    corrupt = data_file('{"text": "fine"}\n{"text": "fine too"}\n{"text": broken\n')
+    job_id = submit(client, auth, job_body(dataset_uri=corrupt))
+    InlineQueue().run(job_id)
+    job = client.get(f"/jobs/{job_id}", headers=auth).json()
+    assert job["status"] == "failed"
+    assert job["error"]["code"] == "data_format" and ":3" in job["error"]["message"]
+    assert job["finished_at"] is not None
+
+
+def test_redelivered_steps_do_not_duplicate(
+    client: TestClient,
+    auth: dict[str, str],
+    job_body: Callable[..., dict[str, Any]],
+    small_shards: None,
+) -> None:
+    job_id = submit(client, auth, job_body())
+    queue = InlineQueue()
+    queue.run(job_id)
+    with session_scope() as s:
+        first = repository.all_scores(s, job_id)
+        shards = list(s.scalars(select(JobShard).where(JobShard.job_id == job_id)))
+    # Messages delivered again after success change nothing.
+    settings = get_settings()
+    steps.run_job(job_id, settings, queue)
+    steps.score_shard(job_id, 0, settings, queue)
+    steps.rank_job(job_id, settings)
+    queue.drain()
+    with session_scope() as s:
+        assert repository.all_scores(s, job_id) == first
+        assert repository.count_scores(s, job_id) == len(POOL) == len(first)
+    assert len(shards) == 2
+
+
+def test_orphaned_running_job_is_failed() -> None:
+    from service.auth.keys import get_or_create_tenant
+
+    with session_scope() as s:
+        tenant = get_or_create_tenant(s, "orphans")
+        job = Job(tenant_id=tenant.id, kind="select", request={}, request_hash="x")
+        s.add(job)
+        s.flush()
+        state.start(s, job.id)
+        job.updated_at = utcnow() - timedelta(hours=10)
+        job_id = job.id
+    assert job_id in steps.reap_orphans(timedelta(hours=1))
+    with session_scope() as s:
+        row = s.get(Job, job_id)
+        assert row is not None and row.status.value == "failed"
+        assert row.error_code == "worker_lost"

@@ -1,0 +1,126 @@
+"""``iprox serve``: the embedded default. One command, no external servers.
+
+It applies the migrations (a start-up step), makes sure a local API key exists, starts a Celery
+worker process beside the API and serves the API with uvicorn. With no ``IPROX_*`` settings the
+state lives under ``IPROX_HOME`` (default ``~/.iprox``): a SQLite database, a filesystem message
+queue and the artifacts. Set ``IPROX_DATABASE_URL``/``IPROX_BROKER_URL`` to serve against
+Postgres/Redis instead (then run further workers with ``celery -A worker.celery_app worker``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+LOCAL_TENANT = "local"
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("serve", help="run the API and a worker (embedded default)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument(
+        "--concurrency", type=int, default=1, help="worker processes for jobs (default 1)"
+    )
+    p.add_argument("--no-worker", action="store_true", help="serve the API only")
+    p.set_defaults(func=run)
+
+
+def local_key(home: Path, given: str | None) -> tuple[str, bool]:
+    """The local API key: ``IPROX_API_KEY``, else the one kept in ``$IPROX_HOME/api_key`` from
+    an earlier start, else a new one (saved there, owner-only). Returns (key, newly created)."""
+    from service.auth.keys import generate_key
+
+    if given:
+        return given, False
+    path = home / "api_key"
+    if path.is_file():
+        return path.read_text(encoding="utf-8").strip(), False
+    key = generate_key()
+    home.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(key + "\n")
+    return key, True
+
+
+def _defaults() -> None:
+    """Embedded defaults for what is unset; children (the worker) inherit them."""
+    home = Path(os.environ.get("IPROX_HOME") or Path.home() / ".iprox").expanduser().resolve()
+    os.environ["IPROX_HOME"] = str(home)
+    # Local files the user names in file:// URIs: the folder serve was started from.
+    os.environ.setdefault("IPROX_DATA_ROOTS", str(Path.cwd().resolve()))
+
+
+def start_worker(concurrency: int, queue: str) -> subprocess.Popen[bytes]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.celery_app",
+        "worker",
+        "-Q",
+        queue,
+        "--concurrency",
+        str(concurrency),
+        "--loglevel",
+        "INFO",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    return subprocess.Popen(cmd, env=os.environ.copy())
+
+
+def _watch(worker: subprocess.Popen[bytes]) -> None:
+    """Without its worker the service would accept jobs that never run: stop with it."""
+    code = worker.wait()
+    print(f"iprox serve: the worker exited (code {code}); stopping", file=sys.stderr, flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def run(args: argparse.Namespace) -> int:
+    _defaults()
+    import uvicorn
+
+    from service.auth.keys import ensure_key
+    from service.config import get_settings
+    from service.db import session_scope
+    from service.migrate import upgrade
+
+    settings = get_settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    settings.resolved_artifact_root.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.resolved_database_url)
+    key, created = local_key(settings.home, settings.api_key)
+    with session_scope() as session:
+        ensure_key(session, LOCAL_TENANT, key)
+    print(f"iprox serve: state in {settings.home}", flush=True)
+    print(f"iprox serve: file:// URIs allowed under {', '.join(map(str, settings.data_roots))}")
+    if created:
+        print(f"iprox serve: created the local API key {key} (kept in {settings.home / 'api_key'})")
+    else:
+        print(
+            "iprox serve: local API key from "
+            + ("IPROX_API_KEY" if settings.api_key else str(settings.home / "api_key"))
+        )
+    print(f"iprox serve: API on http://{args.host}:{args.port} (docs at /docs)", flush=True)
+    worker = None if args.no_worker else start_worker(args.concurrency, settings.queue)
+    if worker is not None:
+        threading.Thread(target=_watch, args=(worker,), daemon=True).start()
+    try:
+        uvicorn.run("service.main:app", host=args.host, port=args.port, log_level="info")
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.terminate()
+            try:
+                worker.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+    return 0

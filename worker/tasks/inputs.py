@@ -1,0 +1,94 @@
+"""Turning a job's dataset URIs into local files the engine can stream.
+
+``file://`` URIs are re-checked against the data roots (the file may have changed since the API
+accepted it); ``http(s)://`` is downloaded with a size cap and timeouts; ``s3://`` and ``gs://``
+go through fsspec. Downloads land in the job's artifact folder and are reused on redelivery.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+from service.config import Settings
+from service.datasets import resolve_file_uri
+from service.errors import ValidationFailed
+from worker.engine.errors import EngineError
+
+_CHUNK = 1 << 20
+
+
+class InputError(EngineError):
+    """A dataset URI could not be read (gone, unreachable, too large, outside the roots)."""
+
+    code = "dataset_unavailable"
+
+
+def _download_http(uri: str, dest: Path, max_bytes: int, timeout_s: float) -> None:
+    tmp = dest.with_suffix(dest.suffix + ".part")
+    size = 0
+    try:
+        with (
+            httpx.stream("GET", uri, follow_redirects=True, timeout=timeout_s) as resp,
+            tmp.open("wb") as fh,
+        ):
+            if resp.status_code >= 400:
+                raise InputError(f"{uri}: HTTP {resp.status_code}")
+            for chunk in resp.iter_bytes(_CHUNK):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise InputError(f"{uri}: larger than the limit of {max_bytes} bytes")
+                fh.write(chunk)
+    except httpx.HTTPError as exc:
+        tmp.unlink(missing_ok=True)
+        raise InputError(f"{uri}: download failed ({type(exc).__name__}: {exc})") from None
+    except InputError:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, dest)
+
+
+def _download_fsspec(uri: str, dest: Path, max_bytes: int) -> None:
+    import fsspec
+
+    tmp = dest.with_suffix(dest.suffix + ".part")
+    size = 0
+    try:
+        with fsspec.open(uri, "rb") as src, tmp.open("wb") as fh:
+            while chunk := src.read(_CHUNK):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise InputError(f"{uri}: larger than the limit of {max_bytes} bytes")
+                fh.write(chunk)
+    except (ImportError, OSError, ValueError) as exc:
+        tmp.unlink(missing_ok=True)
+        raise InputError(f"{uri}: cannot read ({exc})") from None
+    except InputError:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, dest)
+
+
+def local_input(uri: str, field: str, job_dir: Path, settings: Settings) -> Path:
+    """A local path holding the data of ``uri`` (downloaded into ``job_dir`` when remote)."""
+    scheme = urlsplit(uri).scheme
+    if scheme == "file":
+        try:
+            return resolve_file_uri(uri, settings.data_roots, field)
+        except ValidationFailed as exc:
+            raise InputError(f"{field}: {exc.detail}") from None
+    suffix = Path(urlsplit(uri).path).suffix.lower()
+    name = hashlib.sha256(uri.encode()).hexdigest()[:16] + suffix
+    dest = job_dir / "inputs" / name
+    if dest.is_file():
+        return dest  # fetched by an earlier delivery of this task
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if scheme in ("http", "https"):
+        _download_http(uri, dest, settings.http_max_bytes, settings.http_timeout_s)
+    else:
+        _download_fsspec(uri, dest, settings.http_max_bytes)
+    return dest

@@ -1,0 +1,330 @@
+"""The stages of a job, as plain functions over job ids (the Celery tasks in ``jobs.py`` are
+one-line wrappers, and tests call these directly).
+
+``run_job`` plans: it builds (or reuses) the proxy, counts the pool and splits it into shards,
+then queues one ``score_shard`` per shard. Each shard upserts its scores batch by batch and
+stops at the next batch once the job is being cancelled. The shard that settles last (counted
+under the job row's lock) queues ``rank_job``, which writes the subset and finishes the job.
+Every step is safe to run twice: a redelivered message finds its work done or overwrites it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+
+from service.config import Settings
+from service.db import session_scope
+from service.jobs import repository as repo
+from service.jobs import state
+from service.jobs.service import subset_path
+from service.models import Job, JobKind, JobStage, JobStatus, Proxy, ShardStatus
+from service.models.base import utcnow
+from service.proxies import repository as proxy_repo
+from service.queue import TASK_RANK_JOB, TASK_SCORE_SHARD
+from worker.engine.errors import Cancelled, EmptyDatasetError, EngineError
+from worker.tasks.configs import proxy_config, score_config, selection_config
+from worker.tasks.inputs import local_input
+from worker.tasks.reporting import Reporter
+
+log = logging.getLogger(__name__)
+
+Enqueue = Callable[..., None]
+"""``enqueue(task_name, *args)``: Celery's send_task in production, a direct call in tests."""
+
+_PROXY_NAMESPACE = uuid.UUID("6f1d3c56-0c8e-4d8e-9a3e-2f4b8d1e7a10")
+
+
+@dataclass(frozen=True)
+class Inputs:
+    model: str
+    pool: Path
+    targets: list[Path]
+
+
+def job_dir(settings: Settings, job_id: str) -> Path:
+    return settings.resolved_artifact_root / "jobs" / job_id
+
+
+def _inputs(request: dict[str, Any], job_id: str, settings: Settings) -> Inputs:
+    folder = job_dir(settings, job_id)
+    targets = request.get("target_uri") or []
+    targets = [targets] if isinstance(targets, str) else targets
+    return Inputs(
+        model=request["resolved"]["target_model"],
+        pool=local_input(request["dataset_uri"], "dataset_uri", folder, settings),
+        targets=[local_input(u, "target_uri", folder, settings) for u in targets],
+    )
+
+
+@contextmanager
+def job_guard(job_id: str) -> Iterator[None]:
+    """Whatever escapes a step ends the job: cancelled, or failed with a code; never running."""
+    try:
+        yield
+    except Cancelled:
+        with session_scope() as s:
+            state.cancelled(s, job_id, {"scored": repo.count_scores(s, job_id)})
+    except EngineError as exc:
+        log.info("job %s failed: [%s] %s", job_id, exc.code, exc.message)
+        with session_scope() as s:
+            state.fail(s, job_id, exc.code, exc.message)
+    except SoftTimeLimitExceeded:
+        with session_scope() as s:
+            state.fail(s, job_id, "time_limit", "the task ran past its time limit")
+    except Exception as exc:
+        log.exception("job %s failed unexpectedly", job_id)
+        with session_scope() as s:
+            state.fail(s, job_id, "internal", f"{type(exc).__name__}: {exc}")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _ensure_proxy(job: dict[str, Any], inputs: Inputs, settings: Settings) -> Proxy:
+    """The proxy this job built, building it now if needed (its id derives from the job id, so
+    a redelivered build writes to the same folder and row)."""
+    from worker.engine.pipeline import build_proxy_from_files
+
+    job_id = job["id"]
+    with session_scope() as s:
+        existing = proxy_repo.find_by_job(s, job_id)
+        if existing is not None:
+            return existing
+    proxy_id = str(uuid.uuid5(_PROXY_NAMESPACE, job_id))
+    out_dir = settings.resolved_artifact_root / "proxies" / proxy_id
+    config = proxy_config(job["request"].get("proxy") or {})
+    reporter = Reporter(job_id, stages=True)
+    build_proxy_from_files(
+        inputs.model,
+        inputs.pool,
+        out_dir,
+        config,
+        progress=reporter.progress,
+        should_stop=reporter.should_stop,
+    )
+    manifest_file = out_dir / "proxy.json"
+    manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
+    with session_scope() as s:
+        proxy = proxy_repo.add_proxy(
+            s,
+            Proxy(
+                id=proxy_id,
+                tenant_id=job["tenant_id"],
+                job_id=job_id,
+                target_model=inputs.model,
+                method=config.method,
+                sparsity=config.sparsity,
+                path=str(out_dir),
+                sha256=_sha256(manifest_file),
+                manifest=manifest,
+            ),
+        )
+        keys = ("target_params", "proxy_params", "param_ratio", "achieved_sparsity")
+        state.metric(s, job_id, "proxy built", {"proxy_id": proxy_id} | _pick(manifest, keys))
+    return proxy
+
+
+def _pick(d: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {k: d[k] for k in keys if k in d}
+
+
+def _snapshot(job: Job) -> dict[str, Any]:
+    return {"id": job.id, "tenant_id": job.tenant_id, "kind": job.kind, "request": job.request}
+
+
+def run_job(job_id: str, settings: Settings, enqueue: Enqueue) -> None:
+    """First step of every job: build or reuse the proxy; for ``select``, plan the shards."""
+    with session_scope() as s:
+        row = state.start(s, job_id)
+        if row is None:
+            return
+        job = _snapshot(row)
+        proxy_id = row.proxy_id
+    inputs = _inputs(job["request"], job_id, settings)
+    if job["kind"] is JobKind.PROXY_BUILD:
+        proxy = _ensure_proxy(job, inputs, settings)
+        result = {"proxy_id": proxy.id, "links": {"proxy": f"/proxies/{proxy.id}"}}
+        with session_scope() as s:
+            state.succeed(
+                s, job_id, result | _pick(proxy.manifest, ("proxy_params", "target_params"))
+            )
+        return
+    if proxy_id is None:
+        proxy_id = _ensure_proxy(job, inputs, settings).id
+        with session_scope() as s:
+            locked = repo.lock_job(s, job_id)
+            if locked is not None:
+                locked.proxy_id = proxy_id
+    _plan_shards(job_id, inputs.pool, settings, enqueue)
+
+
+def _plan_shards(job_id: str, pool: Path, settings: Settings, enqueue: Enqueue) -> None:
+    from worker.engine.data import iter_records
+
+    with session_scope() as s:
+        if not state.set_stage(s, job_id, JobStage.SCORING):
+            return
+    # Streams the whole pool once: a corrupt record fails the job here, before any scoring.
+    size = sum(1 for _ in iter_records(pool))
+    if size == 0:
+        raise EmptyDatasetError(f"{pool.name}: holds no records")
+    bounds = [(a, min(a + settings.shard_size, size)) for a in range(0, size, settings.shard_size)]
+    with session_scope() as s:
+        repo.create_shards(s, job_id, bounds)
+        job = repo.lock_job(s, job_id)
+        if job is None or job.status is not JobStatus.RUNNING:
+            return
+        job.shards_total = len(bounds)
+        job.progress_total = size
+        job.progress_done = repo.count_scores(s, job_id)
+        state.metric(s, job_id, "pool planned", {"pool_size": size, "shards": len(bounds)})
+        pending = [
+            sh.shard_index for sh in repo.shards_of(s, job_id) if sh.status is ShardStatus.PENDING
+        ]
+    for k in pending:
+        enqueue(TASK_SCORE_SHARD, job_id, k)
+
+
+def score_shard(job_id: str, shard_index: int, settings: Settings, enqueue: Enqueue) -> None:
+    """Score one slice of the pool, persisting each batch; stop early when cancelled."""
+    from worker.engine.pipeline import iter_scores
+
+    with session_scope() as s:
+        row = repo.get_job_any_tenant(s, job_id)
+        shard = repo.get_shard(s, job_id, shard_index)
+        if row is None or shard is None or row.status.is_terminal():
+            return
+        outcome: ShardStatus
+        if shard.status is not ShardStatus.PENDING:
+            outcome = shard.status  # redelivered after it settled: only re-check the barrier
+        elif row.status is JobStatus.CANCELLING:
+            outcome = ShardStatus.STOPPED
+        else:
+            outcome = ShardStatus.PENDING
+        job = _snapshot(row)
+        proxy = proxy_repo.get_proxy_any_tenant(s, row.proxy_id) if row.proxy_id else None
+        proxy_path = Path(proxy.path) if proxy is not None else None
+        start, stop = shard.start, shard.stop
+    if outcome is ShardStatus.PENDING:
+        inputs = _inputs(job["request"], job_id, settings)
+        reporter = Reporter(job_id, stages=False, interval_s=5.0)
+        outcome = ShardStatus.DONE
+        batches = iter_scores(
+            inputs.model,
+            inputs.pool,
+            inputs.targets,
+            proxy=proxy_path,
+            config=score_config(job["request"].get("scorer") or {}),
+            store_dir=job_dir(settings, job_id) / "store",
+            indices=range(start, stop),
+            progress=reporter.progress,
+        )
+        for batch in batches:
+            with session_scope() as s:
+                rows = list(zip(batch.indices, batch.ids, batch.scores, strict=True))
+                status = state.record_scores(s, job_id, rows)
+            if status is not JobStatus.RUNNING:
+                outcome = ShardStatus.STOPPED
+                break
+    _settle_shard(job_id, shard_index, outcome, enqueue)
+
+
+def _settle_shard(job_id: str, shard_index: int, outcome: ShardStatus, enqueue: Enqueue) -> None:
+    """Record the shard's end; the last shard to settle decides what happens next. The job row
+    is locked first, so two shards finishing together cannot both see 'none pending'."""
+    rank = False
+    with session_scope() as s:
+        job = repo.lock_job(s, job_id)
+        shard = repo.get_shard(s, job_id, shard_index)
+        if job is None or shard is None or job.status.is_terminal():
+            return
+        if shard.status is ShardStatus.PENDING:
+            shard.status = outcome
+            s.flush()
+        if repo.shards_pending(s, job_id):
+            return
+        stopped = any(sh.status is ShardStatus.STOPPED for sh in repo.shards_of(s, job_id))
+        if job.status is JobStatus.CANCELLING or stopped:
+            scored = repo.count_scores(s, job_id)
+            state.cancelled(s, job_id, {"pool_size": job.progress_total, "scored": scored})
+        else:
+            rank = True
+    if rank:
+        enqueue(TASK_RANK_JOB, job_id)
+
+
+def rank_job(job_id: str, settings: Settings) -> None:
+    """Rank every score, write the subset file, finish the job."""
+    from worker.engine.pipeline import rank, token_counts
+
+    with session_scope() as s:
+        row = repo.get_job_any_tenant(s, job_id)
+        if row is None or row.status.is_terminal():
+            return
+        if row.status is JobStatus.CANCELLING:
+            state.cancelled(s, job_id, {"scored": repo.count_scores(s, job_id)})
+            return
+        state.set_stage(s, job_id, JobStage.RANKING)
+        job = _snapshot(row)
+        proxy_id, pool_size = row.proxy_id, row.progress_total
+        scores = repo.all_scores(s, job_id)
+    request = job["request"]
+    inputs = _inputs(request, job_id, settings)
+    selection = selection_config(request["selection"])
+    counts = None
+    if selection.token_budget is not None:
+        from worker.engine.models import load_model
+
+        tokenizer = load_model(inputs.model).tokenizer
+        counts = token_counts(
+            tokenizer, inputs.pool, score_config(request.get("scorer") or {}).max_length
+        )
+    ranked = rank(inputs.pool, scores, selection, token_counts=counts)
+    out = subset_path(settings, job_id)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".jsonl.part")
+    with tmp.open("w", encoding="utf-8") as fh:
+        for r in ranked:
+            fh.write(json.dumps(dict(r.fields) | {"rank": r.rank, "score": r.score}) + "\n")
+    os.replace(tmp, out)
+    result = {
+        "pool_size": pool_size,
+        "scored": len(scores),
+        "selected": len(ranked),
+        "proxy_id": proxy_id,
+        "selection": selection.to_dict(),
+        "subset_sha256": _sha256(out),
+        "links": {
+            "subset": f"/jobs/{job_id}/subset",
+            "scores": f"/jobs/{job_id}/scores",
+            "proxy": f"/proxies/{proxy_id}" if proxy_id else None,
+        },
+    }
+    with session_scope() as s:
+        state.succeed(s, job_id, result)
+
+
+def reap_orphans(older_than: timedelta) -> list[str]:
+    """Fail running jobs whose heartbeat stopped ``older_than`` ago (their worker died)."""
+    with session_scope() as s:
+        ids = repo.stale_running_jobs(s, utcnow() - older_than)
+        for job_id in ids:
+            state.fail(s, job_id, "worker_lost", "the worker running this job stopped responding")
+    return ids
