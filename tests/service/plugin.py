@@ -38,7 +38,11 @@ def service_db(svc_roots: dict[str, Path]) -> Iterator[str]:
     require_redis()
     with fresh_postgres() as url:
         env = service_env(
-            url, redis_url(REDIS_DB_SERVICE), svc_roots["home"], svc_roots["data"], svc_roots["models"]
+            url,
+            redis_url(REDIS_DB_SERVICE),
+            svc_roots["home"],
+            svc_roots["data"],
+            svc_roots["models"],
         )
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
