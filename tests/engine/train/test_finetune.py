@@ -10,7 +10,7 @@ import torch
 
 from tests.engine.train.conftest import qa_records
 from worker.engine.data import collate, encode_all, pad_token_id
-from worker.engine.errors import Cancelled, ConfigError
+from worker.engine.errors import ArtifactError, Cancelled, ConfigError
 from worker.engine.math.nll import token_mean_loss
 from worker.engine.models import LoadedModel, load_model
 from worker.engine.train import (
@@ -106,6 +106,13 @@ def test_same_seed_same_run(tiny: LoadedModel, tmp_path: Path) -> None:
     )
     assert a == b
     assert c.manifest["losses"] != a
+
+
+def test_refuses_a_non_empty_output_directory(tiny: LoadedModel, tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "old.txt").write_text("x")
+    with pytest.raises(ArtifactError, match="not empty"):
+        finetune(tiny, qa_records(), FinetuneConfig(max_length=64), tmp_path / "run")
 
 
 def test_cancel_stops_between_steps(tiny: LoadedModel, tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from worker.engine.data import Example, Record, collate, encode, pad_token_id
-from worker.engine.errors import EmptyDatasetError, NoResponseTokensError
+from worker.engine.errors import ArtifactError, EmptyDatasetError, NoResponseTokensError
 from worker.engine.math.nll import token_mean_loss
 from worker.engine.models import LoadedModel
 from worker.engine.progress import ProgressFn, StopFn, check_stop, report
@@ -113,6 +113,9 @@ def finetune(
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        # Checkpoints of two runs in one directory would be indistinguishable in the manifest.
+        raise ArtifactError(f"{out_dir}: output directory is not empty; choose a new one")
     tokenizer = target.tokenizer
     examples, skipped = _encode_records(records, tokenizer, config.max_length)
     steps_per_epoch = math.ceil(len(examples) / config.batch_size)
@@ -170,6 +173,8 @@ def finetune(
             lrs_since = []
         report(progress, STAGE, done, total)
 
+    optim.zero_grad(set_to_none=True)  # the caller gets the model without a model-sized .grad
+    del optim
     if config.lora:
         model = model.merge_and_unload()  # type: ignore[operator]
     model.eval()
