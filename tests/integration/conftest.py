@@ -1,0 +1,106 @@
+"""The integration tier: a real Celery worker process consuming from a real Redis, writing to a
+fresh Postgres database migrated by Alembic; the API runs in-process against the same ones."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.service.kit import (
+    REDIS_DB_INTEGRATION,
+    flush_redis,
+    fresh_postgres,
+    redis_url,
+    require_redis,
+    reset_caches,
+    service_env,
+)
+from tests.tiny import save_tiny_model
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Stack:
+    env: dict[str, str]
+    data: Path
+    model: Path
+    worker_log: Path
+
+
+def _wait_for(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log.exists() and text in log.read_text(errors="replace"):
+            return
+        if proc.poll() is not None:
+            raise RuntimeError(f"the worker exited early:\n{log.read_text(errors='replace')}")
+        time.sleep(0.5)
+    raise TimeoutError(f"no {text!r} in {log} after {timeout}s")
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """Stop a process this test started (its own process group: the worker's children too)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    require_redis()
+    base = tmp_path_factory.mktemp("iprox-integration")
+    home, data, models = base / "home", base / "data", base / "models"
+    for p in (home, data, models):
+        p.mkdir()
+    model = save_tiny_model(models / "tiny-llama", "llama")
+    flush_redis(REDIS_DB_INTEGRATION)
+    with fresh_postgres() as url:
+        env = service_env(url, redis_url(REDIS_DB_INTEGRATION), home, data, models) | {
+            "IPROX_SHARD_SIZE": "4",  # the 6-record pool splits into two shards
+            "IPROX_TASK_SOFT_TIME_LIMIT_S": "300",
+            "IPROX_TASK_TIME_LIMIT_S": "330",
+        }
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        reset_caches()
+        log = base / "worker.log"
+        cmd = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker"]
+        cmd += ["-Q", "iprox", "--concurrency", "2", "--without-gossip", "--without-mingle"]
+        cmd += ["--loglevel", "INFO", "--logfile", str(log)]
+        child_env = os.environ | {"PYTHONPATH": str(ROOT)}
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env, start_new_session=True)
+        try:
+            _wait_for(log, "ready.", proc, timeout=120)
+            yield Stack(env=env, data=data, model=model, worker_log=log)
+        finally:
+            stop(proc)
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            reset_caches()
+            flush_redis(REDIS_DB_INTEGRATION)
+
+
+@pytest.fixture
+def api(stack: Stack) -> Iterator[TestClient]:
+    os.environ.update(stack.env)
+    reset_caches()
+    from service.main import create_app
+
+    with TestClient(create_app()) as client:
+        yield client
