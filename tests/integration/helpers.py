@@ -7,12 +7,14 @@ import time
 from typing import Any, Protocol
 
 
-class Client(Protocol):
-    def get(self, url: str, **kwargs: Any) -> Any: ...
+class Getter(Protocol):
+    """httpx.Client or Starlette's TestClient (which is built on a different httpx)."""
+
+    def get(self, url: str, /, *, params: Any = ..., headers: Any = ...) -> Any: ...
 
 
 def wait_terminal(
-    client: Client, job_id: str, headers: dict[str, str], timeout: float
+    client: Getter, job_id: str, headers: dict[str, str], timeout: float
 ) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Mapping, Sequence
 
 import pytest
 from fastapi.testclient import TestClient
@@ -16,7 +17,7 @@ from tests.worker.conftest import FAST_PROXY, FAST_SCORER, POOL, TARGET
 pytestmark = pytest.mark.integration
 
 
-def _file(stack: Stack, rows: list[dict[str, object]]) -> str:
+def _file(stack: Stack, rows: Sequence[Mapping[str, object]]) -> str:
     path = stack.data / f"{uuid.uuid4().hex[:8]}.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path.as_uri()
