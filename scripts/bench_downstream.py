@@ -48,7 +48,13 @@ from worker.engine.models import LoadedModel, load_model  # noqa: E402
 from worker.engine.proxy import ProxyConfig, build_proxy  # noqa: E402
 from worker.engine.scoring import ScoreConfig, SelectionConfig, rank, score_stream  # noqa: E402
 from worker.engine.scoring.store import tensor_fingerprint  # noqa: E402
-from worker.engine.train import FinetuneConfig, evaluate, finetune, sample_records  # noqa: E402
+from worker.engine.train import (  # noqa: E402
+    FinetuneConfig,
+    evaluate,
+    finetune,
+    sample_records,
+    warmup,
+)
 
 SECTION = "downstream"
 LETTERS = ("A", "B", "C", "D")
@@ -74,6 +80,7 @@ class Sizes:
     random_seeds: int
     proxy_seeds: int
     rhos: tuple[float, ...]
+    warmup_fraction: float  # 0: score with the target as loaded
 
 
 # Chosen to fit about 90 minutes on a 2-core CPU (not yet verified by a full run; see docs).
@@ -81,13 +88,13 @@ FULL = Sizes(
     pool_dolly=182, pool_gsm=18, gsm_targets=32, gsm_eval=100, mmlu_targets=57, mmlu_eval=200,
     fraction=0.05, max_length=128, eval_max_length=256, proj_dim=8192, probe_samples=32,
     align_steps=20, ft_epochs=3, ft_lr=5e-5, ft_batch=4, random_seeds=3, proxy_seeds=3,
-    rhos=(0.3, 0.5, 0.7),
+    rhos=(0.3, 0.5, 0.7), warmup_fraction=0.05,
 )  # fmt: skip
 QUICK = Sizes(
     pool_dolly=36, pool_gsm=4, gsm_targets=4, gsm_eval=8, mmlu_targets=4, mmlu_eval=8,
     fraction=0.05, max_length=64, eval_max_length=96, proj_dim=512, probe_samples=4,
     align_steps=2, ft_epochs=1, ft_lr=5e-5, ft_batch=2, random_seeds=1, proxy_seeds=1,
-    rhos=(0.3, 0.5, 0.7),
+    rhos=(0.3, 0.5, 0.7), warmup_fraction=0.05,
 )  # fmt: skip
 
 
@@ -161,6 +168,28 @@ def drop_layers(target: LoadedModel) -> nn.Module:
     return model.eval()
 
 
+def warmed_up(
+    target: LoadedModel, pool: list[Record], s: Sizes, out: Path
+) -> tuple[LoadedModel, float]:
+    """The model selectors score with: the target after the paper's brief warm-up on a random
+    slice of the pool (one epoch, the fine-tuning recipe), or the target itself."""
+    if s.warmup_fraction <= 0:
+        target.model.requires_grad_(True)
+        return target, 0.0
+    t0 = time.perf_counter()
+    recipe = FinetuneConfig(epochs=1, lr=s.ft_lr, batch_size=s.ft_batch, max_length=s.max_length)
+    result = warmup(target, pool, recipe, out, fraction=s.warmup_fraction, checkpoints=1)
+    result.model.requires_grad_(True)
+    warm = LoadedModel(
+        model=result.model,  # type: ignore[arg-type]
+        tokenizer=target.tokenizer,
+        ref=str(out),
+        identity=str(out),
+        sha256=f"warmup-of-{target.sha256}",
+    )
+    return warm, time.perf_counter() - t0
+
+
 @dataclass(frozen=True)
 class Selector:
     name: str
@@ -201,9 +230,9 @@ def run(args: argparse.Namespace, s: Sizes) -> list[dict[str, Any]]:
     try:
         files = prepare_data(args.data_root, work, s)
         target = load_model(args.model)
-        target.model.requires_grad_(True)
         pool = load_records(files["pool"])
         k = math.ceil(s.fraction * len(pool))
+        scorer, warmup_s = warmed_up(target, pool, s, work / "warmup")
         tasks = {"gsm8k": ("gsm8k_target", "gsm8k_eval"), "mmlu": ("mmlu_target", "mmlu_eval")}
         evals = {t: load_records(files[e]) for t, (_, e) in tasks.items()}
         recipe = FinetuneConfig(
@@ -212,7 +241,7 @@ def run(args: argparse.Namespace, s: Sizes) -> list[dict[str, Any]]:
         score_cfg = ScoreConfig(proj_dim=s.proj_dim, max_length=s.max_length, batch_size=4)
         rows = _baseline_rows(target, evals, s)
         target_params = parameter_count(target.model)
-        for sel in selectors(target, pool, s):
+        for sel in selectors(scorer, pool, s):
             t0 = time.perf_counter()
             model = sel.build() if sel.build is not None else None
             build_s = time.perf_counter() - t0
@@ -226,7 +255,7 @@ def run(args: argparse.Namespace, s: Sizes) -> list[dict[str, Any]]:
                     scores: dict[int, float] = {}
                     model_hash = f"{sel.name}:{tensor_fingerprint(model)}"
                     for b in score_stream(
-                        model, target.tokenizer, model_hash, files["pool"], [files[tgt]],
+                        model, scorer.tokenizer, model_hash, files["pool"], [files[tgt]],
                         score_cfg, store_dir=store,
                     ):  # fmt: skip
                         scores.update(zip(b.indices, b.scores, strict=True))
@@ -239,7 +268,7 @@ def run(args: argparse.Namespace, s: Sizes) -> list[dict[str, Any]]:
                     proxy_params=params, target_params=target_params,
                     build_seconds=build_s, scoring_seconds=score_s,
                     selection_seconds=(build_s + score_s) if model is not None else 0.0,
-                    selected=len(chosen),
+                    selected=len(chosen), warmup_seconds=warmup_s,
                     gsm8k_share=sum(r.id.startswith("gsm8k") for r in chosen) / len(chosen),
                 )  # fmt: skip
                 rows.append(row)
@@ -343,6 +372,7 @@ def markdown(
     )  # fmt: skip
     ft = sum(r.get("finetune_seconds", 0.0) for r in rows)
     ev = sum(r.get("eval_seconds", 0.0) for r in rows)
+    warm = max((r.get("warmup_seconds", 0.0) for r in rows), default=0.0)
     return (
         "## Downstream: fine-tune on the selection (`scripts/bench_downstream.py`)\n\n"
         f"Command: `{command}`\n\nMachine: 2-core CPU, no GPU (torch {torch.__version__}).\n\n"
@@ -351,7 +381,9 @@ def markdown(
         "NLL of the reference answers (mean ± SE over evaluation examples; ± seed SE across "
         "selector seeds where there are several) and, on MMLU, letter accuracy. Selection seconds = "
         "proxy build + scoring of that task (the MMLU run reuses the pool gradients stored by the "
-        "GSM8K run of the same selector). 'no-finetune' is the target before fine-tuning. Total "
+        "GSM8K run of the same selector). 'no-finetune' is the target before fine-tuning. "
+        f"Selectors score with the target after a warm-up on a random {s.warmup_fraction:.0%} of "
+        f"the pool ({warm:.0f} s, not counted in selection seconds; none when 0%). Total "
         f"fine-tuning {ft:.0f} s, evaluation {ev:.0f} s.\n\n" + head + body
     )
 
