@@ -39,5 +39,9 @@ test: lint typecheck pytest
 serve: $(STAMP)
 	$(VENV)/bin/iprox serve $(SERVE_ARGS)
 
+# Scoring benchmark (about 40-60 min on 2 cores; sizes are flags, see the script).
+bench-score: $(STAMP)
+	$(PY) scripts/bench_score.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
