@@ -13,9 +13,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def alembic_config(url: str) -> Config:
     """Alembic config for ``url`` using the repository's ``alembic.ini`` and ``migrations/``."""
-    ini = ROOT / "alembic.ini"
-    if not ini.is_file():
-        raise FileNotFoundError(f"{ini} is missing: migrations ship beside the service package")
+    # Beside the package in a checkout; in the working directory when the package is installed
+    # into site-packages (the Docker images run from /app, which holds alembic.ini).
+    candidates = [ROOT / "alembic.ini", Path.cwd() / "alembic.ini"]
+    ini = next((c for c in candidates if c.is_file()), None)
+    if ini is None:
+        raise FileNotFoundError(f"alembic.ini not found in {ROOT} or {Path.cwd()}")
     cfg = Config(str(ini))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     cfg.attributes["configure_logger"] = False

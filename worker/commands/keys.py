@@ -16,10 +16,7 @@ def register(sub: Any) -> None:
 
 
 def run_create(args: argparse.Namespace) -> int:
-    from service.auth.keys import create_key
-    from service.db import session_scope
+    from service.admin import create_api_key
 
-    with session_scope() as session:
-        created = create_key(session, args.tenant, name=args.name)
-    print(created.key)
+    print(create_api_key(args.tenant, args.name))
     return 0

@@ -13,10 +13,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from service.config import get_settings
-    from service.migrate import upgrade
+    from service.admin import migrate
 
-    url = get_settings().resolved_database_url
-    upgrade(url, args.revision)
-    print(f"iprox migrate: {url.split('@')[-1]} at {args.revision}")
+    print(f"iprox migrate: {migrate(args.revision)}")
     return 0

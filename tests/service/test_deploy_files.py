@@ -1,0 +1,76 @@
+"""docker-compose.yml and the Dockerfile, checked by parsing (Docker cannot run here)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from service.config import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _stages() -> dict[str, list[str]]:
+    """Dockerfile instructions per stage (continuation lines joined)."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    stages: dict[str, list[str]] = {}
+    current = None
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = re.match(r"FROM\s+(\S+)(?:\s+AS\s+(\S+))?", line, re.IGNORECASE)
+        if m:
+            current = m.group(2) or m.group(1)
+            stages[current] = [line]
+        elif current is not None:
+            stages[current].append(line)
+    return stages
+
+
+def test_compose_has_the_services_in_order() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert set(services) == {"api", "worker", "postgres", "redis", "migrate"}
+    for name in ("api", "worker"):
+        deps = services[name]["depends_on"]
+        assert deps["migrate"]["condition"] == "service_completed_successfully"
+        assert deps["redis"]["condition"] == "service_healthy"
+    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert services["migrate"]["command"] == ["python", "-m", "service.admin", "migrate"]
+    assert services["api"]["build"]["target"] == "api"
+    assert services["worker"]["build"]["target"] == "worker"
+    # Both sides see the same artifacts, data and models at the same paths.
+    assert services["api"]["volumes"] == services["worker"]["volumes"]
+
+
+def test_compose_environment_names_real_settings() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    known = {f"IPROX_{name.upper()}" for name in Settings.model_fields}
+    for name in ("api", "worker", "migrate"):
+        env = compose["services"][name]["environment"]
+        assert set(env) <= known, set(env) - known
+        settings = Settings(**{k.removeprefix("IPROX_").lower(): v for k, v in env.items()})
+        assert settings.resolved_database_url.startswith("postgresql+psycopg://")
+        assert settings.resolved_broker_url.startswith("redis://")
+
+
+def test_api_image_carries_no_torch() -> None:
+    stages = _stages()
+    assert {"base", "api", "worker"} <= set(stages)
+    api = " ".join(stages["base"] + stages["api"]).lower()
+    assert "torch" not in api and "[engine]" not in api
+    worker = " ".join(stages["worker"])
+    assert "torch==2.13.0" in worker and "download.pytorch.org/whl/cpu" in worker
+    assert '".[engine]"' in worker
+
+
+def test_dockerfile_copies_what_exists() -> None:
+    for line in _stages()["base"]:
+        if line.upper().startswith("COPY"):
+            for src in line.split()[1:-1]:
+                assert (ROOT / src).exists(), src
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert ".venv" in ignored and "tests" in ignored
