@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from tests.engine.train.conftest import qa_records
+from tests.tiny import save_tiny_model
 from worker.engine.data import collate, encode_all, pad_token_id
 from worker.engine.errors import ArtifactError, Cancelled, ConfigError
 from worker.engine.math.nll import token_mean_loss
@@ -153,3 +155,15 @@ def test_config_validation_names_the_field() -> None:
     cfg = FinetuneConfig(save_steps=(5, 2, 5))
     assert cfg.save_steps == (2, 5)
     assert FinetuneConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("arch", ["gemma3", "qwen2"])
+@pytest.mark.parametrize("lora_rank", [0, 4])
+def test_other_architectures_train(tmp_path: Path, arch: Any, lora_rank: int) -> None:
+    loaded = load_model(str(save_tiny_model(tmp_path / arch, arch)), cache_dir=tmp_path / "c")
+    config = FinetuneConfig(epochs=4, lr=1e-2, batch_size=3, max_length=64, lora_rank=lora_rank)
+    result = finetune(loaded, qa_records(), config, tmp_path / "run")
+    assert result.manifest["losses"][-1] < result.manifest["losses"][0]
+    assert _train_loss(result.model, loaded) < _train_loss(loaded.model, loaded)
+    reloaded = load_model(str(tmp_path / "run"), cache_dir=tmp_path / "c")
+    assert type(reloaded.model) is type(loaded.model)
