@@ -99,15 +99,19 @@ def validate(
     model = resolve_target_model(
         body.target_model, presets=settings.presets, model_roots=settings.model_roots
     )
-    limits = dict(
-        data_roots=settings.data_roots,
-        http_max_bytes=settings.http_max_bytes,
-        http_timeout_s=settings.http_timeout_s,
-    )
-    check_uri(body.dataset_uri, "dataset_uri", **limits)  # type: ignore[arg-type]
+
+    def check(uri: str, field: str) -> None:
+        check_uri(
+            uri,
+            field,
+            data_roots=settings.data_roots,
+            http_max_bytes=settings.http_max_bytes,
+            http_timeout_s=settings.http_timeout_s,
+        )
+
+    check(body.dataset_uri, "dataset_uri")
     for k, uri in enumerate(body.target_uris()):
-        field = "target_uri" if isinstance(body.target_uri, str) else f"target_uri.{k}"
-        check_uri(uri, field, **limits)  # type: ignore[arg-type]
+        check(uri, "target_uri" if isinstance(body.target_uri, str) else f"target_uri.{k}")
     if body.proxy.proxy_id is not None:
         proxy = proxy_repo.get_proxy(session, tenant_id, body.proxy.proxy_id)
         if proxy is None:

@@ -1,0 +1,118 @@
+"""Dataset URI checks the API runs before queueing (no database needed)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from service.datasets import check_uri, resolve_file_uri
+from service.errors import ValidationFailed
+from service.targets import resolve_target_model
+
+
+def _check(uri: str, roots: list[Path], max_bytes: int = 10_000) -> None:
+    check_uri(uri, "dataset_uri", data_roots=roots, http_max_bytes=max_bytes, http_timeout_s=5)
+
+
+@pytest.fixture
+def www(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    root = tmp_path / "www"
+    root.mkdir()
+    server = ThreadingHTTPServer(
+        ("127.0.0.1", 0), partial(SimpleHTTPRequestHandler, directory=str(root))
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", root
+    server.shutdown()
+    server.server_close()
+
+
+def test_local_formats_are_sniffed(tmp_path: Path) -> None:
+    (tmp_path / "a.jsonl").write_text('\n{"messages": [{"role": "assistant", "content": "x"}]}\n')
+    (tmp_path / "b.json").write_text(
+        '{"tydiqa": [{"context": "c", "question": "q", "answers": []}]}'
+    )
+    (tmp_path / "c.csv").write_text("What?,a,b,c,d,A\n")
+    (tmp_path / "mmlu").mkdir()
+    (tmp_path / "mmlu" / "x_dev.csv").write_text("What?,a,b,c,d,B\n")
+    for name in ("a.jsonl", "b.json", "c.csv", "mmlu"):
+        _check((tmp_path / name).as_uri(), [tmp_path])
+    bad = {
+        "d.jsonl": "",
+        "e.json": "[]",
+        "f.csv": "only,three,columns\n",
+        "g.txt": "text",
+        "h.jsonl": '["a list"]\n',
+    }
+    for name, text in bad.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ValidationFailed) as err:
+            _check((tmp_path / name).as_uri(), [tmp_path])
+        assert err.value.field == "dataset_uri" and name in err.value.detail
+
+
+def test_file_uris_stay_inside_the_roots(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "ok.jsonl").write_text('{"text": "x"}\n')
+    (tmp_path / "secret.jsonl").write_text('{"text": "x"}\n')
+    assert resolve_file_uri((root / "sub" / "ok.jsonl").as_uri(), [root], "f").name == "ok.jsonl"
+    for uri in (
+        f"file://{root}/sub/../../secret.jsonl",
+        f"file://{root}/%2E%2E/secret.jsonl",
+        f"file://{tmp_path}/secret.jsonl",
+        "file://otherhost/etc/passwd",
+        "file:relative.jsonl",
+    ):
+        with pytest.raises(ValidationFailed):
+            resolve_file_uri(uri, [root], "f")
+    with pytest.raises(ValidationFailed, match="no data root"):
+        resolve_file_uri((root / "sub" / "ok.jsonl").as_uri(), [], "f")
+
+
+def test_http_is_checked_with_head(www: tuple[str, Path]) -> None:
+    base, root = www
+    (root / "pool.jsonl").write_text('{"text": "a"}\n' * 100)
+    _check(f"{base}/pool.jsonl", [])
+    with pytest.raises(ValidationFailed, match="over the limit"):
+        _check(f"{base}/pool.jsonl", [], max_bytes=100)
+    with pytest.raises(ValidationFailed, match="HTTP 404"):
+        _check(f"{base}/missing.jsonl", [])
+    with pytest.raises(ValidationFailed, match="unreachable"):
+        _check("http://127.0.0.1:9/pool.jsonl", [])
+    with pytest.raises(ValidationFailed, match="unknown file type"):
+        _check(f"{base}/pool.parquet", [])
+
+
+def test_object_stores_need_their_fsspec_backend() -> None:
+    pytest.importorskip("fsspec")
+    try:
+        import s3fs  # noqa: F401
+    except ImportError:
+        with pytest.raises(ValidationFailed, match="fsspec back end"):
+            _check("s3://bucket/pool.jsonl", [])
+    else:  # with the extra installed the bucket is unreachable from here
+        with pytest.raises(ValidationFailed):
+            _check("s3://bucket/pool.jsonl", [])
+
+
+def test_target_model_check(tmp_path: Path) -> None:
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    (tmp_path / "nocfg").mkdir()
+
+    def resolve(ref: str) -> str:
+        return resolve_target_model(ref, presets=["smollm2-135m-instruct"], model_roots=[tmp_path])
+
+    assert resolve("smollm2-135m-instruct") == "smollm2-135m-instruct"
+    assert resolve("m") == str(tmp_path / "m")
+    assert resolve(str(tmp_path / "m")) == str(tmp_path / "m")
+    for ref in ("nocfg", "../m", "/etc", "gpt-5"):
+        with pytest.raises(ValidationFailed) as err:
+            resolve(ref)
+        assert err.value.field == "target_model"

@@ -1,0 +1,65 @@
+"""/proxies: listing, reading, tenant isolation, and reuse checks at submission."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from service.auth.keys import tenant_for_key
+from service.db import session_scope
+from service.models import Proxy
+
+
+def _add_proxy(auth: dict[str, str], target_model: str) -> str:
+    key = auth["Authorization"].removeprefix("Bearer ")
+    with session_scope() as s:
+        tenant = tenant_for_key(s, key)
+        assert tenant is not None
+        proxy = Proxy(
+            tenant_id=tenant,
+            target_model=target_model,
+            method="ipsvd",
+            sparsity=0.5,
+            path="/nowhere",
+            sha256="0" * 64,
+            manifest={"method": "ipsvd", "proxy_params": 10},
+        )
+        s.add(proxy)
+        s.flush()
+        return proxy.id
+
+
+def test_proxies_are_listed_read_and_isolated(
+    client: TestClient, auth: dict[str, str], other_auth: dict[str, str], model_dir: str
+) -> None:
+    ids = [_add_proxy(auth, model_dir) for _ in range(3)]
+    page = client.get("/proxies", params={"limit": 2}, headers=auth).json()
+    rest = client.get("/proxies", params={"cursor": page["next_cursor"]}, headers=auth).json()
+    assert sorted(p["id"] for p in page["items"] + rest["items"]) == sorted(ids)
+    got = client.get(f"/proxies/{ids[0]}", headers=auth).json()
+    assert got["manifest"]["proxy_params"] == 10 and got["target_model"] == model_dir
+    assert client.get(f"/proxies/{ids[0]}", headers=other_auth).status_code == 404
+    assert client.get("/proxies", headers=other_auth).json()["items"] == []
+
+
+def test_reusing_a_proxy_is_checked(
+    client: TestClient,
+    auth: dict[str, str],
+    other_auth: dict[str, str],
+    select_body: dict[str, Any],
+    model_dir: str,
+) -> None:
+    mine = _add_proxy(auth, model_dir)
+    other_model = _add_proxy(auth, "smollm2-135m-instruct")
+    body = select_body | {"proxy": {"proxy_id": mine}}
+    r = client.post("/jobs", json=body, headers=auth)
+    assert r.status_code == 202 and r.json()["proxy_id"] == mine
+    for headers, proxy_id in ((other_auth, mine), (auth, other_model)):
+        r = client.post(
+            "/jobs", json=select_body | {"proxy": {"proxy_id": proxy_id}}, headers=headers
+        )
+        assert r.status_code == 422 and r.json()["errors"][0]["field"] == "proxy.proxy_id"
+    both = select_body | {"proxy": {"proxy_id": mine, "sparsity": 0.3}}
+    r = client.post("/jobs", json=both, headers=auth)
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "proxy"
