@@ -78,7 +78,6 @@ class Settings(BaseSettings):
         default=6 * 3600 + 300, gt=0, description="Hard time limit: the worker kills the task."
     )
     queue: str = Field(default="iprox", description="Celery queue the worker consumes.")
-    page_size_max: int = Field(default=1000, gt=0, description="Largest page the API returns.")
 
     @field_validator("data_roots", "model_roots", "presets", mode="before")
     @classmethod
