@@ -6,6 +6,7 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
@@ -274,3 +275,29 @@ def test_health_probes_and_openapi(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     assert {"/jobs", "/jobs/{job_id}/subset", "/proxies/{proxy_id}"} <= set(spec["paths"])
     assert client.get("/docs").status_code == 200
+
+
+def test_broker_down_fails_the_job_and_answers_503(
+    client: TestClient,
+    auth: dict[str, str],
+    select_body: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import service.jobs.router as router
+    import service.main as main
+
+    class DownBroker:
+        def enqueue(self, task_name: str, *args: object) -> None:
+            raise ConnectionError("connection refused")
+
+        def ping(self) -> None:
+            raise ConnectionError("connection refused")
+
+    monkeypatch.setattr(router, "get_dispatcher", lambda: DownBroker())
+    monkeypatch.setattr(main, "get_dispatcher", lambda: DownBroker())
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and "broker" in ready.json()["detail"]
+    r = client.post("/jobs", json=select_body, headers=auth)
+    assert r.status_code == 503 and r.json()["code"] == "unavailable"
+    failed = client.get("/jobs", params={"status": "failed"}, headers=auth).json()["items"]
+    assert len(failed) == 1 and failed[0]["error"]["code"] == "broker_unavailable"
