@@ -132,6 +132,17 @@ def test_directory_with_only_pickle_weights_is_refused(tmp_path: Path) -> None:
         load_model(str(d), cache_dir=tmp_path / "cache")
 
 
+def test_directory_without_tokenizer_or_with_a_broken_config_is_named(tmp_path: Path) -> None:
+    model, _ = tiny_model()
+    d = tmp_path / "weights-only"
+    model.save_pretrained(d)
+    with pytest.raises(ModelNotFoundError, match="cannot load a tokenizer"):
+        load_model(str(d), cache_dir=tmp_path / "cache")
+    (d / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    with pytest.raises(ModelNotFoundError, match="cannot load the model"):
+        load_model(str(d), cache_dir=tmp_path / "cache")
+
+
 def test_directory_without_config_and_non_gguf_file_are_refused(tmp_path: Path) -> None:
     d = tmp_path / "empty"
     d.mkdir()

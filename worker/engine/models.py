@@ -268,10 +268,21 @@ def dir_sha256(path: Path, cache_root: Path | None = None) -> str:
 
 
 def _from_dir(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=torch.float32, use_safetensors=True, trust_remote_code=False
-    )
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    # transformers reports unusable directories with assorted exception types and messages about
+    # the Hub; name the directory and the part that failed instead.
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch.float32, use_safetensors=True, trust_remote_code=False
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelNotFoundError(f"model directory {path}: cannot load the model ({exc})") from exc
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelNotFoundError(
+            f"model directory {path}: cannot load a tokenizer ({exc}); save one beside the "
+            "weights (tokenizer.json / tokenizer_config.json)"
+        ) from exc
     return model, tokenizer
 
 
