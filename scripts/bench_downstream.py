@@ -83,11 +83,15 @@ class Sizes:
     warmup_fraction: float  # 0: score with the target as loaded
 
 
-# Chosen to fit about 90 minutes on a 2-core CPU (not yet verified by a full run; see docs).
+# Sized for about 90 minutes on an otherwise idle 2-core CPU, estimated from the measured
+# ~80 tokens/s of SmolLM2 forward+backward (shared/NOTES.md): ~290 per-sample gradients per
+# scoring model (9 models), 24 fine-tunes of 8 records x 2 epochs, 26 evaluations of 64 GSM8K /
+# 128 MMLU records. The 3,296-record pool and 200/400 evaluation records are several
+# times that. Not yet confirmed by a full run: the table's footer gives the measured wall time.
 FULL = Sizes(
-    pool_dolly=182, pool_gsm=18, gsm_targets=32, gsm_eval=100, mmlu_targets=57, mmlu_eval=200,
-    fraction=0.05, max_length=128, eval_max_length=256, proj_dim=8192, probe_samples=32,
-    align_steps=20, ft_epochs=3, ft_lr=5e-5, ft_batch=4, random_seeds=3, proxy_seeds=3,
+    pool_dolly=146, pool_gsm=14, gsm_targets=32, gsm_eval=64, mmlu_targets=57, mmlu_eval=128,
+    fraction=0.05, max_length=128, eval_max_length=192, proj_dim=8192, probe_samples=32,
+    align_steps=20, ft_epochs=2, ft_lr=5e-5, ft_batch=4, random_seeds=3, proxy_seeds=3,
     rhos=(0.3, 0.5, 0.7), warmup_fraction=0.05,
 )  # fmt: skip
 QUICK = Sizes(
