@@ -84,7 +84,7 @@ class Sizes:
 
 
 # Sized for about 90 minutes on an otherwise idle 2-core CPU, estimated from the measured
-# ~80 tokens/s of SmolLM2 forward+backward (shared/NOTES.md): ~290 per-sample gradients per
+# ~80 tokens/s of SmolLM2 forward+backward (shared/NOTES.md): ~250 per-sample gradients per
 # scoring model (9 models), 24 fine-tunes of 8 records x 2 epochs, 26 evaluations of 64 GSM8K /
 # 128 MMLU records. The 3,296-record pool and 200/400 evaluation records are several
 # times that. Not yet confirmed by a full run: the table's footer gives the measured wall time.
