@@ -7,9 +7,11 @@ import torch
 
 from worker.engine.math.ipsvd import (
     covariance_root,
+    ipsvd,
     ipsvd_factors,
     random_factors,
     svd_factors,
+    truncated_factors,
     weighted_error,
 )
 
@@ -89,6 +91,7 @@ def test_matches_dense_twin(n: int, ridge: float) -> None:
     expected = naive_ipsvd(W, H, Delta, 5, ridge)
     torch.testing.assert_close(A @ B, expected, rtol=1e-6, atol=1e-6 * float(expected.abs().max()))
     fast = weighted_error(W, A @ B, H, Delta, ridge)
+    assert ipsvd(W, H, Delta, 5, ridge).weighted_error == pytest.approx(fast, rel=1e-8)
     naive = naive_objective(W, A @ B, H, Delta, ridge) / naive_objective(
         W, torch.zeros_like(W), H, Delta, ridge
     )
@@ -172,6 +175,21 @@ def test_bad_inputs_are_named() -> None:
         ipsvd_factors(W, torch.zeros_like(H), Delta, 2, ridge=1e-2)
     with pytest.raises(ValueError, match="non-negative"):
         covariance_root(H, -1.0)
+
+
+@pytest.mark.parametrize(("m", "n"), [(9, 15), (15, 9), (12, 12)])
+def test_truncated_factors_match_torch_svd(m: int, n: int) -> None:
+    g = torch.Generator().manual_seed(3)
+    M = torch.randn(m, n, generator=g, dtype=D)
+    U, s, Vt = torch.linalg.svd(M, full_matrices=False)
+    for r in (1, 4, min(m, n)):
+        L, R = truncated_factors(M, r)
+        torch.testing.assert_close(L @ R, (U[:, :r] * s[:r]) @ Vt[:r], rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(L.norm(dim=0), s[:r].sqrt(), rtol=1e-9, atol=1e-9)
+    low = torch.randn(m, 2, generator=g, dtype=D) @ torch.randn(2, n, generator=g, dtype=D)
+    L, R = truncated_factors(low, 5)  # rank 2 matrix, rank 5 asked: extra columns are zero-ish
+    torch.testing.assert_close(L @ R, low, rtol=1e-7, atol=1e-7)
+    assert bool(torch.isfinite(L).all() and torch.isfinite(R).all())
 
 
 def test_float32_weights_keep_their_dtype() -> None:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from worker.engine.lowrank import LowRankLinear, parameter_count
-from worker.engine.math.ipsvd import ipsvd_factors, random_factors, svd_factors, weighted_error
+from worker.engine.math.ipsvd import ipsvd, random_factors, svd_factors
 from worker.engine.math.ranks import factor_parameters, rank_for_sparsity
 from worker.engine.progress import ProgressFn, StopFn, check_stop, report
 from worker.engine.proxy.config import ProxyConfig
@@ -39,15 +39,17 @@ def factorise(
     config: ProxyConfig,
     probes: tuple[torch.Tensor, torch.Tensor] | None,
     generator: torch.Generator,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Factors ``A: (out, r)``, ``B: (r, in)`` of ``W: (out, in)`` by the config's method."""
+) -> tuple[torch.Tensor, torch.Tensor, float | None]:
+    """Factors ``A: (out, r)``, ``B: (r, in)`` of ``W: (out, in)`` by the config's method, and
+    the relative influence-weighted error they leave (IPSVD only, else ``None``)."""
     if config.method == "ipsvd":
         if probes is None:
             raise ValueError("ipsvd needs probes (H, Delta)")
-        return ipsvd_factors(W, probes[0], probes[1], rank, config.ridge)
+        result = ipsvd(W, probes[0], probes[1], rank, config.ridge)
+        return result.A, result.B, result.weighted_error
     if config.method == "svd":
-        return svd_factors(W, rank)
-    return random_factors(W, rank, generator)
+        return (*svd_factors(W, rank), None)
+    return (*random_factors(W, rank, generator), None)
 
 
 def replace_layer(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -97,7 +99,7 @@ def compress(
             entry.update(kind="dense", proxy_params=entry["target_params"], weighted_error=None)
         else:
             W = mod.weight.detach()
-            A, B = factorise(W, rank, config, pair, generator)
+            A, B, error = factorise(W, rank, config, pair, generator)
             # Contiguous factors: a loaded proxy has them so, and matmul kernels pick their path
             # by memory layout; equal strides are what makes save/load bit-exact.
             bias_t = mod.bias.detach() if mod.bias is not None else None
@@ -109,11 +111,7 @@ def compress(
                 kind="lowrank",
                 proxy_params=factor_parameters(out_f, in_f, rank) + bias,
                 # Diagnostic: the relative influence-weighted error the factors leave.
-                weighted_error=(
-                    weighted_error(W, A @ B, pair[0], pair[1], config.ridge)
-                    if pair is not None
-                    else None
-                ),
+                weighted_error=error,
             )
         reports.append(entry)
         report(progress, "compressing", i + 1, len(layers))
