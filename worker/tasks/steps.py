@@ -232,7 +232,9 @@ def score_shard(job_id: str, shard_index: int, settings: Settings, enqueue: Enqu
             inputs.targets,
             proxy=proxy_path,
             config=score_config(job["request"].get("scorer") or {}),
-            store_dir=job_dir(settings, job_id) / "store",
+            # One store per shard: the store's manifest and shard names are not safe for two
+            # writers, and a redelivered shard resumes from its own store.
+            store_dir=job_dir(settings, job_id) / "store" / f"shard-{shard_index:05d}",
             indices=range(start, stop),
             progress=reporter.progress,
         )
