@@ -202,7 +202,13 @@ def resolve_model(ref: str, *, model_roots: Sequence[Path] | None = None) -> Mod
 
 def _check_hf_dir(path: Path) -> None:
     if not (path / "config.json").is_file():
-        raise ModelNotFoundError(f"model directory {path} has no config.json")
+        hint = (
+            " (it holds a LoRA adapter: use the fine-tuning run directory, which holds the merged "
+            "model, or load the checkpoint with worker.engine.train.load_checkpoint)"
+            if (path / "adapter_config.json").is_file()
+            else ""
+        )
+        raise ModelNotFoundError(f"model directory {path} has no config.json{hint}")
     if not any(path.glob("*.safetensors")):
         pickled = sorted(p.name for p in path.iterdir() if p.suffix in _PICKLE_SUFFIXES)
         hint = (

@@ -12,7 +12,7 @@ import torch
 from tests.engine.train.conftest import qa_records
 from tests.tiny import save_tiny_model
 from worker.engine.data import collate, encode_all, pad_token_id
-from worker.engine.errors import ArtifactError, Cancelled, ConfigError
+from worker.engine.errors import ArtifactError, Cancelled, ConfigError, ModelNotFoundError
 from worker.engine.math.nll import token_mean_loss
 from worker.engine.models import LoadedModel, load_model
 from worker.engine.train import (
@@ -95,6 +95,8 @@ def test_lora_finetune_trains_adapters_and_merges(tiny: LoadedModel, tmp_path: P
     assert set(final.model.state_dict()) == set(tiny.model.state_dict())
     for k, v in final.model.state_dict().items():
         torch.testing.assert_close(merged.model.state_dict()[k], v, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ModelNotFoundError, match="LoRA adapter"):
+        load_model(str(ckpt.path), cache_dir=tmp_path / "cache")
     emb = "model.embed_tokens.weight"
     torch.testing.assert_close(final.model.state_dict()[emb], tiny.model.state_dict()[emb])
 
