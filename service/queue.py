@@ -20,8 +20,11 @@ def make_celery(settings: Settings) -> Celery:
     app = Celery("iprox", broker=settings.resolved_broker_url)
     conf: dict[str, object] = dict(
         task_default_queue=settings.queue,
-        task_acks_late=True,  # a task lost with its worker is redelivered, not dropped
-        task_reject_on_worker_lost=True,
+        # Acknowledge after the task ran: a message whose worker node vanished is redelivered.
+        # A pool process that dies (OOM kill) is not retried, so one poisonous job cannot kill
+        # workers in a loop; its job is failed as worker_lost once its heartbeat goes stale.
+        task_acks_late=True,
+        task_reject_on_worker_lost=False,
         worker_prefetch_multiplier=1,  # jobs are long: never hoard messages
         task_soft_time_limit=settings.task_soft_time_limit_s,
         task_time_limit=settings.task_time_limit_s,

@@ -21,9 +21,8 @@ app.conf.include = ["worker.tasks.jobs"]
 
 @worker_ready.connect
 def _reap_orphans(**_: Any) -> None:
-    """A job whose heartbeat stopped longer ago than the hard time limit lost its worker (the
-    process was killed before it could record anything): fail it rather than leave it running."""
+    """Jobs whose heartbeat stopped lost their worker (killed before it could record anything):
+    fail them rather than leave them running. ``run_job`` does the same for each new job."""
     from worker.tasks.steps import reap_orphans
 
-    settings = get_settings()
-    reap_orphans(timedelta(seconds=settings.task_time_limit_s + 60))
+    reap_orphans(timedelta(seconds=get_settings().orphan_after_s))

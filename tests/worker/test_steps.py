@@ -170,7 +170,7 @@ def test_redelivered_steps_do_not_duplicate(
     assert len(shards) == 2
 
 
-def test_orphaned_running_job_is_failed() -> None:
+def test_orphaned_running_job_is_failed(service_db: str) -> None:
     from service.auth.keys import get_or_create_tenant
 
     with session_scope() as s:

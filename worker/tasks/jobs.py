@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from service.config import get_settings
 from service.queue import TASK_RANK_JOB, TASK_RUN_JOB, TASK_SCORE_SHARD
 from worker.celery_app import app
@@ -14,6 +16,8 @@ def _send(task_name: str, *args: object) -> None:
 
 @app.task(name=TASK_RUN_JOB)
 def run_job(job_id: str) -> None:
+    settings = get_settings()
+    steps.reap_orphans(timedelta(seconds=settings.orphan_after_s))
     with steps.job_guard(job_id):
         steps.run_job(job_id, get_settings(), _send)
 
