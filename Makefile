@@ -39,6 +39,10 @@ test: lint typecheck pytest
 serve: $(STAMP)
 	$(VENV)/bin/iprox serve $(SERVE_ARGS)
 
+# Proxy-construction benchmark (about 35-60 min on 2 shared cores; sizes are flags, see the script).
+bench-proxy: $(STAMP)
+	$(PY) scripts/bench_proxy.py $(BENCH_ARGS)
+
 # Scoring benchmark (about 40-60 min on 2 cores; sizes are flags, see the script).
 bench-score: $(STAMP)
 	$(PY) scripts/bench_score.py $(BENCH_ARGS)
