@@ -12,7 +12,16 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from service.models import Job, JobEvent, JobLabel, JobShard, JobStatus, Score, ShardStatus
+from service.models import (
+    Job,
+    JobEvent,
+    JobLabel,
+    JobShard,
+    JobStage,
+    JobStatus,
+    Score,
+    ShardStatus,
+)
 from service.models.base import utcnow
 
 
@@ -181,8 +190,20 @@ def shards_pending(session: Session, job_id: str) -> int:
 
 
 def stale_running_jobs(session: Session, before: datetime) -> list[str]:
+    """Running jobs with no heartbeat since ``before`` that are not just waiting in the queue:
+    waiting means a shard no worker has taken yet, or every shard done and the ranking task
+    not yet started (the stage is still scoring)."""
+    shards = select(JobShard.job_id).where(JobShard.job_id == Job.id)
+    unstarted = shards.where(
+        JobShard.status == ShardStatus.PENDING, JobShard.started_at.is_(None)
+    ).exists()
+    pending = shards.where(JobShard.status == ShardStatus.PENDING).exists()
+    awaiting_rank = and_(Job.stage == JobStage.SCORING, shards.exists(), ~pending)
     q = select(Job.id).where(
-        Job.status.in_((JobStatus.RUNNING, JobStatus.CANCELLING)), Job.updated_at < before
+        Job.status.in_((JobStatus.RUNNING, JobStatus.CANCELLING)),
+        Job.updated_at < before,
+        ~unstarted,
+        ~awaiting_rank,
     )
     return list(session.scalars(q))
 

@@ -133,7 +133,9 @@ class JobShard(Base):
     start: Mapped[int] = mapped_column(Integer)
     stop: Mapped[int] = mapped_column(Integer)
     status: Mapped[ShardStatus] = mapped_column(_enum(ShardStatus), default=ShardStatus.PENDING)
-    scored: Mapped[int] = mapped_column(Integer, default=0)
+    # Set when a worker takes the shard: a pending shard without it is still waiting in the
+    # queue, so its job is not an orphan however old its heartbeat.
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
 
 
 class Score(Base):

@@ -18,7 +18,7 @@ def test_reliability_settings(tmp_path: Path) -> None:
 
 
 def test_embedded_broker_needs_no_server(tmp_path: Path) -> None:
-    app = make_celery(Settings(home=tmp_path))
+    app = make_celery(Settings(home=tmp_path, broker_url=None))
     assert app.conf.broker_url.startswith("filesystem://")
     assert (tmp_path / "broker" / "out").is_dir()
 

@@ -186,3 +186,43 @@ def test_orphaned_running_job_is_failed(service_db: str) -> None:
         row = s.get(Job, job_id)
         assert row is not None and row.status.value == "failed"
         assert row.error_code == "worker_lost"
+
+
+def test_jobs_waiting_in_the_queue_are_not_orphans(service_db: str) -> None:
+    from service.auth.keys import get_or_create_tenant
+    from service.models import JobStage, ShardStatus
+
+    old = utcnow() - timedelta(hours=10)
+
+    def job_with_shards(stage: JobStage, shards: list[tuple[ShardStatus, bool]]) -> str:
+        with session_scope() as s:
+            tenant = get_or_create_tenant(s, "waiting")
+            job = Job(tenant_id=tenant.id, kind="select", request={}, request_hash="x")
+            s.add(job)
+            s.flush()
+            state.start(s, job.id)
+            job.stage, job.updated_at = stage, old
+            for k, (status, started) in enumerate(shards):
+                s.add(
+                    JobShard(
+                        job_id=job.id,
+                        shard_index=k,
+                        start=k,
+                        stop=k + 1,
+                        status=status,
+                        started_at=old if started else None,
+                    )
+                )
+            return job.id
+
+    queued_shard = job_with_shards(
+        JobStage.SCORING, [(ShardStatus.DONE, True), (ShardStatus.PENDING, False)]
+    )
+    rank_queued = job_with_shards(JobStage.SCORING, [(ShardStatus.DONE, True)])
+    dead_shard = job_with_shards(
+        JobStage.SCORING, [(ShardStatus.DONE, True), (ShardStatus.PENDING, True)]
+    )
+    dead_rank = job_with_shards(JobStage.RANKING, [(ShardStatus.DONE, True)])
+    reaped = set(steps.reap_orphans(timedelta(hours=1)))
+    assert {dead_shard, dead_rank} <= reaped
+    assert not {queued_shard, rank_queued} & reaped

@@ -218,6 +218,8 @@ def score_shard(job_id: str, shard_index: int, settings: Settings, enqueue: Enqu
             outcome = ShardStatus.STOPPED
         else:
             outcome = ShardStatus.PENDING
+        if outcome is ShardStatus.PENDING:
+            shard.started_at = utcnow()
         job = _snapshot(row)
         proxy = proxy_repo.get_proxy_any_tenant(s, row.proxy_id) if row.proxy_id else None
         proxy_path = Path(proxy.path) if proxy is not None else None
