@@ -226,3 +226,26 @@ def test_jobs_waiting_in_the_queue_are_not_orphans(service_db: str) -> None:
     reaped = set(steps.reap_orphans(timedelta(hours=1)))
     assert {dead_shard, dead_rank} <= reaped
     assert not {queued_shard, rank_queued} & reaped
+
+
+def test_a_shard_delivered_twice_runs_once(
+    client: TestClient,
+    auth: dict[str, str],
+    job_body: Callable[..., dict[str, Any]],
+    small_shards: None,
+) -> None:
+    job_id = submit(client, auth, job_body())
+    queue = InlineQueue()
+    settings = get_settings()
+    with steps.job_guard(job_id):
+        steps.run_job(job_id, settings, queue)  # plans two shards; their messages wait
+    assert queue.names().count(TASK_SCORE_SHARD) == 2
+    with session_scope() as s:
+        shard = repository.get_shard(s, job_id, 0)
+        assert shard is not None
+        shard.started_at = utcnow()  # a first delivery of shard 0 is at work elsewhere
+    steps.score_shard(job_id, 0, settings, queue)
+    with session_scope() as s:
+        assert repository.count_scores(s, job_id) == 0  # the duplicate did nothing
+        shard = repository.get_shard(s, job_id, 0)
+        assert shard is not None and shard.status.value == "pending"

@@ -179,6 +179,9 @@ def _plan_shards(job_id: str, pool: Path, settings: Settings, enqueue: Enqueue) 
     from worker.engine.data import iter_records
 
     with session_scope() as s:
+        job = repo.get_job_any_tenant(s, job_id)
+        if job is not None and job.stage is JobStage.RANKING:
+            return  # a redelivered plan after the shards finished: nothing left to plan
         if not state.set_stage(s, job_id, JobStage.SCORING):
             return
     # Streams the whole pool once: a corrupt record fails the job here, before any scoring.
@@ -212,8 +215,14 @@ def score_shard(job_id: str, shard_index: int, settings: Settings, enqueue: Enqu
         if row is None or shard is None or row.status.is_terminal():
             return
         outcome: ShardStatus
+        fresh = row.updated_at > utcnow() - timedelta(seconds=settings.orphan_after_s)
         if shard.status is not ShardStatus.PENDING:
             outcome = shard.status  # redelivered after it settled: only re-check the barrier
+        elif shard.started_at is not None and fresh:
+            # Another delivery of this shard is at work (the job's heartbeat is fresh): two
+            # writers must not share the shard's gradient store. Were that worker dead, the
+            # job fails as worker_lost once its heartbeat goes stale.
+            return
         elif row.status is JobStatus.CANCELLING:
             outcome = ShardStatus.STOPPED
         else:
