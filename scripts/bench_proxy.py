@@ -94,6 +94,9 @@ def gradient_cosine(
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
+    # On a shared 2-core machine a second intra-op thread mostly waits at barriers for a core
+    # another job holds; one thread measured faster there (16 x 64-token forward: 12 s vs 17 s).
+    torch.set_num_threads(args.threads)
     # The first LAPACK call pays a one-off start-up cost (seconds): keep it out of the timings.
     torch.linalg.eigh(torch.eye(4, dtype=torch.float64))
     torch.linalg.svd(torch.eye(4, dtype=torch.float64))
@@ -314,6 +317,7 @@ def main() -> None:
         default=[1e-3, 1e-1],
         help="extra IPSVD ridges at --align-rho (the default 1e-2 is in the main grid)",
     )
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--no-write", action="store_true", help="print only; leave docs/ alone")
     args = p.parse_args()
     result = run(args)
