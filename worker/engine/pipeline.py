@@ -29,7 +29,7 @@ from worker.engine.scoring import rank as _rank
 
 if TYPE_CHECKING:
     from worker.engine.models import LoadedModel
-    from worker.engine.proxy import ProxyConfig  # type: ignore[attr-defined]
+    from worker.engine.proxy import ProxyConfig
 
 __all__ = [
     "RankedRecord",
@@ -66,7 +66,7 @@ def build_proxy_from_files(
 ) -> dict[str, Any]:
     """Build a proxy of ``model_ref`` from the records of ``data``, save it to ``out_dir`` and
     return its manifest."""
-    from worker.engine.proxy import build_proxy, save_proxy  # type: ignore[attr-defined]
+    from worker.engine.proxy import build_proxy, save_proxy
 
     target = _load(model_ref, progress)
     records = load_records(data)
@@ -93,7 +93,7 @@ def iter_scores(
     ``None`` to score with the full target model (the baseline). ``stats`` (optional) is filled
     with how many gradients were computed and how many came from the store.
     """
-    from worker.engine.proxy import (  # type: ignore[attr-defined]
+    from worker.engine.proxy import (
         ProxyConfig,
         build_proxy,
         load_proxy,
@@ -175,7 +175,7 @@ def run_selection(
     The summary holds the sample counts, seconds per stage, the proxy's size and what the
     gradient store reused.
     """
-    from worker.engine.proxy import build_proxy  # type: ignore[attr-defined]
+    from worker.engine.proxy import build_proxy
     from worker.engine.scoring.store import tensor_fingerprint
 
     timings: dict[str, float] = {}
