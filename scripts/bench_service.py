@@ -152,6 +152,7 @@ def main() -> int:
     from service.migrate import upgrade
 
     rows: list[tuple[str, str, str]] = []
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         tmpdir = Path(tmp)
         pg_url, drop = _fresh_pg()
@@ -214,7 +215,9 @@ def main() -> int:
             START,
             "## Service overheads (`scripts/bench_service.py`)",
             "",
-            f"Command: `{cmd.strip()}`. Machine: {os.cpu_count()}-core CPU shared with other jobs, "
+            f"Command: `{cmd.strip()}`. Machine: {os.cpu_count()}-core CPU shared with other jobs "
+            f"(1-minute load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at "
+            "the end), "
             f"{platform.python_implementation()} {platform.python_version()}, local PostgreSQL and Redis. "
             f"Sizes: {args.samples} scores per run in batches of {args.batch}; {args.requests} requests "
             f"per endpoint; {args.repeats} repeats (all samples pooled).",
