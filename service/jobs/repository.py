@@ -38,6 +38,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 def get_job(session: Session, tenant_id: str, job_id: str) -> Job | None:
+    """The tenant's job, or None (another tenant's id looks missing)."""
     return session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id))
 
 
@@ -52,10 +53,12 @@ def lock_job(session: Session, job_id: str) -> Job | None:
 
 
 def find_by_idempotency_key(session: Session, tenant_id: str, key: str) -> Job | None:
+    """The tenant's job created with this Idempotency-Key, if any."""
     return session.scalar(select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key))
 
 
 def add_job(session: Session, job: Job, labels: dict[str, str]) -> Job:
+    """Insert a job and its metadata labels."""
     session.add(job)
     session.flush()
     session.add_all(JobLabel(job_id=job.id, key=k, value=v) for k, v in labels.items())
@@ -64,6 +67,7 @@ def add_job(session: Session, job: Job, labels: dict[str, str]) -> Job:
 
 
 def labels_of(session: Session, job_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+    """Metadata labels of each job id, as dicts."""
     out: dict[str, dict[str, str]] = {j: {} for j in job_ids}
     if job_ids:
         for row in session.scalars(select(JobLabel).where(JobLabel.job_id.in_(job_ids))):
@@ -106,11 +110,13 @@ def add_event(
     stage: str | None = None,
     data: dict[str, Any] | None = None,
 ) -> None:
+    """Append an entry to a job's event log."""
     session.add(JobEvent(job_id=job_id, type=type_, stage=stage, message=message, data=data))
     session.flush()
 
 
 def list_events(session: Session, job_id: str, *, after: int, limit: int) -> list[JobEvent]:
+    """A job's events with ids above ``after``, oldest first."""
     q = (
         select(JobEvent)
         .where(JobEvent.job_id == job_id, JobEvent.id > after)
@@ -140,6 +146,7 @@ def upsert_scores(session: Session, job_id: str, rows: Iterable[tuple[int, str, 
 
 
 def list_scores(session: Session, job_id: str, *, after: int, limit: int) -> list[Score]:
+    """A job's scores with sample index above ``after``, by index."""
     q = (
         select(Score)
         .where(Score.job_id == job_id, Score.sample_index > after)
@@ -150,10 +157,12 @@ def list_scores(session: Session, job_id: str, *, after: int, limit: int) -> lis
 
 
 def count_scores(session: Session, job_id: str) -> int:
+    """How many samples of a job have a score."""
     return int(session.scalar(select(func.count()).where(Score.job_id == job_id)) or 0)
 
 
 def all_scores(session: Session, job_id: str) -> dict[int, float]:
+    """Every score of a job: sample index -> score."""
     rows = session.execute(
         select(Score.sample_index, Score.score).where(Score.job_id == job_id)
     ).all()
@@ -174,15 +183,18 @@ def create_shards(session: Session, job_id: str, bounds: Sequence[tuple[int, int
 
 
 def get_shard(session: Session, job_id: str, index: int) -> JobShard | None:
+    """One shard of a job, or None."""
     return session.get(JobShard, (job_id, index))
 
 
 def shards_of(session: Session, job_id: str) -> list[JobShard]:
+    """A job's shards by index."""
     q = select(JobShard).where(JobShard.job_id == job_id).order_by(JobShard.shard_index)
     return list(session.scalars(q))
 
 
 def shards_pending(session: Session, job_id: str) -> int:
+    """How many of a job's shards have not settled."""
     q = select(func.count()).where(
         JobShard.job_id == job_id, JobShard.status == ShardStatus.PENDING
     )
@@ -209,4 +221,5 @@ def stale_running_jobs(session: Session, before: datetime) -> list[str]:
 
 
 def touch(job: Job) -> None:
+    """Beat the job's heartbeat."""
     job.updated_at = utcnow()
