@@ -19,15 +19,14 @@ from worker.engine.proxy.compress import replace_layer
 from worker.engine.proxy.probes import select_layers
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_a_few_steps_lower_the_gradient_alignment_loss(
-    arch: str, make_target: Callable[..., LoadedModel], records: list[Record]
+    make_target: Callable[..., LoadedModel], records: list[Record]
 ) -> None:
-    target = make_target(arch)
+    target = make_target("qwen2")  # q/k/v carry biases: they must stay frozen too
     cfg = ProxyConfig(
         method="svd",
         sparsity=0.7,
-        align_steps=8,
+        align_steps=5,
         align_batch_size=4,
         lr=5e-3,
         warmup_fraction=0.0,
@@ -41,7 +40,7 @@ def test_a_few_steps_lower_the_gradient_alignment_loss(
     frozen = {n: p.clone() for n, p in proxy.model.named_parameters() if not p.requires_grad}
     history = align(target.model, proxy.model, examples, cfg, pad_id=pad_token_id(tok))
     after = alignment_losses(target.model, proxy.model, batch, cfg, create_graph=False)
-    assert len(history) == 8
+    assert len(history) == 5
     assert float(after.ga) < float(before.ga) - 0.05, (float(before.ga), float(after.ga))
     for n, p in proxy.model.named_parameters():
         if n in frozen:
