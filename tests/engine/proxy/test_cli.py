@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 
+from tests.engine.tiny_gguf import write_tiny_llama_gguf
 from tests.tiny import save_tiny_model
 from worker.cli import main
 from worker.engine.models import load_model
@@ -77,3 +78,25 @@ def test_bad_arguments_exit_non_zero_with_the_field_named(
     assert "target_modules" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([*base, "--out", str(tmp_path / "o"), "--method", "pca"])
+
+
+def test_build_from_a_gguf_file(
+    tmp_path: Path,
+    write_jsonl: Callable[[list[dict[str, Any]], str], Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    gguf, _, _ = write_tiny_llama_gguf(tmp_path / "tiny.gguf")
+    data = write_jsonl(_rows(8), "pool.jsonl")
+    out = tmp_path / "proxy"
+    argv = [
+        "proxy", "build", "--model", str(gguf), "--data", str(data), "--out", str(out),
+        "--method", "svd", "--sparsity", "0.5", "--align-steps", "0", "--max-length", "32",
+        "--cache-dir", str(tmp_path / "c"),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    manifest = json.loads((out / "proxy.json").read_text())
+    assert manifest["target"]["identity"] == str(gguf.resolve())
+    assert manifest["compressed_layers"] > 0
+    target = load_model(str(gguf), cache_dir=tmp_path / "c")
+    assert manifest["target"]["sha256"] == target.sha256
+    assert load_proxy(out, target).manifest["proxy_params"] == manifest["proxy_params"]
