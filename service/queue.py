@@ -36,12 +36,15 @@ def make_celery(settings: Settings) -> Celery:
     )
     if settings.is_embedded_broker:
         folder = settings.broker_folder
-        for sub in ("out", "processed"):
+        for sub in ("out", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         conf["broker_transport_options"] = {
             "data_folder_in": str(folder / "out"),
             "data_folder_out": str(folder / "out"),
             "processed_folder": str(folder / "processed"),
+            # Without this kombu writes its fanout exchange files to ./control in whatever
+            # directory the worker was started from.
+            "control_folder": str(folder / "control"),
             "store_processed": False,
         }
     else:

@@ -32,8 +32,9 @@ def _free_port() -> int:
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[httpx.Client, Path, Path]]:
-    home, data = tmp_path / "home", tmp_path / "data"
+    home, data, cwd = tmp_path / "home", tmp_path / "data", tmp_path / "cwd"
     data.mkdir()
+    cwd.mkdir()
     model = save_tiny_model(tmp_path / "models" / "tiny", "llama")
     env = {k: v for k, v in os.environ.items() if not k.startswith("IPROX_")}
     env |= {
@@ -48,7 +49,7 @@ def served(tmp_path: Path) -> Iterator[tuple[httpx.Client, Path, Path]]:
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "worker.cli", "serve", "--port", str(port)],
-            cwd=ROOT,
+            cwd=cwd,
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -71,6 +72,8 @@ def served(tmp_path: Path) -> Iterator[tuple[httpx.Client, Path, Path]]:
         client.close()
         stop(proc)
         print(log.read_text()[-4000:])
+    # Everything the embedded default writes lives under IPROX_HOME, nothing in the cwd.
+    assert list(cwd.iterdir()) == []
 
 
 def test_serve_runs_a_select_job(served: tuple[httpx.Client, Path, Path]) -> None:
