@@ -256,7 +256,9 @@ def write(
         f"align for {args.align_steps} steps; fwd+bwd timed on {args.fwdbwd_samples} pool records "
         "(every k-th of the length-sorted pool) with the scored parameters' weight gradients.\n\n"
         "Scoring samples/s counts every gradient the GSM8K run computed (pool + target set) over "
-        "its wall time (model already built). The MMLU run reuses the stored training gradients "
+        "its wall time (model already built). Rows run one after another on a machine shared "
+        "with other jobs: compare scoring with fwd+bwd within a row; across rows the load "
+        "differed. The MMLU run reuses the stored training gradients "
         "(last column: training gradients it computed).\n\n"
         + ("" if len(rows) == planned else f"Partial: {len(rows)} of {planned} models done.\n\n")
         + head
