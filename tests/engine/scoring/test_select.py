@@ -46,7 +46,9 @@ def test_token_budget_skips_what_does_not_fit(pool: Path) -> None:
 def test_quota_caps_one_source(pool: Path) -> None:
     sel = rank(pool, SCORES, SelectionConfig(top_k=4, quota_field="src", quota=0.5))
     assert [r.index for r in sel] == [1, 2, 6, 8]  # source a capped at 2 of 4 places
-    with pytest.raises(DataFormatError, match=r"pool.jsonl: record 1 \(id 'r1'\) has no field 'origin'"):
+    with pytest.raises(
+        DataFormatError, match=r"pool.jsonl: record 1 \(id 'r1'\) has no field 'origin'"
+    ):
         rank(pool, SCORES, SelectionConfig(top_k=4, quota_field="origin", quota=0.5))
 
 
