@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+from worker.engine.configio import config_from_dict, config_to_dict
 from worker.engine.errors import ConfigError
 
 Method = Literal["ipsvd", "svd", "random"]
@@ -131,21 +132,12 @@ class ProxyConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready; tuples become lists."""
-        out = asdict(self)
-        out["target_modules"] = list(self.target_modules)
-        return out
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ProxyConfig:
         """Inverse of ``to_dict``; unknown keys are an error (a manifest from another version)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"proxy config: unknown field(s) {', '.join(unknown)}")
-        values = dict(data)
-        if "target_modules" in values:
-            values["target_modules"] = tuple(values["target_modules"])
-        return cls(**values)
+        return config_from_dict(cls, data, "proxy config")
 
     @staticmethod
     def help_for(name: str) -> str:

@@ -6,9 +6,10 @@ summary), so a result can always be traced to the settings behind it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from worker.engine.configio import config_from_dict, config_to_dict
 from worker.engine.errors import ConfigError
 
 
@@ -60,20 +61,11 @@ class ScoreConfig:
             raise ConfigError("layers must name at least one linear-layer suffix")
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["layers"] = list(self.layers)
-        return d
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ScoreConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown score config fields: {', '.join(unknown)}")
-        d = dict(data)
-        if "layers" in d:
-            d["layers"] = tuple(d["layers"])
-        return cls(**d)
+        return config_from_dict(cls, data, "score config")
 
 
 @dataclass(frozen=True)
@@ -107,4 +99,4 @@ class SelectionConfig:
             raise ConfigError(f"quota must be in (0, 1], got {self.quota}")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return config_to_dict(self)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from worker.engine.configio import config_from_dict, config_to_dict
 from worker.engine.errors import ConfigError
 
 
@@ -59,17 +60,8 @@ class FinetuneConfig:
         return self.lora_rank > 0
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["save_steps"] = list(self.save_steps)
-        return d
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FinetuneConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"FinetuneConfig: unknown field(s) {', '.join(unknown)}")
-        values = dict(data)
-        if "save_steps" in values:
-            values["save_steps"] = tuple(values["save_steps"])
-        return cls(**values)
+        return config_from_dict(cls, data, "FinetuneConfig")
