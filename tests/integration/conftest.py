@@ -22,6 +22,7 @@ from tests.service.kit import (
     require_redis,
     reset_caches,
     service_env,
+    service_environ,
 )
 from tests.tiny import save_tiny_model
 
@@ -73,27 +74,19 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "IPROX_TASK_SOFT_TIME_LIMIT_S": "300",
             "IPROX_TASK_TIME_LIMIT_S": "330",
         }
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        reset_caches()
-        log = base / "worker.log"
-        cmd = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker"]
-        cmd += ["-Q", "iprox", "--concurrency", "2", "--without-gossip", "--without-mingle"]
-        cmd += ["--loglevel", "INFO", "--logfile", str(log)]
-        child_env = os.environ | {"PYTHONPATH": str(ROOT)}
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env, start_new_session=True)
-        try:
-            _wait_for(log, "ready.", proc, timeout=120)
-            yield Stack(env=env, data=data, model=model, worker_log=log)
-        finally:
-            stop(proc)
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-            reset_caches()
-            flush_redis(REDIS_DB_INTEGRATION)
+        with service_environ(env):
+            log = base / "worker.log"
+            cmd = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker"]
+            cmd += ["-Q", "iprox", "--concurrency", "2", "--without-gossip", "--without-mingle"]
+            cmd += ["--loglevel", "INFO", "--logfile", str(log)]
+            child_env = os.environ | {"PYTHONPATH": str(ROOT)}
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env, start_new_session=True)
+            try:
+                _wait_for(log, "ready.", proc, timeout=120)
+                yield Stack(env=env, data=data, model=model, worker_log=log)
+            finally:
+                stop(proc)
+        flush_redis(REDIS_DB_INTEGRATION)
 
 
 @pytest.fixture

@@ -83,6 +83,23 @@ def reset_caches() -> None:
         cached.cache_clear()
 
 
+@contextmanager
+def service_environ(env: dict[str, str]) -> Iterator[None]:
+    """Set ``env`` for the service's settings (caches reset) and restore the previous values."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    reset_caches()
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        reset_caches()
+
+
 def service_env(
     database_url: str, broker_url: str, home: Path, data_root: Path, model_root: Path
 ) -> dict[str, str]:

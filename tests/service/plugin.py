@@ -4,7 +4,6 @@ app against a fresh Postgres (migrated by Alembic) and a real Redis broker."""
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,8 +18,8 @@ from tests.service.kit import (
     fresh_postgres,
     redis_url,
     require_redis,
-    reset_caches,
     service_env,
+    service_environ,
 )
 
 
@@ -44,20 +43,12 @@ def service_db(svc_roots: dict[str, Path]) -> Iterator[str]:
             svc_roots["data"],
             svc_roots["models"],
         )
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        reset_caches()
-        flush_redis(REDIS_DB_SERVICE)
-        try:
-            yield url
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-            reset_caches()
+        with service_environ(env):
             flush_redis(REDIS_DB_SERVICE)
+            try:
+                yield url
+            finally:
+                flush_redis(REDIS_DB_SERVICE)
 
 
 @pytest.fixture
