@@ -74,6 +74,28 @@ def served(tmp_path: Path) -> Iterator[tuple[httpx.Client, Path, Path]]:
         print(log.read_text()[-4000:])
     # Everything the embedded default writes lives under IPROX_HOME, nothing in the cwd.
     assert list(cwd.iterdir()) == []
+    # Stopping iprox serve stops its worker, pool children included.
+    deadline = time.monotonic() + 10
+    while (left := processes_with_home(home)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert left == [], f"processes outlived iprox serve: {left}"
+
+
+def processes_with_home(home: Path) -> list[int]:
+    """Pids of live processes whose environment has IPROX_HOME=home (Linux /proc)."""
+    needle = f"IPROX_HOME={home}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            env = (entry / "environ").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().split(") ")[-1][:1]
+        except OSError:
+            continue
+        if needle in env and state != "Z":
+            pids.append(int(entry.name))
+    return pids
 
 
 def test_serve_runs_a_select_job(served: tuple[httpx.Client, Path, Path]) -> None:

@@ -10,6 +10,7 @@ Postgres/Redis instead (then run further workers with ``celery -A worker.celery_
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -75,12 +76,42 @@ def start_worker(concurrency: int, queue: str) -> subprocess.Popen[bytes]:
         "--without-gossip",
         "--without-mingle",
     ]
-    return subprocess.Popen(cmd, env=os.environ.copy())
+    # Its own process group, so that stopping it reaches the prefork pool's children too.
+    return subprocess.Popen(cmd, env=os.environ.copy(), start_new_session=True)
+
+
+def stop_worker(worker: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    """Warm shutdown of the worker's whole process group, then a kill if it does not finish.
+
+    Killing only the main process would orphan its pool children, which keep running."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(worker.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            worker.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            continue
+        with contextlib.suppress(ProcessLookupError):  # no pool child may outlive the main one
+            os.killpg(worker.pid, signal.SIGKILL)
+        return
+
+
+_stopping = threading.Event()
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal: with the default
+    # handler that would end the process before ``run``'s ``finally`` stops the worker.
+    raise SystemExit(0)
 
 
 def _watch(worker: subprocess.Popen[bytes]) -> None:
     """Without its worker the service would accept jobs that never run: stop with it."""
     code = worker.wait()
+    if _stopping.is_set():  # we are the ones stopping it
+        return
     print(f"iprox serve: the worker exited (code {code}); stopping", file=sys.stderr, flush=True)
     os.kill(os.getpid(), signal.SIGTERM)
 
@@ -115,12 +146,10 @@ def run(args: argparse.Namespace) -> int:
     if worker is not None:
         threading.Thread(target=_watch, args=(worker,), daemon=True).start()
     try:
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
         uvicorn.run("service.main:app", host=args.host, port=args.port, log_level="info")
     finally:
-        if worker is not None and worker.poll() is None:
-            worker.terminate()
-            try:
-                worker.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+        if worker is not None:
+            _stopping.set()
+            stop_worker(worker)
     return 0
