@@ -75,6 +75,32 @@ def build_proxy_from_files(
     return dict(proxy.manifest)
 
 
+def _scoring_model(
+    target: LoadedModel,
+    proxy: Path | ProxyConfig | None,
+    train: Path,
+    progress: ProgressFn | None,
+    should_stop: StopFn | None,
+) -> tuple[Any, Any, str, dict[str, Any] | None]:
+    """The model to score with, its tokenizer, its store key, and the proxy's manifest.
+
+    ``proxy``: a saved proxy directory, a :class:`ProxyConfig` to build one now from the pool,
+    or ``None`` for the full target (no manifest).
+    """
+    from worker.engine.proxy import ProxyConfig, build_proxy, load_proxy
+    from worker.engine.scoring.store import tensor_fingerprint
+
+    if proxy is None:
+        return target.model, target.tokenizer, f"target:{target.sha256}", None
+    if isinstance(proxy, ProxyConfig):
+        records = load_records(train)
+        built = build_proxy(target, records, proxy, progress=progress, should_stop=should_stop)
+    else:
+        built = load_proxy(Path(proxy), target)
+    model_hash = f"proxy:{tensor_fingerprint(built.model)}"
+    return built.model, built.tokenizer, model_hash, built.manifest
+
+
 def iter_scores(
     model_ref: str,
     train: Path,
@@ -93,24 +119,8 @@ def iter_scores(
     ``None`` to score with the full target model (the baseline). ``stats`` (optional) is filled
     with how many gradients were computed and how many came from the store.
     """
-    from worker.engine.proxy import (
-        ProxyConfig,
-        build_proxy,
-        load_proxy,
-    )
-    from worker.engine.scoring.store import tensor_fingerprint
-
     target = _load(model_ref, progress)
-    model: Any
-    if proxy is None:
-        model, tokenizer, model_hash = target.model, target.tokenizer, f"target:{target.sha256}"
-    else:
-        if isinstance(proxy, ProxyConfig):
-            built = build_proxy(target, load_records(train), proxy, progress=progress)
-        else:
-            built = load_proxy(Path(proxy), target)
-        model, tokenizer = built.model, built.tokenizer
-        model_hash = f"proxy:{tensor_fingerprint(model)}"
+    model, tokenizer, model_hash, _ = _scoring_model(target, proxy, train, progress, None)
     yield from score_stream(
         model,
         tokenizer,
@@ -175,26 +185,19 @@ def run_selection(
     The summary holds the sample counts, seconds per stage, the proxy's size and what the
     gradient store reused.
     """
-    from worker.engine.proxy import build_proxy
-    from worker.engine.scoring.store import tensor_fingerprint
-
     timings: dict[str, float] = {}
     t = time.perf_counter()
     target = _load(model_ref, progress)
     timings["loading"] = time.perf_counter() - t
     proxy_info: dict[str, Any] | None = None
-    model: Any = target.model
-    tokenizer, model_hash = target.tokenizer, f"target:{target.sha256}"
-    if proxy is not None:
-        t = time.perf_counter()
-        built = build_proxy(
-            target, load_records(train), proxy, progress=progress, should_stop=should_stop
-        )
+    t = time.perf_counter()
+    model, tokenizer, model_hash, manifest = _scoring_model(
+        target, proxy, train, progress, should_stop
+    )
+    if manifest is not None:
         timings["proxy"] = time.perf_counter() - t
-        model, tokenizer = built.model, built.tokenizer
-        model_hash = f"proxy:{tensor_fingerprint(model)}"
-        m = built.manifest
-        proxy_info = {k: m.get(k) for k in ("method", "sparsity", "target_params", "proxy_params")}
+        keys = ("method", "sparsity", "target_params", "proxy_params")
+        proxy_info = {k: manifest.get(k) for k in keys}
     stats = ScoreStats()
     scores: dict[int, float] = {}
     ids: dict[int, str] = {}
