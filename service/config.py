@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     http_timeout_s: float = Field(
         default=30.0, gt=0, description="Connect/read timeout for http(s) datasets, seconds."
     )
+    http_total_timeout_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Wall-clock limit of a whole http(s) request (HEAD check or download), s.",
+    )
     shard_size: int = Field(
         default=2048, gt=0, description="Pool samples per scoring shard (one Celery task each)."
     )

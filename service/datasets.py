@@ -2,17 +2,18 @@
 
 The API checks before anything is queued; the worker resolves the same URI again with
 :func:`resolve_file_uri` (so a file swapped for a symlink after submission is still caught) and
-fetches remote ones with :func:`fetch_remote`.
+downloads remote ones (worker/tasks/inputs.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import httpx
@@ -32,6 +33,7 @@ RECORD_KEYS: tuple[frozenset[str], ...] = (
     frozenset({"text"}),
 )
 _SNIFF_BYTES = 1 << 20
+T = TypeVar("T")
 
 
 def _within(path: Path, roots: Sequence[Path]) -> bool:
@@ -140,10 +142,35 @@ def check_local(path: Path, uri: str, field: str) -> None:
     sniff_text(text, path.suffix.lower(), uri, field, complete=size <= _SNIFF_BYTES)
 
 
-def check_http(uri: str, field: str, *, max_bytes: int, timeout_s: float) -> None:
-    """HEAD the URL: reachable, 2xx, and not larger than ``max_bytes`` when it says its size."""
+def run_within(total_s: float, coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to its end, or raise TimeoutError once ``total_s`` seconds have passed.
+
+    httpx's timeouts bound each network operation, so a server that trickles a byte now and
+    then (headers or body) could hold a request forever; this deadline covers all of it.
+    """
+
+    async def bounded() -> T:
+        async with asyncio.timeout(total_s):
+            return await coro
+
+    return asyncio.run(bounded())
+
+
+def check_http(uri: str, field: str, *, max_bytes: int, timeout_s: float, total_s: float) -> None:
+    """HEAD the URL within ``total_s``: reachable, 2xx, and not larger than ``max_bytes`` when
+    it says its size."""
+
+    async def head() -> httpx.Response:
+        async with httpx.AsyncClient(follow_redirects=True, timeout=timeout_s) as client:
+            return await client.head(uri)
+
     try:
-        resp = httpx.head(uri, follow_redirects=True, timeout=timeout_s)
+        resp = run_within(total_s, head())
+    except TimeoutError:
+        raise ValidationFailed(
+            f"{uri!r} did not answer within the limit of {total_s:g} s (IPROX_HTTP_TOTAL_TIMEOUT_S)",
+            field=field,
+        ) from None
     except httpx.HTTPError as exc:
         raise ValidationFailed(
             f"{uri!r} is unreachable ({type(exc).__name__})", field=field
@@ -184,6 +211,7 @@ def check_uri(
     data_roots: Sequence[Path],
     http_max_bytes: int,
     http_timeout_s: float,
+    http_total_timeout_s: float,
 ) -> None:
     """Refuse a dataset URI that cannot be read or does not look like data (422 on ``field``)."""
     scheme = urlsplit(uri).scheme
@@ -201,6 +229,12 @@ def check_uri(
             f"{uri!r}: unknown file type {suffix!r}; use .jsonl, .json or .csv", field=field
         )
     if scheme in ("http", "https"):
-        check_http(uri, field, max_bytes=http_max_bytes, timeout_s=http_timeout_s)
+        check_http(
+            uri,
+            field,
+            max_bytes=http_max_bytes,
+            timeout_s=http_timeout_s,
+            total_s=http_total_timeout_s,
+        )
     else:
         check_fsspec(uri, field)

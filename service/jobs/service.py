@@ -107,6 +107,7 @@ def validate(
             data_roots=settings.data_roots,
             http_max_bytes=settings.http_max_bytes,
             http_timeout_s=settings.http_timeout_s,
+            http_total_timeout_s=settings.http_total_timeout_s,
         )
 
     check(body.dataset_uri, "dataset_uri")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -13,10 +14,24 @@ import pytest
 from service.datasets import check_uri, resolve_file_uri
 from service.errors import ValidationFailed
 from service.targets import resolve_target_model
+from tests.service.slow_http import trickling_server
 
 
-def _check(uri: str, roots: list[Path], max_bytes: int = 10_000) -> None:
-    check_uri(uri, "dataset_uri", data_roots=roots, http_max_bytes=max_bytes, http_timeout_s=5)
+def _check(
+    uri: str,
+    roots: list[Path],
+    max_bytes: int = 10_000,
+    total_s: float = 10,
+    field: str = "dataset_uri",
+) -> None:
+    check_uri(
+        uri,
+        field,
+        data_roots=roots,
+        http_max_bytes=max_bytes,
+        http_timeout_s=5,
+        http_total_timeout_s=total_s,
+    )
 
 
 @pytest.fixture
@@ -87,6 +102,17 @@ def test_http_is_checked_with_head(www: tuple[str, Path]) -> None:
         _check("http://127.0.0.1:9/pool.jsonl", [])
     with pytest.raises(ValidationFailed, match="unknown file type"):
         _check(f"{base}/pool.parquet", [])
+
+
+def test_http_check_has_a_total_deadline() -> None:
+    # The server trickles its headers, each byte well within the 5 s read timeout.
+    with trickling_server() as base:
+        started = time.monotonic()
+        with pytest.raises(ValidationFailed) as err:
+            _check(f"{base}/pool.jsonl", [], total_s=0.3, field="target_uri")
+        assert time.monotonic() - started < 0.8
+    assert err.value.field == "target_uri"
+    assert "limit of 0.3 s" in err.value.detail and "IPROX_HTTP_TOTAL_TIMEOUT_S" in err.value.detail
 
 
 def test_object_stores_need_their_fsspec_backend() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from service.config import Settings
+from tests.service.slow_http import BODY, trickling_server
 from worker.tasks.inputs import InputError, local_input
 
 
@@ -51,3 +53,21 @@ def test_file_uri_is_rechecked_against_the_roots(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, data_roots=[root])
     with pytest.raises(InputError, match="outside the data roots"):
         local_input((root / "link.jsonl").as_uri(), "dataset_uri", tmp_path / "job", settings)
+
+
+def test_http_download_has_a_total_deadline(tmp_path: Path) -> None:
+    # Every byte comes well within the 5 s read timeout; only the 0.3 s deadline can stop it.
+    settings = Settings(home=tmp_path, http_timeout_s=5, http_total_timeout_s=0.3)
+    job = tmp_path / "job"
+    with trickling_server() as base:
+        started = time.monotonic()
+        with pytest.raises(InputError) as err:
+            local_input(f"{base}/pool.jsonl", "target_uri", job, settings)
+        assert time.monotonic() - started < 0.8
+        message = err.value.message
+        assert message.startswith("target_uri: ") and "limit of 0.3 s" in message
+        assert "IPROX_HTTP_TOTAL_TIMEOUT_S" in message
+        assert list((job / "inputs").iterdir()) == []  # no partial file, under any name
+        # Given the time, the same trickle arrives whole: the deadline was what stopped it.
+        settings.http_total_timeout_s = 10
+        assert local_input(f"{base}/pool.jsonl", "target_uri", job, settings).read_bytes() == BODY

@@ -1,7 +1,8 @@
 """Turning a job's dataset URIs into local files the engine can stream.
 
 ``file://`` URIs are re-checked against the data roots (the file may have changed since the API
-accepted it); ``http(s)://`` is downloaded with a size cap and timeouts; ``s3://`` and ``gs://``
+accepted it); ``http(s)://`` is downloaded with a size cap, per-operation timeouts and a deadline over the
+whole download; ``s3://`` and ``gs://``
 go through fsspec. Downloads land in the job's artifact folder and are reused on redelivery.
 """
 
@@ -15,7 +16,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from service.config import Settings
-from service.datasets import resolve_file_uri
+from service.datasets import resolve_file_uri, run_within
 from service.errors import ValidationFailed
 from worker.engine.errors import EngineError
 
@@ -28,28 +29,44 @@ class InputError(EngineError):
     code = "dataset_unavailable"
 
 
-def _download_http(uri: str, dest: Path, max_bytes: int, timeout_s: float) -> None:
+def _download_http(uri: str, field: str, dest: Path, settings: Settings) -> None:
+    """GET ``uri`` into ``dest``: at most ``http_max_bytes``, all of it within
+    ``http_total_timeout_s``; nothing is left at ``dest`` unless the whole body arrived."""
     tmp = dest.with_suffix(dest.suffix + ".part")
-    size = 0
-    try:
-        with (
-            httpx.stream("GET", uri, follow_redirects=True, timeout=timeout_s) as resp,
-            tmp.open("wb") as fh,
-        ):
+    max_bytes = settings.http_max_bytes
+
+    async def get() -> None:
+        client = httpx.AsyncClient(follow_redirects=True, timeout=settings.http_timeout_s)
+        async with client, client.stream("GET", uri) as resp:
             if resp.status_code >= 400:
-                raise InputError(f"{uri}: HTTP {resp.status_code}")
-            for chunk in resp.iter_bytes(_CHUNK):
-                size += len(chunk)
-                if size > max_bytes:
-                    raise InputError(f"{uri}: larger than the limit of {max_bytes} bytes")
-                fh.write(chunk)
-    except httpx.HTTPError as exc:
-        tmp.unlink(missing_ok=True)
-        raise InputError(f"{uri}: download failed ({type(exc).__name__}: {exc})") from None
-    except InputError:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, dest)
+                raise InputError(f"{field}: {uri}: HTTP {resp.status_code}")
+            size = 0
+            with tmp.open("wb") as fh:
+                # Chunks as they arrive (not gathered to a size): the cap acts on every read.
+                async for chunk in resp.aiter_bytes():
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise InputError(
+                            f"{field}: {uri}: larger than the limit of {max_bytes} bytes"
+                        )
+                    fh.write(chunk)
+
+    total_s = settings.http_total_timeout_s
+    try:
+        try:
+            run_within(total_s, get())
+        except TimeoutError:
+            raise InputError(
+                f"{field}: {uri}: not downloaded within the limit of {total_s:g} s "
+                "(IPROX_HTTP_TOTAL_TIMEOUT_S)"
+            ) from None
+        except httpx.HTTPError as exc:
+            raise InputError(
+                f"{field}: {uri}: download failed ({type(exc).__name__}: {exc})"
+            ) from None
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)  # a partial download is never taken for a whole one
 
 
 def _download_fsspec(uri: str, dest: Path, max_bytes: int) -> None:
@@ -88,7 +105,7 @@ def local_input(uri: str, field: str, job_dir: Path, settings: Settings) -> Path
         return dest  # fetched by an earlier delivery of this task
     dest.parent.mkdir(parents=True, exist_ok=True)
     if scheme in ("http", "https"):
-        _download_http(uri, dest, settings.http_max_bytes, settings.http_timeout_s)
+        _download_http(uri, field, dest, settings)
     else:
         _download_fsspec(uri, dest, settings.http_max_bytes)
     return dest
