@@ -184,8 +184,9 @@ def check_http(uri: str, field: str, *, max_bytes: int, timeout_s: float, total_
         )
 
 
-def check_fsspec(uri: str, field: str) -> None:
-    """s3:// and gs:// go through fsspec; the protocol's package is an optional extra."""
+def check_fsspec(uri: str, field: str, *, max_bytes: int) -> None:
+    """s3:// and gs:// through fsspec (the protocol's package is an optional extra): the object
+    exists, is a file no larger than ``max_bytes``, and starts like data."""
     import fsspec
 
     scheme = urlsplit(uri).scheme
@@ -197,11 +198,25 @@ def check_fsspec(uri: str, field: str) -> None:
             field=field,
         ) from None
     try:
-        exists = fs.exists(path)
+        info = fs.info(path)
+        if info.get("type") != "file":
+            raise ValidationFailed(f"{uri!r} is not a file", field=field)
+        size = info.get("size")
+        if size is not None and size > max_bytes:
+            raise ValidationFailed(
+                f"{uri!r} is {size} bytes, over the limit of {max_bytes}", field=field
+            )
+        with fs.open(path, "rb") as fh:
+            head = fh.read(_SNIFF_BYTES)
+    except FileNotFoundError:
+        raise ValidationFailed(f"{uri!r}: no such object", field=field) from None
+    except ValidationFailed:
+        raise
     except Exception as exc:  # network or credential errors, whatever the back end raises
         raise ValidationFailed(f"{uri!r} is unreachable ({exc})", field=field) from None
-    if not exists:
-        raise ValidationFailed(f"{uri!r}: no such object", field=field)
+    complete = len(head) < _SNIFF_BYTES
+    suffix = Path(path).suffix.lower()
+    sniff_text(head.decode("utf-8", errors="replace"), suffix, uri, field, complete=complete)
 
 
 def check_uri(
@@ -237,4 +252,4 @@ def check_uri(
             total_s=http_total_timeout_s,
         )
     else:
-        check_fsspec(uri, field)
+        check_fsspec(uri, field, max_bytes=http_max_bytes)

@@ -14,6 +14,7 @@ import pytest
 from service.datasets import check_uri, resolve_file_uri
 from service.errors import ValidationFailed
 from service.targets import resolve_target_model
+from tests.service.object_store import memory_object_stores
 from tests.service.slow_http import trickling_server
 
 
@@ -125,6 +126,26 @@ def test_object_stores_need_their_fsspec_backend() -> None:
     else:  # with the extra installed the bucket is unreachable from here
         with pytest.raises(ValidationFailed):
             _check("s3://bucket/pool.jsonl", [])
+
+
+@pytest.mark.parametrize("scheme", ["s3", "gs"])
+def test_object_store_uris_are_checked_through_fsspec(scheme: str) -> None:
+    with memory_object_stores() as store:
+        pool = f"{scheme}://bucket/data/pool.jsonl"
+        store.pipe(pool, b'{"text": "a"}\n' * 100)  # 1,400 bytes
+        _check(pool, [])
+        with pytest.raises(ValidationFailed, match="1400 bytes, over the limit of 1000") as err:
+            _check(pool, [], max_bytes=1000)
+        assert err.value.field == "dataset_uri"
+        with pytest.raises(ValidationFailed, match="no such object") as err:
+            _check(f"{scheme}://bucket/data/missing.jsonl", [], field="target_uri")
+        assert err.value.field == "target_uri"
+        store.pipe(f"{scheme}://bucket/folder.jsonl/part-0.jsonl", b'{"text": "a"}\n')
+        with pytest.raises(ValidationFailed, match="is not a file"):
+            _check(f"{scheme}://bucket/folder.jsonl", [])
+        store.pipe(f"{scheme}://bucket/lists.jsonl", b'["not a record"]\n')
+        with pytest.raises(ValidationFailed, match="must be a JSON object"):
+            _check(f"{scheme}://bucket/lists.jsonl", [])
 
 
 def test_target_model_check(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from service.jobs import state
 from service.jobs.service import subset_path
 from service.models import Job, JobStage
 from tests.service.kit import REDIS_DB_SERVICE
+from tests.service.object_store import memory_object_stores
 
 PROBLEM = "application/problem+json"
 
@@ -100,6 +101,20 @@ def test_path_traversal_is_rejected(
     ):
         r = client.post("/jobs", json=select_body | {"dataset_uri": uri}, headers=auth)
         _assert_problem(r, "dataset_uri")
+
+
+def test_object_store_uris_are_checked_before_queueing(
+    client: TestClient, auth: dict[str, str], select_body: dict[str, Any]
+) -> None:
+    with memory_object_stores() as store:
+        store.pipe("s3://bucket/pool.jsonl", b'{"text": "a"}\n')
+        ok = select_body | {"dataset_uri": "s3://bucket/pool.jsonl"}
+        assert client.post("/jobs", json=ok, headers=auth).status_code == 202
+        jobs = job_count()
+        missing = ok | {"target_uri": "gs://bucket/missing.jsonl"}
+        r = client.post("/jobs", json=missing, headers=auth)
+        _assert_problem(r, "target_uri")
+        assert "no such object" in r.json()["detail"] and job_count() == jobs
 
 
 def test_idempotency_key_replays_or_conflicts(

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from service.config import Settings
+from tests.service.object_store import memory_object_stores
 from tests.service.slow_http import BODY, trickling_server
 from worker.tasks.inputs import InputError, local_input
 
@@ -71,3 +72,22 @@ def test_http_download_has_a_total_deadline(tmp_path: Path) -> None:
         # Given the time, the same trickle arrives whole: the deadline was what stopped it.
         settings.http_total_timeout_s = 10
         assert local_input(f"{base}/pool.jsonl", "target_uri", job, settings).read_bytes() == BODY
+
+
+@pytest.mark.parametrize("scheme", ["s3", "gs"])
+def test_object_store_download_is_cached_and_capped(tmp_path: Path, scheme: str) -> None:
+    settings = Settings(home=tmp_path, http_max_bytes=1000)
+    job = tmp_path / "job"
+    data = b'{"text": "a"}\n' * 10
+    with memory_object_stores() as store:
+        store.pipe(f"{scheme}://bucket/pool.jsonl", data)
+        got = local_input(f"{scheme}://bucket/pool.jsonl", "dataset_uri", job, settings)
+        assert got.read_bytes() == data
+        store.rm(f"{scheme}://bucket/pool.jsonl")  # a redelivered task reuses the download
+        assert local_input(f"{scheme}://bucket/pool.jsonl", "dataset_uri", job, settings) == got
+        store.pipe(f"{scheme}://bucket/big.jsonl", b"x" * 5000)
+        with pytest.raises(InputError, match=r"^dataset_uri: .*limit of 1000 bytes"):
+            local_input(f"{scheme}://bucket/big.jsonl", "dataset_uri", job, settings)
+        with pytest.raises(InputError, match=r"^target_uri: .*no such object"):
+            local_input(f"{scheme}://bucket/gone.jsonl", "target_uri", job, settings)
+    assert sorted(p.name for p in (job / "inputs").iterdir()) == [got.name]  # no partial files

@@ -69,25 +69,29 @@ def _download_http(uri: str, field: str, dest: Path, settings: Settings) -> None
         tmp.unlink(missing_ok=True)  # a partial download is never taken for a whole one
 
 
-def _download_fsspec(uri: str, dest: Path, max_bytes: int) -> None:
+def _download_fsspec(uri: str, field: str, dest: Path, max_bytes: int) -> None:
+    """Copy an object-store file (s3://, gs://) into ``dest``, at most ``max_bytes``."""
     import fsspec
 
     tmp = dest.with_suffix(dest.suffix + ".part")
     size = 0
     try:
-        with fsspec.open(uri, "rb") as src, tmp.open("wb") as fh:
-            while chunk := src.read(_CHUNK):
-                size += len(chunk)
-                if size > max_bytes:
-                    raise InputError(f"{uri}: larger than the limit of {max_bytes} bytes")
-                fh.write(chunk)
-    except (ImportError, OSError, ValueError) as exc:
-        tmp.unlink(missing_ok=True)
-        raise InputError(f"{uri}: cannot read ({exc})") from None
-    except InputError:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, dest)
+        try:
+            with fsspec.open(uri, "rb") as src, tmp.open("wb") as fh:
+                while chunk := src.read(_CHUNK):
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise InputError(
+                            f"{field}: {uri}: larger than the limit of {max_bytes} bytes"
+                        )
+                    fh.write(chunk)
+        except FileNotFoundError:
+            raise InputError(f"{field}: {uri}: no such object") from None
+        except (ImportError, OSError, ValueError) as exc:
+            raise InputError(f"{field}: {uri}: cannot read ({exc})") from None
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)  # a partial download is never taken for a whole one
 
 
 def local_input(uri: str, field: str, job_dir: Path, settings: Settings) -> Path:
@@ -107,5 +111,5 @@ def local_input(uri: str, field: str, job_dir: Path, settings: Settings) -> Path
     if scheme in ("http", "https"):
         _download_http(uri, field, dest, settings)
     else:
-        _download_fsspec(uri, dest, settings.http_max_bytes)
+        _download_fsspec(uri, field, dest, settings.http_max_bytes)
     return dest
