@@ -56,6 +56,20 @@ def _add_scoring(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--store", type=Path, default=None, help="gradient store directory (reuse and resume)"
     )
+    p.add_argument(
+        "--checkpoints",
+        type=Path,
+        default=None,
+        help="a warm-up or fine-tuning run directory of --model (iprox warmup/finetune): score "
+        "with each of its checkpoints and sum the scores weighted by their mean learning rate "
+        "(TracIn); with a proxy, one proxy is built per checkpoint",
+    )
+    p.add_argument(
+        "--adam",
+        action="store_true",
+        help="precondition training gradients with each checkpoint's saved Adam moments (LESS; "
+        "needs --checkpoints of a run saved with its optimizer state)",
+    )
 
 
 def register(subparsers: Any) -> None:
@@ -156,6 +170,8 @@ def _score(args: argparse.Namespace) -> int:
             store_dir=args.store,
             progress=bars,
             stats=stats,
+            checkpoints=args.checkpoints,
+            adam=args.adam,
         ):
             scores.update(zip(batch.indices, batch.scores, strict=True))
             ids.update(zip(batch.indices, batch.ids, strict=True))
@@ -166,6 +182,8 @@ def _score(args: argparse.Namespace) -> int:
         "samples": len(scores),
         "scores": str(args.out),
         "proxy": str(args.proxy) if args.proxy else None,
+        "checkpoints": str(args.checkpoints) if args.checkpoints else None,
+        "adam": args.adam,
         "gradients": vars(stats),
         "seconds": round(time.perf_counter() - start, 2),
     }
@@ -205,6 +223,8 @@ def _select(args: argparse.Namespace) -> int:
             selection=selection,
             store_dir=args.store,
             progress=bars,
+            checkpoints=args.checkpoints,
+            adam=args.adam,
         )
     finally:
         bars.close()

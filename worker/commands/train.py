@@ -89,6 +89,9 @@ def register(subparsers: Any) -> None:
     ft.add_argument(
         "--save-steps", type=_steps, default=(), help="e.g. 10,20: " + _help("save_steps")
     )
+    ft.add_argument(
+        "--save-optimizer-state", action="store_true", help=_help("save_optimizer_state")
+    )
     ft.set_defaults(func=_finetune)
 
     wu = subparsers.add_parser(
@@ -148,6 +151,7 @@ def _config(args: argparse.Namespace, save_steps: tuple[int, ...] = ()) -> Finet
         schedule=args.schedule,
         save_steps=save_steps,
         seed=args.seed,
+        save_optimizer_state=getattr(args, "save_optimizer_state", False),
     )
 
 

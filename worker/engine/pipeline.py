@@ -4,6 +4,13 @@ Each function takes file paths and configs and does the whole step (load the mod
 run the stage), so callers need no knowledge of the engine's insides. ``iter_scores`` yields batch
 by batch: the caller persists each batch and may stop between them (a later run with the same
 ``store_dir`` resumes from the stored gradients).
+
+Checkpoints (TracIn proper): given a fine-tuning or warm-up run directory, the pool is scored
+with every checkpoint in turn (a proxy is built from each checkpoint when a proxy config is
+given) and a sample's score for a target task is ``sum_c mean_lr_c * score_c``, ``mean_lr_c``
+being the mean learning rate of the steps that checkpoint ends; the max over target tasks comes
+last. With ``adam=True`` the training gradients are preconditioned with each checkpoint's saved
+Adam moments (LESS).
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from worker.engine.data import encode, load_records
 from worker.engine.errors import NoResponseTokensError
 from worker.engine.progress import ProgressFn, StopFn, check_stop, report
@@ -23,9 +32,9 @@ from worker.engine.scoring import (
     ScoreConfig,
     ScoreStats,
     SelectionConfig,
-    score_stream,
 )
 from worker.engine.scoring import rank as _rank
+from worker.engine.scoring.run import task_score_stream
 
 if TYPE_CHECKING:
     from worker.engine.models import LoadedModel
@@ -101,6 +110,132 @@ def _scoring_model(
     return built.model, built.tokenizer, model_hash, built.manifest
 
 
+@dataclass(frozen=True)
+class _Scorer:
+    """One model to score with, the weight of its scores, and its Adam state (or None)."""
+
+    model: Any
+    tokenizer: Any
+    model_hash: str
+    manifest: dict[str, Any] | None
+    weight: float
+    adam: Any
+    label: str
+    build_s: float  # seconds spent loading the checkpoint and building the proxy
+
+
+def _scorers(
+    target: LoadedModel,
+    proxy: Path | ProxyConfig | None,
+    train: Path,
+    checkpoints: Path | None,
+    adam: bool,
+    progress: ProgressFn | None,
+    should_stop: StopFn | None,
+) -> Iterator[_Scorer]:
+    """The models to score with, one at a time (one model in memory at once): the target or its
+    proxy; or, with ``checkpoints``, each checkpoint of that run (or a proxy built from it)."""
+    from worker.engine.errors import ConfigError
+
+    if checkpoints is None:
+        if adam:
+            raise ConfigError(
+                "Adam preconditioning needs checkpoints: the moments are saved with each "
+                "checkpoint of a warm-up or fine-tuning run (give its directory)"
+            )
+        t = time.perf_counter()
+        model, tok, key, manifest = _scoring_model(target, proxy, train, progress, should_stop)
+        yield _Scorer(model, tok, key, manifest, 1.0, None, "model", time.perf_counter() - t)
+        return
+    from worker.engine.errors import ArtifactError
+    from worker.engine.proxy import ProxyConfig
+    from worker.engine.scoring.precondition import load_adam_state
+    from worker.engine.train.checkpoints import list_checkpoints, load_checkpoint, read_manifest
+
+    if proxy is not None and not isinstance(proxy, ProxyConfig):
+        raise ConfigError(
+            "a saved proxy was built from one set of weights; with checkpoints, give a proxy "
+            "config so a proxy is built from each checkpoint, or score with the checkpoints"
+        )
+    base = read_manifest(Path(checkpoints)).get("base", {})
+    if base.get("sha256") != target.sha256:
+        raise ArtifactError(
+            f"{checkpoints}: the run was fine-tuned from {base.get('ref')!r} "
+            f"(weights {str(base.get('sha256'))[:12]}…), not from {target.ref!r}"
+        )
+    for ckpt in list_checkpoints(Path(checkpoints)):
+        t = time.perf_counter()
+        state = load_adam_state(ckpt.path) if adam else None  # fail before the costly part
+        loaded = load_checkpoint(ckpt, base=target)
+        model, tok, key, manifest = _scoring_model(loaded, proxy, train, progress, should_stop)
+        label = f"step {ckpt.step}"
+        yield _Scorer(
+            model, tok, key, manifest, ckpt.mean_lr, state, label, time.perf_counter() - t
+        )
+        del loaded, model, state  # before the next checkpoint loads
+
+
+def _weighted_scores(
+    scorers: Iterator[_Scorer],
+    train: Path,
+    targets: Sequence[Path],
+    config: ScoreConfig,
+    *,
+    store_dir: Path | None,
+    indices: Sequence[int] | None,
+    progress: ProgressFn | None,
+    stats: ScoreStats | None,
+    single: bool,
+    should_stop: StopFn | None = None,
+    seen: list[dict[str, Any]] | None = None,
+) -> Iterator[ScoreBatch]:
+    """``sum_c weight_c * score_c`` per target task, then the max over tasks. A ``single``
+    scorer streams batch by batch; several are accumulated (one float per sample and task).
+    ``seen`` receives a summary of each scorer (not the model: one model in memory at a time)."""
+    totals: dict[int, torch.Tensor] = {}
+    ids: dict[int, str] = {}
+    for scorer in scorers:
+        if seen is not None:
+            seen.append(
+                {
+                    "checkpoint": scorer.label,
+                    "weight": scorer.weight,
+                    "adam": scorer.adam is not None,
+                    "build_s": scorer.build_s,
+                    "manifest": scorer.manifest,
+                    "tokenizer": scorer.tokenizer,
+                }
+            )
+        batches = task_score_stream(
+            scorer.model,
+            scorer.tokenizer,
+            scorer.model_hash,
+            Path(train),
+            [Path(t) for t in targets],
+            config,
+            store_dir=store_dir,
+            indices=indices,
+            progress=progress,
+            stats=stats,
+            adam=scorer.adam,
+        )
+        if single:
+            for b in batches:
+                check_stop(should_stop, "scoring")
+                yield ScoreBatch(b.indices, b.ids, b.scores.max(dim=1).values.tolist())
+            return
+        for b in batches:
+            check_stop(should_stop, "scoring")
+            ids.update(zip(b.indices, b.ids, strict=True))
+            for i, row in zip(b.indices, b.scores, strict=True):
+                totals[i] = totals[i] + scorer.weight * row if i in totals else scorer.weight * row
+        del batches, scorer
+    order = sorted(totals)
+    for start in range(0, len(order), config.batch_size):
+        chunk = order[start : start + config.batch_size]
+        yield ScoreBatch(chunk, [ids[i] for i in chunk], [float(totals[i].max()) for i in chunk])
+
+
 def iter_scores(
     model_ref: str,
     train: Path,
@@ -112,26 +247,29 @@ def iter_scores(
     indices: Sequence[int] | None = None,
     progress: ProgressFn | None = None,
     stats: ScoreStats | None = None,
+    checkpoints: Path | None = None,
+    adam: bool = False,
 ) -> Iterator[ScoreBatch]:
     """Scores of the pool ``train`` (or its ``indices``) against the target-task files.
 
-    ``proxy``: a saved proxy directory, a :class:`ProxyConfig` to build one now from the pool, or
-    ``None`` to score with the full target model (the baseline). ``stats`` (optional) is filled
-    with how many gradients were computed and how many came from the store.
+    ``proxy``: a saved proxy directory, a :class:`ProxyConfig` to build one now from the pool (from
+    each checkpoint with ``checkpoints``), or ``None`` to score with the full target model (the
+    baseline). ``checkpoints``: a fine-tuning/warm-up run directory whose checkpoints are summed
+    with learning-rate weights; ``adam``: precondition with their Adam moments. ``stats``
+    (optional) is filled with how many gradients were computed and how many came from the store.
     """
     target = _load(model_ref, progress)
-    model, tokenizer, model_hash, _ = _scoring_model(target, proxy, train, progress, None)
-    yield from score_stream(
-        model,
-        tokenizer,
-        model_hash,
+    scorers = _scorers(target, proxy, Path(train), checkpoints, adam, progress, None)
+    yield from _weighted_scores(
+        scorers,
         Path(train),
-        [Path(t) for t in targets],
+        targets,
         config,
         store_dir=store_dir,
         indices=indices,
         progress=progress,
         stats=stats,
+        single=checkpoints is None,
     )
 
 
@@ -178,9 +316,12 @@ def run_selection(
     store_dir: Path | None = None,
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
+    checkpoints: Path | None = None,
+    adam: bool = False,
 ) -> SelectionResult:
     """The whole pipeline: load the target, build a proxy from the pool (``proxy=None``: score
-    with the full target), score the pool against the targets, select.
+    with the full target), score the pool against the targets, select. ``checkpoints`` and
+    ``adam`` as in :func:`iter_scores`.
 
     The summary holds the sample counts, seconds per stage, the proxy's size and what the
     gradient store reused.
@@ -190,33 +331,34 @@ def run_selection(
     target = _load(model_ref, progress)
     timings["loading"] = time.perf_counter() - t
     proxy_info: dict[str, Any] | None = None
-    t = time.perf_counter()
-    model, tokenizer, model_hash, manifest = _scoring_model(
-        target, proxy, train, progress, should_stop
-    )
-    if manifest is not None:
-        timings["proxy"] = time.perf_counter() - t
-        keys = ("method", "sparsity", "target_params", "proxy_params")
-        proxy_info = {k: manifest.get(k) for k in keys}
     stats = ScoreStats()
     scores: dict[int, float] = {}
     ids: dict[int, str] = {}
+    seen: list[dict[str, Any]] = []
     t = time.perf_counter()
-    for batch in score_stream(
-        model,
-        tokenizer,
-        model_hash,
+    # Proxy builds happen inside the stream (one per checkpoint); their time is split out below.
+    for batch in _weighted_scores(
+        _scorers(target, proxy, Path(train), checkpoints, adam, progress, should_stop),
         Path(train),
-        [Path(p) for p in targets],
+        targets,
         config,
         store_dir=store_dir,
+        indices=None,
         progress=progress,
         stats=stats,
+        single=checkpoints is None,
+        should_stop=should_stop,
+        seen=seen,
     ):
         scores.update(zip(batch.indices, batch.scores, strict=True))
         ids.update(zip(batch.indices, batch.ids, strict=True))
-        check_stop(should_stop, "scoring")
-    timings["scoring"] = time.perf_counter() - t
+    build_s = sum(s["build_s"] for s in seen)
+    if seen[0]["manifest"] is not None:
+        timings["proxy"] = build_s
+        keys = ("method", "sparsity", "target_params", "proxy_params")
+        proxy_info = {k: seen[0]["manifest"].get(k) for k in keys}
+    timings["scoring"] = time.perf_counter() - t - build_s
+    tokenizer = seen[0]["tokenizer"]
     t = time.perf_counter()
     report(progress, "ranking", 0, 1)
     counts = token_counts(tokenizer, train, config.max_length) if selection.token_budget else None
@@ -231,6 +373,7 @@ def run_selection(
         "proxy": proxy_info,
         "score_config": config.to_dict(),
         "selection": selection.to_dict(),
+        "checkpoints": [{k: s[k] for k in ("checkpoint", "weight", "adam")} for s in seen],
         "gradients": asdict(stats),
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
     }

@@ -15,6 +15,10 @@ activation gradients alone (cheaper than a plain training step, which also forms
 Loss: per sample, the mean cross-entropy over its response tokens (LESS's normalisation); the
 batch loss is the sum over samples, so each sample's gradient is exactly its own loss gradient.
 Padding positions are masked out of both the loss and the projected features.
+
+With Adam preconditioning (:mod:`worker.engine.scoring.precondition`) the update is elementwise
+in the gradient, so the hook forms each sample's gradient of a block (``rows x cols``, one sample
+and one layer at a time), applies the update and projects it with the same ``p_left``/``p_right``.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from worker.engine.data import IGNORE_INDEX
 from worker.engine.errors import ConfigError, NoResponseTokensError
 from worker.engine.lowrank import LowRankLinear
 from worker.engine.math.projection import gaussian_projection, kron_sizes
+from worker.engine.scoring.precondition import AdamState
 
 
 @dataclass(frozen=True)
@@ -146,20 +151,35 @@ class GradientFeaturizer:
     """Projected per-sample gradients of ``model`` for collated batches.
 
     ``dim`` is the feature size (``sum`` of the blocks' ``k_out * k_in``); ``computed`` counts the
-    samples featurized so far (the gradient store's reuse test reads it).
+    samples featurized so far (the gradient store's reuse test reads it). With ``adam``, each
+    gradient is replaced by Adam's update direction under that optimizer state before projection.
     """
 
-    def __init__(self, model: nn.Module, suffixes: Sequence[str], proj_dim: int, seed: int) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        suffixes: Sequence[str],
+        proj_dim: int,
+        seed: int,
+        adam: AdamState | None = None,
+    ) -> None:
         self.model = model
         self.blocks = build_blocks(model, suffixes, proj_dim, seed)
         self.dim = sum(b.dim for b in self.blocks)
         self.computed = 0
+        self.adam = adam
+        self._modules = dict(model.named_modules())
+        self.moments = (
+            [adam.moments(b.module, self._modules[b.module], b.param) for b in self.blocks]
+            if adam is not None
+            else []
+        )
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Features ``(batch, dim)`` float32 (not normalised) for a batch from ``collate``."""
         mask = batch["attention_mask"]
         n = int(mask.shape[0])
-        modules = dict(self.model.named_modules())
+        modules = self._modules
         by_module: dict[str, list[tuple[int, GradBlock]]] = {}
         offsets, start = [], 0
         for j, b in enumerate(self.blocks):
@@ -171,13 +191,17 @@ class GradientFeaturizer:
 
         def forward_hook(name: str):  # type: ignore[no-untyped-def]
             def hook(_m: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-                h = inputs[0].detach()
-                xs = [(j, b, (h @ b.right.T) * mask.unsqueeze(-1)) for j, b in by_module[name]]
+                h = inputs[0].detach().float()
+                m3 = mask.unsqueeze(-1)
+                xs = [(j, b, (h @ b.right.T) * m3) for j, b in by_module[name]]
 
                 def on_grad(delta: torch.Tensor) -> None:
                     for j, b, x in xs:
-                        d = delta.detach().float() @ b.left.T
-                        feat = torch.einsum("bto,bti->boi", d, x).reshape(n, -1)
+                        if self.adam is not None:
+                            feat = self._preconditioned(j, b, delta.detach().float(), h * m3)
+                        else:
+                            d = delta.detach().float() @ b.left.T
+                            feat = torch.einsum("bto,bti->boi", d, x).reshape(n, -1)
                         out[:, offsets[j] : offsets[j] + b.dim] = feat
 
                 output.register_hook(on_grad)
@@ -205,13 +229,36 @@ class GradientFeaturizer:
         self.computed += n
         return out
 
+    def _preconditioned(
+        self, j: int, block: GradBlock, delta: torch.Tensor, h: torch.Tensor
+    ) -> torch.Tensor:
+        """``(batch, dim)`` projected Adam updates of block ``j``; ``delta``/``h`` as the module
+        sees them (``h`` already masked). The full gradient exists for one sample at a time."""
+        assert self.adam is not None
+        module = self._modules[block.module]
+        left, right = delta, h  # the gradient is sum_t left_t right_t^T
+        if block.param == "A":
+            right = h @ module.B.detach().float().T
+        elif block.param == "B":
+            left = delta @ module.A.detach().float()
+        m, v = self.moments[j]
+        rows = []
+        for i in range(delta.shape[0]):
+            g = left[i].T @ right[i]
+            u = self.adam.update(g, m, v)
+            rows.append((block.p_left @ u @ block.p_right.T).reshape(-1))
+        return torch.stack(rows)
+
 
 def naive_features(
-    model: nn.Module, blocks: Sequence[GradBlock], batch: dict[str, torch.Tensor]
+    model: nn.Module,
+    blocks: Sequence[GradBlock],
+    batch: dict[str, torch.Tensor],
+    adam: AdamState | None = None,
 ) -> torch.Tensor:
     """Reference twin of :class:`GradientFeaturizer`: one unpadded sample at a time, full autograd
-    gradient of every block's parameter, dense projection ``(p_left (x) p_right) vec(G)``. Slow;
-    for tests only."""
+    gradient of every block's parameter (Adam-preconditioned when ``adam``), dense projection
+    ``(p_left (x) p_right) vec(G)``. Slow; for tests only."""
     from worker.engine.math.projection import dense_kron_project
 
     modules = dict(model.named_modules())
@@ -221,7 +268,11 @@ def naive_features(
         n = int(batch["attention_mask"][i].sum())
         logits = model(input_ids=batch["input_ids"][i : i + 1, :n], use_cache=False).logits
         loss = per_sample_loss(logits, batch["labels"][i : i + 1, :n]).sum()
-        grads = torch.autograd.grad(loss, params)
+        grads = list(torch.autograd.grad(loss, params))
+        if adam is not None:
+            for k, b in enumerate(blocks):
+                m, v = adam.moments(b.module, modules[b.module], b.param)
+                grads[k] = adam.update(grads[k], m, v)
         rows.append(
             torch.cat(
                 [

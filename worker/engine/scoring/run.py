@@ -8,6 +8,13 @@ every pool batch is scored as soon as its gradients exist and is yielded at once
 Influence: ``v^T (G^T G / n + lambda I)^{-1} g`` needs the pool's curvature first, so the pool is
 featurized once (into the store when there is one), the system is solved per task, and the scores
 come from a second pass over the stored features (from memory without a store).
+
+Several checkpoints (TracIn proper): :func:`task_score_stream` yields each target task's score
+separately, so a caller can sum ``lr_c * score_c`` over checkpoints per task and take the max
+over tasks only at the end (:func:`worker.engine.pipeline.iter_scores` does this).
+
+With an Adam state (LESS), training gradients are replaced by Adam's update direction under it;
+target gradients stay raw.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from worker.engine.scoring.features import (
     train_features,
 )
 from worker.engine.scoring.gradients import GradientFeaturizer
+from worker.engine.scoring.precondition import AdamState
 from worker.engine.scoring.store import GradientStore, file_sha256
 
 
@@ -43,6 +51,15 @@ class ScoreBatch:
     indices: list[int]
     ids: list[str]
     scores: list[float]
+
+
+@dataclass(frozen=True)
+class TaskScoreBatch:
+    """Scores of one batch of pool samples against each target task: ``scores (n, tasks)``."""
+
+    indices: list[int]
+    ids: list[str]
+    scores: torch.Tensor
 
 
 def _vectors(unit: torch.Tensor, norms: torch.Tensor, normalize: bool) -> torch.Tensor:
@@ -61,12 +78,45 @@ def score_stream(
     indices: Sequence[int] | None = None,
     progress: ProgressFn | None = None,
     stats: ScoreStats | None = None,
+    adam: AdamState | None = None,
 ) -> Iterator[ScoreBatch]:
-    """Yield :class:`ScoreBatch` es covering ``indices`` of ``train`` (all when ``None``).
+    """Yield :class:`ScoreBatch` es covering ``indices`` of ``train`` (all when ``None``), each
+    sample's score being its max over the target tasks.
 
     Target-task gradients are computed (or loaded from the store) before the first batch.
     ``model_hash`` identifies the model's weights in the store key.
     """
+    for b in task_score_stream(
+        model,
+        tokenizer,
+        model_hash,
+        train,
+        targets,
+        config,
+        store_dir=store_dir,
+        indices=indices,
+        progress=progress,
+        stats=stats,
+        adam=adam,
+    ):
+        yield ScoreBatch(b.indices, b.ids, b.scores.max(dim=1).values.tolist())
+
+
+def task_score_stream(
+    model: nn.Module,
+    tokenizer: Any,
+    model_hash: str,
+    train: Path,
+    targets: Sequence[Path],
+    config: ScoreConfig,
+    *,
+    store_dir: Path | None = None,
+    indices: Sequence[int] | None = None,
+    progress: ProgressFn | None = None,
+    stats: ScoreStats | None = None,
+    adam: AdamState | None = None,
+) -> Iterator[TaskScoreBatch]:
+    """Like :func:`score_stream`, with one score per target task (in ``targets`` order)."""
     stats = stats if stats is not None else ScoreStats()
     if not targets:
         raise ConfigError("give at least one target-task file")
@@ -79,9 +129,14 @@ def score_stream(
     ids = {r.index: r.id for r in records}
     examples = encode_records(train, records, tokenizer, config.max_length)
     featurizer = GradientFeaturizer(model, config.layers, config.proj_dim, config.seed)
+    train_featurizer = featurizer
+    if adam is not None:
+        train_featurizer = GradientFeaturizer(
+            model, config.layers, config.proj_dim, config.seed, adam=adam
+        )
     store = None
     if store_dir is not None:
-        key = {
+        key: dict[str, Any] = {
             "model": model_hash,
             "dataset": file_sha256(train),
             "seed": config.seed,
@@ -89,6 +144,8 @@ def score_stream(
             "max_length": config.max_length,
             "layers": list(config.layers),
         }
+        if adam is not None:
+            key["adam"] = adam.fingerprint
         store = GradientStore(store_dir, key, featurizer.dim)
 
     directions = []
@@ -108,7 +165,7 @@ def score_stream(
 
     def stream(s: ScoreStats, prog: ProgressFn | None) -> Iterator[Features]:
         return train_features(
-            featurizer,
+            train_featurizer,
             examples,
             pad_id=pad_token_id(tokenizer),
             batch_size=config.batch_size,
@@ -133,5 +190,5 @@ def score_stream(
 
     for idx, unit, norms in batches:
         x = _vectors(unit.float(), norms, config.normalize)
-        scores = torch.stack([x @ v for v in directions]).max(dim=0).values
-        yield ScoreBatch(idx, [ids[i] for i in idx], scores.tolist())
+        scores = torch.stack([x @ v for v in directions], dim=1)
+        yield TaskScoreBatch(idx, [ids[i] for i in idx], scores)

@@ -34,6 +34,11 @@ class FinetuneConfig:
         (), "optimiser steps after which to save a checkpoint (the last step is always saved)"
     )
     seed: int = _f(0, "seeds data order and LoRA initialisation")
+    save_optimizer_state: bool = _f(
+        False,
+        "also save AdamW's moments at each checkpoint (optimizer.safetensors, twice the trained "
+        "parameters' size), for Adam-preconditioned scoring (LESS)",
+    )
 
     def __post_init__(self) -> None:
         checks = [

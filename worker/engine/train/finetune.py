@@ -25,6 +25,7 @@ from worker.engine.errors import ArtifactError, EmptyDatasetError, NoResponseTok
 from worker.engine.math.nll import token_mean_loss
 from worker.engine.models import LoadedModel
 from worker.engine.progress import ProgressFn, StopFn, check_stop, report
+from worker.engine.scoring.precondition import save_adam_state
 from worker.engine.train.checkpoints import checkpoint_dir, write_manifest
 from worker.engine.train.config import FinetuneConfig
 from worker.engine.train.schedule import lr_at, warmup_steps
@@ -159,6 +160,8 @@ def finetune(
             else:
                 path = checkpoint_dir(out_dir, done)
                 _save(model, tokenizer, path)
+            if config.save_optimizer_state:
+                save_adam_state(optim, model, path)
             checkpoints.append(
                 {
                     "step": done,

@@ -67,7 +67,10 @@ def warmup(
     chosen = random_slice(pool, fraction, config.seed)
     steps_per_epoch = math.ceil(len(chosen) / config.batch_size)
     total = max(1, math.ceil(config.epochs * steps_per_epoch))
-    config = replace(config, save_steps=checkpoint_steps(total, checkpoints))
+    # The moments go with each checkpoint so scoring can precondition with Adam (LESS).
+    config = replace(
+        config, save_steps=checkpoint_steps(total, checkpoints), save_optimizer_state=True
+    )
     return finetune(
         target,
         chosen,
