@@ -2,19 +2,24 @@
 
     python -m service.admin migrate [--revision REV]
     python -m service.admin keys create --tenant NAME [--name LABEL]
+    python -m service.admin keys list [--tenant NAME] [--json]
+    python -m service.admin keys revoke KEY_ID
 
-``iprox migrate`` and ``iprox keys create`` call the same functions.
+``iprox migrate`` and ``iprox keys ...`` call the same functions.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
 
-from service.auth.keys import create_key
+from service.auth.keys import KeyInfo, create_key, list_keys, revoke_key
 from service.config import get_settings
 from service.db import session_scope
+from service.errors import NotFound
 from service.migrate import upgrade
 
 
@@ -31,22 +36,84 @@ def create_api_key(tenant: str, name: str = "") -> str:
         return create_key(session, tenant, name=name).key
 
 
+def list_api_keys(tenant: str | None = None, *, as_json: bool = False) -> str:
+    """The keys as a table (or JSON): id, tenant, name, prefix, created, revoked; never a key."""
+    with session_scope() as session:
+        keys = list_keys(session, tenant)
+    if as_json:
+        return json.dumps([asdict(k) for k in keys], default=str, indent=2)
+    return _table(keys)
+
+
+def _table(keys: Sequence[KeyInfo]) -> str:
+    header = ("ID", "TENANT", "NAME", "PREFIX", "CREATED", "REVOKED")
+    rows = [header] + [
+        (
+            k.id,
+            k.tenant,
+            k.name or "-",
+            k.prefix,
+            k.created_at.isoformat(timespec="seconds"),
+            k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else "-",
+        )
+        for k in keys
+    ]
+    widths = [max(len(r[c]) for r in rows) for c in range(len(header))]
+    return "\n".join(
+        "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
+
+
+def revoke_api_key(key_id: str) -> str:
+    """Revoke a key (idempotent); raises NotFound for an unknown id. Returns what happened."""
+    with session_scope() as session:
+        key, newly = revoke_key(session, key_id)
+    assert key.revoked_at is not None
+    when = key.revoked_at.isoformat(timespec="seconds")
+    if newly:
+        return f"revoked key {key.id} ({key.prefix}..., tenant {key.tenant}) at {when}"
+    return f"key {key.id} ({key.prefix}..., tenant {key.tenant}) was already revoked at {when}"
+
+
+def add_key_commands(keys: argparse.ArgumentParser) -> None:
+    """The ``keys`` actions: create, list, revoke (``iprox keys`` declares the same)."""
+    actions = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = actions.add_parser("create", help="create a key for a tenant (created if new)")
+    create.add_argument("--tenant", required=True, help="tenant name")
+    create.add_argument("--name", default="", help="a label for the key")
+    listing = actions.add_parser("list", help="list keys (never the keys themselves)")
+    listing.add_argument("--tenant", default=None, help="only this tenant's keys")
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    revoke = actions.add_parser("revoke", help="revoke a key by its id (effective at once)")
+    revoke.add_argument("key_id", metavar="KEY_ID", help="the key's id, from 'keys list'")
+
+
+def run_keys(args: argparse.Namespace, prog: str) -> int:
+    """Run a parsed ``keys`` action; an unknown key id is exit code 2 with a message."""
+    if args.action == "create":
+        print(create_api_key(args.tenant, args.name))
+    elif args.action == "list":
+        print(list_api_keys(args.tenant, as_json=args.json))
+    else:
+        try:
+            print(revoke_api_key(args.key_id))
+        except NotFound as exc:
+            print(f"{prog}: error: {exc.detail}", file=sys.stderr)
+            return 2
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m service.admin")
     sub = parser.add_subparsers(dest="command", required=True)
     m = sub.add_parser("migrate", help="apply database migrations")
     m.add_argument("--revision", default="head")
-    keys = sub.add_parser("keys", help="API keys")
-    actions = keys.add_subparsers(dest="action", required=True)
-    create = actions.add_parser("create", help="create a key")
-    create.add_argument("--tenant", required=True)
-    create.add_argument("--name", default="")
+    add_key_commands(sub.add_parser("keys", help="API keys"))
     args = parser.parse_args(argv)
     if args.command == "migrate":
         print(f"migrated {migrate(args.revision)}")
-    else:
-        print(create_api_key(args.tenant, args.name))
-    return 0
+        return 0
+    return run_keys(args, parser.prog)
 
 
 if __name__ == "__main__":

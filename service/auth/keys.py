@@ -1,15 +1,18 @@
-"""Creating, hashing and checking API keys."""
+"""Creating, hashing, checking, listing and revoking API keys."""
 
 from __future__ import annotations
 
 import hashlib
 import secrets
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from service.errors import NotFound
 from service.models import ApiKey, Tenant
+from service.models.base import utcnow
 
 KEY_PREFIX = "iprox_"
 
@@ -65,3 +68,46 @@ def tenant_for_key(session: Session, key: str) -> str | None:
         select(ApiKey).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
     )
     return row.tenant_id if row is not None else None
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """What may be shown about a key: never the key itself (only its first characters)."""
+
+    id: str
+    tenant: str
+    name: str
+    prefix: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+def _info(row: ApiKey, tenant: str) -> KeyInfo:
+    return KeyInfo(row.id, tenant, row.name, row.prefix, row.created_at, row.revoked_at)
+
+
+def list_keys(session: Session, tenant_name: str | None = None) -> list[KeyInfo]:
+    """Every key (of one tenant when named), oldest first."""
+    q = select(ApiKey, Tenant.name).join(Tenant, Tenant.id == ApiKey.tenant_id)
+    if tenant_name is not None:
+        q = q.where(Tenant.name == tenant_name)
+    rows = session.execute(q.order_by(ApiKey.created_at, ApiKey.id))
+    return [_info(key, tenant) for key, tenant in rows]
+
+
+def revoke_key(session: Session, key_id: str) -> tuple[KeyInfo, bool]:
+    """Revoke a key at once; returns (the key, newly revoked). Revoking twice changes nothing."""
+    found = session.execute(
+        select(ApiKey, Tenant.name)
+        .join(Tenant, Tenant.id == ApiKey.tenant_id)
+        .where(ApiKey.id == key_id)
+        .with_for_update(of=ApiKey)
+    ).first()
+    if found is None:
+        raise NotFound(f"no API key with id {key_id!r} (iprox keys list shows them)")
+    row, tenant = found
+    newly = row.revoked_at is None
+    if newly:
+        row.revoked_at = utcnow()
+        session.flush()
+    return _info(row, tenant), newly
