@@ -1,7 +1,8 @@
 """Deployment settings, read from ``IPROX_*`` environment variables by the API and the worker.
 
 With nothing set, everything lives under ``IPROX_HOME`` (the embedded default): a SQLite
-database, a filesystem message broker and the artifact folder. Production points
+database, a filesystem message broker and the artifact folder. ``IPROX_ARTIFACT_ROOT`` may also
+be an fsspec URL (service/artifacts.py). Production points
 ``IPROX_DATABASE_URL`` at Postgres and ``IPROX_BROKER_URL`` at Redis.
 """
 
@@ -14,6 +15,8 @@ from typing import Annotated, Any
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from service.artifacts import ArtifactRoot, is_url, require_backend
 
 # The engine's presets, repeated here because the API may not import the engine; a test checks
 # that the two lists agree.
@@ -44,8 +47,14 @@ class Settings(BaseSettings):
         default=None,
         description="Celery broker URL; default a filesystem queue under $IPROX_HOME/broker.",
     )
-    artifact_root: Path | None = Field(
-        default=None, description="Folder for proxies, gradient stores and subsets."
+    artifact_root: str | None = Field(
+        default=None,
+        description="Folder, or fsspec URL (file://, s3://, gs://, ...), for proxies and subsets.",
+    )
+    work_dir: Path | None = Field(
+        default=None,
+        description="The worker's local folder when the artifact root is a URL; "
+        "default $IPROX_HOME/work.",
     )
     data_roots: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,
@@ -94,6 +103,18 @@ class Settings(BaseSettings):
     def _lists(cls, value: Any) -> Any:
         return _split_paths(value)
 
+    @field_validator("artifact_root", mode="before")
+    @classmethod
+    def _path_as_text(cls, value: Any) -> Any:
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+    @field_validator("artifact_root")
+    @classmethod
+    def _reachable_protocol(cls, value: str | None) -> str | None:
+        if value is not None and is_url(value):
+            require_backend(value)
+        return value
+
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.home / 'iprox.db'}"
@@ -103,8 +124,11 @@ class Settings(BaseSettings):
         return self.broker_url or "filesystem://"
 
     @property
-    def resolved_artifact_root(self) -> Path:
-        return self.artifact_root or self.home / "artifacts"
+    def artifacts(self) -> ArtifactRoot:
+        """The artifact root, and the local folder the worker makes artifacts in."""
+        root = self.artifact_root or str(self.home / "artifacts")
+        work = (self.work_dir or self.home / "work") if is_url(root) else Path(root)
+        return ArtifactRoot(root, work)
 
     @property
     def broker_folder(self) -> Path:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 from sqlalchemy import text
 
+from service.config import get_settings
 from service.db import get_engine
 from service.errors import Unavailable, install_error_handlers
 from service.jobs.router import router as jobs_router
@@ -12,11 +16,20 @@ from service.proxies.router import router as proxies_router
 from service.queue import get_dispatcher
 
 
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    # Read the settings at start-up, so that a bad one (say an artifact URL whose fsspec back end
+    # is not installed) stops the server here rather than failing its first requests.
+    get_settings()
+    yield
+
+
 def create_app() -> FastAPI:
     app = FastAPI(
         title="iprox-service",
         version="0.1.0",
         description="Influence-preserving proxies (IProX) for gradient-based data selection.",
+        lifespan=_lifespan,
     )
     install_error_handlers(app)
     app.include_router(jobs_router)

@@ -11,11 +11,16 @@ from datetime import timedelta
 from typing import Any
 
 from celery.signals import worker_ready
+from pydantic import ValidationError
 
 from service.config import get_settings
 from service.queue import make_celery
 
-app = make_celery(get_settings())
+try:
+    _settings = get_settings()
+except ValidationError as exc:  # e.g. an artifact URL whose fsspec back end is not installed
+    raise SystemExit(f"iprox worker: invalid configuration: {exc}") from None
+app = make_celery(_settings)
 app.conf.include = ["worker.tasks.jobs"]
 
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Annotated, Literal
+from typing import IO, Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
@@ -104,10 +103,10 @@ def job_scores(
     return service.scores(session, tenant, job_id, cursor, limit)
 
 
-def _stream(path: Path, top_k: int | None, fmt: str) -> Iterator[bytes]:
+def _stream(fh: IO[bytes], top_k: int | None, fmt: str) -> Iterator[bytes]:
     if fmt == "json":
         yield b"["
-    with path.open("rb") as fh:
+    with fh:
         for n, line in enumerate(fh):
             if top_k is not None and n >= top_k:
                 break
@@ -131,11 +130,11 @@ def job_subset(
     format: Annotated[Literal["jsonl", "json"], Query()] = "jsonl",
 ) -> StreamingResponse:
     """The ranked records, best first: original fields plus ``rank`` and ``score``."""
-    path = service.subset_file(session, get_settings(), tenant, job_id)
+    fh = service.open_subset(session, get_settings(), tenant, job_id)
     media = "application/x-ndjson" if format == "jsonl" else "application/json"
     name = f"subset-{job_id}.{format}"
     return StreamingResponse(
-        _stream(path, top_k, format),
+        _stream(fh, top_k, format),
         media_type=media,
         headers={"Content-Disposition": f'attachment; filename="{name}"'},
     )

@@ -5,14 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from pathlib import Path
+from typing import IO
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from service.artifacts import open_binary
 from service.config import Settings
 from service.datasets import check_uri
-from service.errors import Conflict, IdempotencyConflict, NotFound, ValidationFailed
+from service.errors import Conflict, IdempotencyConflict, NotFound, Unavailable, ValidationFailed
 from service.jobs import repository as repo
 from service.jobs import state
 from service.jobs.schemas import (
@@ -36,9 +37,13 @@ def request_hash(body: JobCreate) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def subset_path(settings: Settings, job_id: str) -> Path:
-    """Where the ranked subset of a job is written (by the worker) and read (by the API)."""
-    return settings.resolved_artifact_root / "jobs" / job_id / "subset.jsonl"
+SUBSET_FILE = "subset.jsonl"
+
+
+def subset_parts(job_id: str) -> tuple[str, ...]:
+    """The ranked subset of a job under the artifact root: made and published by the worker,
+    read by the API (a path under a folder root, a URL under a URL root)."""
+    return ("jobs", job_id, SUBSET_FILE)
 
 
 def links(job_id: str) -> dict[str, str]:
@@ -244,14 +249,20 @@ def scores(session: Session, tenant_id: str, job_id: str, after: int, limit: int
     )
 
 
-def subset_file(session: Session, settings: Settings, tenant_id: str, job_id: str) -> Path:
+def open_subset(session: Session, settings: Settings, tenant_id: str, job_id: str) -> IO[bytes]:
+    """The job's subset file, open for reading from the artifact root (a folder or a URL)."""
     job = get_job(session, tenant_id, job_id)
     if job.kind is not JobKind.SELECT:
         raise Conflict(f"job {job_id} is a {job.kind.value} job; it selects nothing")
     if job.status is not JobStatus.SUCCEEDED:
         hint = " (its partial scores are at /scores)" if job.partial else ""
         raise Conflict(f"job {job_id} is {job.status.value}; no subset{hint}")
-    path = subset_path(settings, job_id)
-    if not path.is_file():
-        raise NotFound(f"the subset file of job {job_id} is missing from the artifact root")
-    return path
+    location = settings.artifacts.location(*subset_parts(job_id))
+    try:
+        return open_binary(location)
+    except FileNotFoundError:
+        raise NotFound(
+            f"the subset file of job {job_id} is missing from the artifact root"
+        ) from None
+    except OSError as exc:  # a remote store that is down or refuses the credentials
+        raise Unavailable(f"the artifact store is unreachable ({type(exc).__name__})") from exc

@@ -1,5 +1,7 @@
 """The integration tier: a real Celery worker process consuming from a real Redis, writing to a
-fresh Postgres database migrated by Alembic; the API runs in-process against the same ones."""
+fresh Postgres database migrated by Alembic; the API runs in-process against the same ones. The
+artifact root is a file:// URL, so artifacts cross from the worker to the API through fsspec
+(the embedded-default test covers a folder root)."""
 
 from __future__ import annotations
 
@@ -35,6 +37,8 @@ class Stack:
     data: Path
     model: Path
     worker_log: Path
+    artifacts: Path  # what the file:// artifact root points at
+    work: Path  # the worker's local folder
 
 
 def _wait_for(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
@@ -70,6 +74,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     flush_redis(REDIS_DB_INTEGRATION)
     with fresh_postgres() as url:
         env = service_env(url, redis_url(REDIS_DB_INTEGRATION), home, data, models) | {
+            "IPROX_ARTIFACT_ROOT": (base / "artifacts").as_uri(),
+            "IPROX_WORK_DIR": str(base / "work"),
             "IPROX_SHARD_SIZE": "4",  # the 6-record pool splits into two shards
             "IPROX_TASK_SOFT_TIME_LIMIT_S": "300",
             "IPROX_TASK_TIME_LIMIT_S": "330",
@@ -83,7 +89,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env, start_new_session=True)
             try:
                 _wait_for(log, "ready.", proc, timeout=120)
-                yield Stack(env=env, data=data, model=model, worker_log=log)
+                yield Stack(
+                    env=env,
+                    data=data,
+                    model=model,
+                    worker_log=log,
+                    artifacts=base / "artifacts",
+                    work=base / "work",
+                )
             finally:
                 stop(proc)
         flush_redis(REDIS_DB_INTEGRATION)

@@ -1,14 +1,19 @@
-"""A select job end to end through a real Celery worker process, Redis and Postgres."""
+"""A select job end to end through a real Celery worker process, Redis and Postgres, with the
+artifacts under a file:// URL; then a second job reusing its proxy by id."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import uuid
 from collections.abc import Mapping, Sequence
 
 import pytest
 from fastapi.testclient import TestClient
 
+from service.db import session_scope
+from service.models import Proxy
 from tests.integration.conftest import Stack
 from tests.integration.helpers import check_subset, jsonl, wait_terminal
 from tests.service.plugin import new_key
@@ -53,3 +58,26 @@ def test_select_job_end_to_end(api: TestClient, stack: Stack) -> None:
     assert any(e["message"] == "pool planned" and e["data"]["shards"] == 2 for e in metrics)
     proxy_id = job["result"]["proxy_id"]
     assert api.get(f"/proxies/{proxy_id}", headers=auth).json()["job_id"] == job_id
+
+    # The worker uploaded its artifacts under the URL, and the database records the URL.
+    kept = stack.artifacts / "proxies" / proxy_id
+    with session_scope() as s:
+        row = s.get(Proxy, proxy_id)
+        assert row is not None and row.path == kept.as_uri()
+    assert (kept / "proxy.json").is_file()
+    uploaded = (stack.artifacts / "jobs" / job_id / "subset.jsonl").read_bytes()
+    assert hashlib.sha256(uploaded).hexdigest() == job["result"]["subset_sha256"]
+    assert jsonl(uploaded.decode()) == subset
+
+    # A later job reuses the proxy by id: with the worker's local copies gone, it downloads it.
+    shutil.rmtree(stack.work / "cache")
+    body |= {"proxy": {"proxy_id": proxy_id}, "metadata": {"suite": "integration-reuse"}}
+    r = api.post("/jobs", json=body, headers=auth)
+    assert r.status_code == 202, r.text
+    again = wait_terminal(api, r.json()["id"], auth, timeout=300)
+    assert again["status"] == "succeeded", (again["error"], stack.worker_log.read_text()[-3000:])
+    assert again["result"]["proxy_id"] == proxy_id
+    cached = stack.work / "cache" / "proxies" / proxy_id / "proxy.json"
+    assert cached.read_bytes() == (kept / "proxy.json").read_bytes()
+    again_subset = jsonl(api.get(f"/jobs/{again['id']}/subset", headers=auth).text)
+    assert [r["id"] for r in again_subset] == [r["id"] for r in subset]  # same proxy, same ranking

@@ -15,7 +15,7 @@ from service.config import get_settings
 from service.db import session_scope
 from service.jobs import repository as repo
 from service.jobs import state
-from service.jobs.service import subset_path
+from service.jobs.service import subset_parts
 from service.models import Job, JobStage
 from tests.service.kit import REDIS_DB_SERVICE
 from tests.service.object_store import memory_object_stores
@@ -247,7 +247,7 @@ def test_subset_streams_ranked_records(
     client: TestClient, auth: dict[str, str], select_body: dict[str, Any]
 ) -> None:
     job_id = client.post("/jobs", json=select_body, headers=auth).json()["id"]
-    path = subset_path(get_settings(), job_id)
+    path = get_settings().artifacts.workspace(*subset_parts(job_id))  # a folder root: in place
     path.parent.mkdir(parents=True)
     path.write_text('{"rank": 1, "score": 0.9}\n{"rank": 2, "score": 0.5}\n')
     assert client.get(f"/jobs/{job_id}/subset", headers=auth).status_code == 409

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from service.config import Settings
@@ -28,3 +31,22 @@ def test_worker_registers_every_task_the_api_sends(service_db: str) -> None:
 
     app.loader.import_default_modules()
     assert {TASK_RUN_JOB, TASK_SCORE_SHARD, TASK_RANK_JOB} <= set(app.tasks)
+
+
+def test_worker_refuses_to_start_with_an_unusable_artifact_root(tmp_path: Path) -> None:
+    """A missing fsspec back end stops the worker at start-up, not a job half way."""
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IPROX_")}
+    env |= {"IPROX_HOME": str(tmp_path), "IPROX_ARTIFACT_ROOT": "nosuchfs://bucket/artifacts"}
+    env["PYTHONPATH"] = str(root)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import worker.celery_app"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("iprox worker: invalid configuration")
+    assert "IPROX_ARTIFACT_ROOT='nosuchfs://bucket/artifacts' needs fsspec" in proc.stderr

@@ -1,14 +1,19 @@
-"""Job steps on a tiny real model: select end to end (sharded), proxy reuse, cancel, failure,
-redelivery, orphaned jobs."""
+"""Job steps on a tiny real model: select end to end (sharded), proxy reuse, artifacts under a
+URL root, cancel, failure, redelivery, orphaned jobs."""
 
 from __future__ import annotations
 
+import hashlib
+import shutil
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from fsspec.implementations.memory import MemoryFileSystem
 from sqlalchemy import func, select
 
 from service.config import get_settings
@@ -17,6 +22,7 @@ from service.jobs import repository, state
 from service.models import Job, JobShard, Proxy
 from service.models.base import utcnow
 from service.queue import TASK_RANK_JOB, TASK_SCORE_SHARD
+from tests.service.kit import service_environ
 from tests.worker.conftest import POOL, read_jsonl
 from tests.worker.inline import InlineQueue
 from worker.tasks import steps
@@ -98,6 +104,58 @@ def test_proxy_build_then_select_reuses_it(
     assert job["result"]["proxy_id"] == proxy_id == job["proxy_id"]
     assert proxy_count() == proxies_before  # no second build
     assert "compressing" not in stages(client, auth, job_id)
+    artifacts = get_settings().artifacts  # a folder root: the proxy is used where it was built
+    with session_scope() as s:
+        row = s.get(Proxy, proxy_id)
+        assert row is not None and row.path == str(artifacts.workspace("proxies", proxy_id))
+    assert not artifacts.workspace("cache").exists()
+
+
+@pytest.fixture
+def memory_artifacts(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """The artifact root as a memory:// URL; the worker's local folder under tmp_path."""
+    root = f"memory://iprox-{uuid.uuid4().hex[:8]}/artifacts"
+    work = tmp_path / "work"
+    with service_environ({"IPROX_ARTIFACT_ROOT": root, "IPROX_WORK_DIR": str(work)}):
+        yield root, work
+    MemoryFileSystem().rm(root, recursive=True)
+
+
+def test_artifacts_under_a_url_root(
+    client: TestClient,
+    auth: dict[str, str],
+    job_body: Callable[..., dict[str, Any]],
+    memory_artifacts: tuple[str, Path],
+) -> None:
+    root, work = memory_artifacts
+    store = MemoryFileSystem()
+    build_id = submit(client, auth, job_body("proxy_build"))
+    InlineQueue().run(build_id)
+    built = client.get(f"/jobs/{build_id}", headers=auth).json()
+    assert built["status"] == "succeeded", built["error"]
+    proxy_id = built["result"]["proxy_id"]
+    kept = f"{root}/proxies/{proxy_id}"
+    with session_scope() as s:
+        row = s.get(Proxy, proxy_id)
+        assert row is not None and row.path == kept  # the database records the URL
+    assert store.isfile(f"{kept}/proxy.json")
+
+    shutil.rmtree(work)  # a worker that has nothing local, as another machine would
+    body = job_body()
+    body["proxy"] = {"proxy_id": proxy_id}
+    job_id = submit(client, auth, body)
+    InlineQueue().run(job_id)
+    job = client.get(f"/jobs/{job_id}", headers=auth).json()
+    assert job["status"] == "succeeded", job["error"]
+    cached = work / "cache" / "proxies" / proxy_id  # downloaded before scoring
+    assert (cached / "proxy.json").read_bytes() == store.cat_file(f"{kept}/proxy.json")
+    assert not (work / "proxies").exists()  # not rebuilt
+
+    uploaded = store.cat_file(f"{root}/jobs/{job_id}/subset.jsonl")
+    assert hashlib.sha256(uploaded).hexdigest() == job["result"]["subset_sha256"]
+    (work / "jobs" / job_id / "subset.jsonl").unlink()  # the API streams the uploaded copy
+    subset = read_jsonl(client.get(f"/jobs/{job_id}/subset", headers=auth).text)
+    assert [r["rank"] for r in subset] == [1, 2, 3] and subset == read_jsonl(uploaded.decode())
 
 
 def test_cancel_mid_scoring_keeps_partial_scores(

@@ -119,15 +119,20 @@ def _watch(worker: subprocess.Popen[bytes]) -> None:
 def run(args: argparse.Namespace) -> int:
     _defaults()
     import uvicorn
+    from pydantic import ValidationError
 
     from service.auth.keys import ensure_key
     from service.config import get_settings
     from service.db import session_scope
     from service.migrate import upgrade
 
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except ValidationError as exc:  # e.g. an artifact URL whose fsspec back end is missing
+        print(f"iprox serve: invalid configuration: {exc}", file=sys.stderr)
+        return 2
     settings.home.mkdir(parents=True, exist_ok=True)
-    settings.resolved_artifact_root.mkdir(parents=True, exist_ok=True)
+    settings.artifacts.work.mkdir(parents=True, exist_ok=True)
     upgrade(settings.resolved_database_url)
     key, created = local_key(settings.home, settings.api_key)
     with session_scope() as session:

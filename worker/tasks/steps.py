@@ -1,7 +1,7 @@
 """The stages of a job, as plain functions over job ids (the Celery tasks in ``jobs.py`` are
 one-line wrappers, and tests call these directly).
 
-``run_job`` plans: it builds (or reuses) the proxy, counts the pool and splits it into shards,
+``run_job`` plans: it builds (or reuses) the proxy (``proxies.py``), counts the pool and splits it into shards,
 then queues one ``score_shard`` per shard. Each shard upserts its scores batch by batch and
 stops at the next batch once the job is being cancelled. The shard that settles last (counted
 under the job row's lock) queues ``rank_job``, which writes the subset and finishes the job.
@@ -10,11 +10,9 @@ Every step is safe to run twice: a redelivered message finds its work done or ov
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,26 +22,26 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
+from service.artifacts import sha256_file
 from service.config import Settings
 from service.db import session_scope
 from service.jobs import repository as repo
 from service.jobs import state
-from service.jobs.service import subset_path
-from service.models import Job, JobKind, JobStage, JobStatus, Proxy, ShardStatus
+from service.jobs.service import subset_parts
+from service.models import Job, JobKind, JobStage, JobStatus, ShardStatus
 from service.models.base import utcnow
 from service.proxies import repository as proxy_repo
 from service.queue import TASK_RANK_JOB, TASK_SCORE_SHARD
 from worker.engine.errors import Cancelled, EmptyDatasetError, EngineError
-from worker.tasks.configs import proxy_config, score_config, selection_config
+from worker.tasks.configs import score_config, selection_config
 from worker.tasks.inputs import local_input
+from worker.tasks.proxies import ensure_proxy, local_proxy
 from worker.tasks.reporting import Reporter
 
 log = logging.getLogger(__name__)
 
 Enqueue = Callable[..., None]
 """``enqueue(task_name, *args)``: Celery's send_task in production, a direct call in tests."""
-
-_PROXY_NAMESPACE = uuid.UUID("6f1d3c56-0c8e-4d8e-9a3e-2f4b8d1e7a10")
 
 
 @dataclass(frozen=True)
@@ -54,7 +52,8 @@ class Inputs:
 
 
 def job_dir(settings: Settings, job_id: str) -> Path:
-    return settings.resolved_artifact_root / "jobs" / job_id
+    """The job's local folder: downloaded inputs, gradient stores, the subset before upload."""
+    return settings.artifacts.workspace("jobs", job_id)
 
 
 def _inputs(request: dict[str, Any], job_id: str, settings: Settings) -> Inputs:
@@ -89,58 +88,6 @@ def job_guard(job_id: str) -> Iterator[None]:
             state.fail(s, job_id, "internal", f"{type(exc).__name__}: {exc}")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _ensure_proxy(job: dict[str, Any], inputs: Inputs, settings: Settings) -> Proxy:
-    """The proxy this job built, building it now if needed (its id derives from the job id, so
-    a redelivered build writes to the same folder and row)."""
-    from worker.engine.pipeline import build_proxy_from_files
-
-    job_id = job["id"]
-    with session_scope() as s:
-        existing = proxy_repo.find_by_job(s, job_id)
-        if existing is not None:
-            return existing
-    proxy_id = str(uuid.uuid5(_PROXY_NAMESPACE, job_id))
-    out_dir = settings.resolved_artifact_root / "proxies" / proxy_id
-    config = proxy_config(job["request"].get("proxy") or {})
-    reporter = Reporter(job_id, stages=True)
-    build_proxy_from_files(
-        inputs.model,
-        inputs.pool,
-        out_dir,
-        config,
-        progress=reporter.progress,
-        should_stop=reporter.should_stop,
-    )
-    manifest_file = out_dir / "proxy.json"
-    manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
-    with session_scope() as s:
-        proxy = proxy_repo.add_proxy(
-            s,
-            Proxy(
-                id=proxy_id,
-                tenant_id=job["tenant_id"],
-                job_id=job_id,
-                target_model=inputs.model,
-                method=config.method,
-                sparsity=config.sparsity,
-                path=str(out_dir),
-                sha256=_sha256(manifest_file),
-                manifest=manifest,
-            ),
-        )
-        keys = ("target_params", "proxy_params", "param_ratio", "achieved_sparsity")
-        state.metric(s, job_id, "proxy built", {"proxy_id": proxy_id} | _pick(manifest, keys))
-    return proxy
-
-
 def _pick(d: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     return {k: d[k] for k in keys if k in d}
 
@@ -159,7 +106,7 @@ def run_job(job_id: str, settings: Settings, enqueue: Enqueue) -> None:
         proxy_id = row.proxy_id
     inputs = _inputs(job["request"], job_id, settings)
     if job["kind"] is JobKind.PROXY_BUILD:
-        proxy = _ensure_proxy(job, inputs, settings)
+        proxy = ensure_proxy(job, inputs.model, inputs.pool, settings)
         result = {"proxy_id": proxy.id, "links": {"proxy": f"/proxies/{proxy.id}"}}
         with session_scope() as s:
             state.succeed(
@@ -167,7 +114,7 @@ def run_job(job_id: str, settings: Settings, enqueue: Enqueue) -> None:
             )
         return
     if proxy_id is None:
-        proxy_id = _ensure_proxy(job, inputs, settings).id
+        proxy_id = ensure_proxy(job, inputs.model, inputs.pool, settings).id
         with session_scope() as s:
             locked = repo.lock_job(s, job_id)
             if locked is not None:
@@ -231,10 +178,11 @@ def score_shard(job_id: str, shard_index: int, settings: Settings, enqueue: Enqu
             shard.started_at = utcnow()
         job = _snapshot(row)
         proxy = proxy_repo.get_proxy_any_tenant(s, row.proxy_id) if row.proxy_id else None
-        proxy_path = Path(proxy.path) if proxy is not None else None
+        saved = (proxy.id, proxy.path, proxy.sha256) if proxy is not None else None
         start, stop = shard.start, shard.stop
     if outcome is ShardStatus.PENDING:
         inputs = _inputs(job["request"], job_id, settings)
+        proxy_path = local_proxy(*saved, settings) if saved is not None else None
         reporter = Reporter(job_id, stages=False, interval_s=5.0)
         outcome = ShardStatus.DONE
         batches = iter_scores(
@@ -310,20 +258,21 @@ def rank_job(job_id: str, settings: Settings) -> None:
             tokenizer, inputs.pool, score_config(request.get("scorer") or {}).max_length
         )
     ranked = rank(inputs.pool, scores, selection, token_counts=counts)
-    out = subset_path(settings, job_id)
+    out = settings.artifacts.workspace(*subset_parts(job_id))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".jsonl.part")
     with tmp.open("w", encoding="utf-8") as fh:
         for r in ranked:
             fh.write(json.dumps(dict(r.fields) | {"rank": r.rank, "score": r.score}) + "\n")
     os.replace(tmp, out)
+    settings.artifacts.publish(*subset_parts(job_id))  # before the job says it succeeded
     result = {
         "pool_size": pool_size,
         "scored": len(scores),
         "selected": len(ranked),
         "proxy_id": proxy_id,
         "selection": selection.to_dict(),
-        "subset_sha256": _sha256(out),
+        "subset_sha256": sha256_file(out),
         "links": {
             "subset": f"/jobs/{job_id}/subset",
             "scores": f"/jobs/{job_id}/scores",
