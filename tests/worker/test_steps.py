@@ -1,5 +1,5 @@
-"""Job steps on a tiny real model: select end to end (sharded), proxy reuse, artifacts under a
-URL root, cancel, failure, redelivery, orphaned jobs."""
+"""Job steps on a tiny real model: select end to end (sharded; by top_k and by token budget),
+proxy reuse, artifacts under a URL root, cancel, failure, redelivery, orphaned jobs."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from fastapi.testclient import TestClient
@@ -23,7 +24,7 @@ from service.models import Job, JobShard, Proxy
 from service.models.base import utcnow
 from service.queue import TASK_RANK_JOB, TASK_SCORE_SHARD
 from tests.service.kit import service_environ
-from tests.worker.conftest import POOL, read_jsonl
+from tests.worker.conftest import FAST_SCORER, POOL, read_jsonl
 from tests.worker.inline import InlineQueue
 from worker.tasks import steps
 
@@ -83,6 +84,46 @@ def test_select_runs_sharded_and_ranks(
     assert result["selected"] == 3 and result["pool_size"] == 6
     proxy = client.get(f"/proxies/{result['proxy_id']}", headers=auth).json()
     assert proxy["job_id"] == job_id and proxy["manifest"]["method"] == "ipsvd"
+
+
+def test_select_by_token_budget(
+    client: TestClient,
+    auth: dict[str, str],
+    job_body: Callable[..., dict[str, Any]],
+    tiny_model_dir: str,
+    small_shards: None,
+) -> None:
+    from worker.engine.models import load_model
+    from worker.engine.pipeline import token_counts
+
+    body = job_body()
+    pool = Path(urlsplit(body["dataset_uri"]).path)
+    # Tokens per record as the job counts them: the model's tokenizer, the scorer's max_length.
+    tokens = token_counts(load_model(tiny_model_dir).tokenizer, pool, FAST_SCORER["max_length"])
+    budget = sum(tokens.values()) // 2  # room for some records, not all
+    job_id = submit(client, auth, body | {"selection": {"token_budget": budget}})
+    InlineQueue().run(job_id)
+    job = client.get(f"/jobs/{job_id}", headers=auth).json()
+    assert job["status"] == "succeeded", job["error"]
+    assert job["result"]["selection"]["token_budget"] == budget
+    scores = client.get(f"/jobs/{job_id}/scores", headers=auth).json()["items"]
+    by_index = {s["index"]: s["score"] for s in scores}
+    subset = read_jsonl(client.get(f"/jobs/{job_id}/subset", headers=auth).text)
+    index_of = {r["id"]: i for i, r in enumerate(POOL)}
+    chosen = [index_of[r["id"]] for r in subset]
+    assert 0 < len(chosen) < len(POOL) and job["result"]["selected"] == len(chosen)
+    assert sum(tokens[i] for i in chosen) <= budget
+    # The top of the ranking: best first, and a better record is left out only when its tokens
+    # no longer fit the budget.
+    ranking = sorted(by_index, key=lambda i: (-by_index[i], i))
+    expected, spent = [], 0
+    for i in ranking:
+        if spent + tokens[i] <= budget:
+            expected.append(i)
+            spent += tokens[i]
+    assert chosen == expected and chosen[0] == ranking[0]
+    assert [r["rank"] for r in subset] == list(range(1, len(chosen) + 1))
+    assert [r["score"] for r in subset] == pytest.approx([by_index[i] for i in chosen])
 
 
 def test_proxy_build_then_select_reuses_it(
