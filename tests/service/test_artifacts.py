@@ -41,7 +41,8 @@ def url_root(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 def test_a_folder_root_is_written_in_place(tmp_path: Path) -> None:
-    artifacts = Settings(home=tmp_path).artifacts
+    # Explicit None: the session-wide integration stack may have set IPROX_ARTIFACT_ROOT.
+    artifacts = Settings(home=tmp_path, artifact_root=None).artifacts
     assert artifacts.root == str(tmp_path / "artifacts") and not artifacts.remote
     assert artifacts.workspace("jobs", "j1") == tmp_path / "artifacts" / "jobs" / "j1"
     assert artifacts.location("jobs", "j1") == str(artifacts.workspace("jobs", "j1"))
