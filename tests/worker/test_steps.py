@@ -126,6 +126,43 @@ def test_select_by_token_budget(
     assert [r["score"] for r in subset] == pytest.approx([by_index[i] for i in chosen])
 
 
+def test_influence_job_is_one_shard_with_the_whole_pools_curvature(
+    client: TestClient,
+    auth: dict[str, str],
+    job_body: Callable[..., dict[str, Any]],
+    tiny_model_dir: str,
+    small_shards: None,
+) -> None:
+    from worker.engine.pipeline import iter_scores
+    from worker.tasks.configs import score_config
+
+    body = job_body()
+    scorer = dict(FAST_SCORER, method="influence")
+    job_id = submit(client, auth, body | {"scorer": scorer})
+    queue = InlineQueue()
+    queue.run(job_id)
+    job = client.get(f"/jobs/{job_id}", headers=auth).json()
+    assert job["status"] == "succeeded", job["error"]
+    # 6 records with shards of 4 would be two shards for tracin; influence takes the whole pool.
+    assert queue.names().count(TASK_SCORE_SHARD) == 1
+    got = {
+        s["index"]: s["score"]
+        for s in client.get(f"/jobs/{job_id}/scores", headers=auth).json()["items"]
+    }
+    with session_scope() as s:
+        proxy_path = s.get(Proxy, job["result"]["proxy_id"]).path  # type: ignore[union-attr]
+    whole: dict[int, float] = {}
+    for b in iter_scores(
+        tiny_model_dir,
+        Path(urlsplit(body["dataset_uri"]).path),
+        [Path(urlsplit(body["target_uri"]).path)],
+        proxy=Path(proxy_path),
+        config=score_config(scorer),
+    ):
+        whole.update(zip(b.indices, b.scores, strict=True))
+    assert got == pytest.approx(whole, rel=1e-4, abs=1e-6)
+
+
 def test_proxy_build_then_select_reuses_it(
     client: TestClient, auth: dict[str, str], job_body: Callable[..., dict[str, Any]]
 ) -> None:

@@ -5,6 +5,8 @@ one-line wrappers, and tests call these directly).
 then queues one ``score_shard`` per shard. Each shard upserts its scores batch by batch and
 stops at the next batch once the job is being cancelled. The shard that settles last (counted
 under the job row's lock) queues ``rank_job``, which writes the subset and finishes the job.
+An ``influence`` job is one shard: its scores use the curvature ``G^T G / n`` of the whole pool,
+which separate shards would each estimate from their own slice (scores on different scales).
 Every step is safe to run twice: a redelivered message finds its work done or overwrites it.
 """
 
@@ -119,10 +121,13 @@ def run_job(job_id: str, settings: Settings, enqueue: Enqueue) -> None:
             locked = repo.lock_job(s, job_id)
             if locked is not None:
                 locked.proxy_id = proxy_id
-    _plan_shards(job_id, inputs.pool, settings, enqueue)
+    whole = (job["request"].get("scorer") or {}).get("method") == "influence"
+    _plan_shards(job_id, inputs.pool, settings, enqueue, whole_pool=whole)
 
 
-def _plan_shards(job_id: str, pool: Path, settings: Settings, enqueue: Enqueue) -> None:
+def _plan_shards(
+    job_id: str, pool: Path, settings: Settings, enqueue: Enqueue, *, whole_pool: bool = False
+) -> None:
     from worker.engine.data import iter_records
 
     with session_scope() as s:
@@ -135,7 +140,8 @@ def _plan_shards(job_id: str, pool: Path, settings: Settings, enqueue: Enqueue) 
     size = sum(1 for _ in iter_records(pool))
     if size == 0:
         raise EmptyDatasetError(f"{pool.name}: holds no records")
-    bounds = [(a, min(a + settings.shard_size, size)) for a in range(0, size, settings.shard_size)]
+    step = size if whole_pool else settings.shard_size
+    bounds = [(a, min(a + step, size)) for a in range(0, size, step)]
     with session_scope() as s:
         repo.create_shards(s, job_id, bounds)
         job = repo.lock_job(s, job_id)
