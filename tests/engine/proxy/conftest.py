@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
-import torch
 
 from tests.tiny import Arch, tiny_model
 from worker.engine.data import Record, record_from_obj
@@ -43,17 +42,6 @@ def loaded(arch: Arch = "llama", seed: int = 0) -> LoadedModel:
     return LoadedModel(
         model, tok, ref=f"tiny-{arch}", identity=f"tiny-{arch}", sha256=f"{seed:064x}"
     )
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models are all small ops: with other jobs on the two cores, a second intra-op
-    thread spends its time waiting at barriers (measured: a 3-step alignment on a tiny model,
-    25 s with 2 threads against 0.6 s with 1)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +25,6 @@ from worker.engine.scoring.run import task_score_stream
 from worker.engine.train import FinetuneConfig, finetune, list_checkpoints, load_checkpoint
 
 CFG = ScoreConfig(proj_dim=256, max_length=64)
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _random_state(model: torch.nn.Module, dense_only: bool = False) -> AdamState:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from tests.tiny import save_tiny_model
 from worker.engine.data import Record, record_from_obj
@@ -34,12 +32,3 @@ def tiny_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def tiny(tiny_dir: Path, tmp_path: Path) -> LoadedModel:
     return load_model(str(tiny_dir), cache_dir=tmp_path / "cache")
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models run ~10x faster on one thread than on two contended ones (shared CI cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
