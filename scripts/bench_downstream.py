@@ -84,15 +84,17 @@ class Sizes:
     warmup_fraction: float  # 0: score with the target as loaded
 
 
-# Sized for about 90 minutes on an otherwise idle 2-core CPU, estimated from the measured
-# ~80 tokens/s of SmolLM2 forward+backward (shared/NOTES.md): ~250 per-sample gradients per
-# scoring model (9 models), 24 fine-tunes of 8 records x 2 epochs, 26 evaluations of 64 GSM8K /
-# 128 MMLU records. The 3,296-record pool and 200/400 evaluation records are several
-# times that. Not yet confirmed by a full run: the table's footer gives the measured wall time.
+# Sized for about 90 minutes on the shared 2-core CPU. Costs measured here: SmolLM2
+# forward+backward ~80 tokens/s (shared/NOTES.md); an IPSVD factorisation ~135 s per proxy and an
+# alignment step (4 records x 64 tokens) ~25 s (docs/bench/proxy.json). So: a 120-record pool
+# (108 Dolly + 12 GSM8K, the issue's ~9% GSM8K share), 16 target records per task, 8 alignment
+# steps at 64 tokens, 6 selected records (5%) fine-tuned for 2 epochs, 48 GSM8K / 64 MMLU
+# evaluation records. The 3,296-record pool and 200/400 evaluation records are many
+# times that. The table's footer gives the measured wall time.
 FULL = Sizes(
-    pool_dolly=146, pool_gsm=14, gsm_targets=32, gsm_eval=64, mmlu_targets=57, mmlu_eval=128,
-    fraction=0.05, max_length=128, eval_max_length=192, proj_dim=8192, probe_samples=32,
-    align_steps=20, ft_epochs=2, ft_lr=5e-5, ft_batch=4, random_seeds=3, proxy_seeds=3,
+    pool_dolly=108, pool_gsm=12, gsm_targets=16, gsm_eval=48, mmlu_targets=16, mmlu_eval=64,
+    fraction=0.05, max_length=64, eval_max_length=160, proj_dim=8192, probe_samples=16,
+    align_steps=8, ft_epochs=2, ft_lr=5e-5, ft_batch=3, random_seeds=3, proxy_seeds=3,
     rhos=(0.3, 0.5, 0.7), warmup_fraction=0.05,
 )  # fmt: skip
 QUICK = Sizes(
