@@ -80,7 +80,8 @@ class Settings(BaseSettings):
     http_total_timeout_s: float = Field(
         default=3600.0,
         gt=0,
-        description="Wall-clock limit of a whole http(s) request (HEAD check or download), s.",
+        description="Wall-clock limit of a whole http(s) request (HEAD check or download), s; "
+        "also bounds s3:// and gs:// downloads (checked between chunks).",
     )
     shard_size: int = Field(
         default=2048, gt=0, description="Pool samples per scoring shard (one Celery task each)."

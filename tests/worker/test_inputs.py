@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -91,3 +92,24 @@ def test_object_store_download_is_cached_and_capped(tmp_path: Path, scheme: str)
         with pytest.raises(InputError, match=r"^target_uri: .*no such object"):
             local_input(f"{scheme}://bucket/gone.jsonl", "target_uri", job, settings)
     assert sorted(p.name for p in (job / "inputs").iterdir()) == [got.name]  # no partial files
+
+
+def test_object_store_download_has_a_total_time_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker.tasks import inputs
+
+    settings = Settings(home=tmp_path, http_total_timeout_s=2.5)
+    job = tmp_path / "job"
+    clock = iter(range(1000))  # every look at the clock is one second later
+    fake_time = SimpleNamespace(monotonic=lambda: float(next(clock)))
+    monkeypatch.setattr(inputs, "time", fake_time)  # this module's clock only
+    monkeypatch.setattr(inputs, "_CHUNK", 4)
+    with memory_object_stores() as store:
+        store.pipe("s3://bucket/slow.jsonl", b'{"text": "a"}\n' * 4)
+        with pytest.raises(InputError, match=r"^dataset_uri: .*within the limit of 2\.5 s"):
+            local_input("s3://bucket/slow.jsonl", "dataset_uri", job, settings)
+        assert list((job / "inputs").iterdir()) == []  # no partial file
+        settings.http_total_timeout_s = 1000
+        got = local_input("s3://bucket/slow.jsonl", "dataset_uri", job, settings)
+        assert got.read_bytes() == b'{"text": "a"}\n' * 4

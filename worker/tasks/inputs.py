@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -69,12 +70,17 @@ def _download_http(uri: str, field: str, dest: Path, settings: Settings) -> None
         tmp.unlink(missing_ok=True)  # a partial download is never taken for a whole one
 
 
-def _download_fsspec(uri: str, field: str, dest: Path, max_bytes: int) -> None:
-    """Copy an object-store file (s3://, gs://) into ``dest``, at most ``max_bytes``."""
+def _download_fsspec(
+    uri: str, field: str, dest: Path, max_bytes: int, total_s: float = float("inf")
+) -> None:
+    """Copy an object-store file (s3://, gs://) into ``dest``, at most ``max_bytes``, within
+    ``total_s`` seconds (checked between chunks: one stalled read is bounded by the back end's
+    own timeouts, not by this)."""
     import fsspec
 
     tmp = dest.with_suffix(dest.suffix + ".part")
     size = 0
+    deadline = time.monotonic() + total_s
     try:
         try:
             with fsspec.open(uri, "rb") as src, tmp.open("wb") as fh:
@@ -83,6 +89,11 @@ def _download_fsspec(uri: str, field: str, dest: Path, max_bytes: int) -> None:
                     if size > max_bytes:
                         raise InputError(
                             f"{field}: {uri}: larger than the limit of {max_bytes} bytes"
+                        )
+                    if time.monotonic() > deadline:
+                        raise InputError(
+                            f"{field}: {uri}: not downloaded within the limit of {total_s:g} s "
+                            "(IPROX_HTTP_TOTAL_TIMEOUT_S)"
                         )
                     fh.write(chunk)
         except FileNotFoundError:
@@ -111,5 +122,5 @@ def local_input(uri: str, field: str, job_dir: Path, settings: Settings) -> Path
     if scheme in ("http", "https"):
         _download_http(uri, field, dest, settings)
     else:
-        _download_fsspec(uri, field, dest, settings.http_max_bytes)
+        _download_fsspec(uri, field, dest, settings.http_max_bytes, settings.http_total_timeout_s)
     return dest
