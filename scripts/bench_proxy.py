@@ -129,6 +129,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         align_batch_size=args.align_batch_size,
         align_steps=0,
         lr=args.lr,
+        kl_weight=args.kl_weight,
     )
     runs: list[dict[str, Any]] = []
 
@@ -192,6 +193,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "align_steps": args.align_steps,
             "align_batch_size": args.align_batch_size,
             "lr": args.lr,
+            "kl_weight": args.kl_weight,
             "ga_batches": args.ga_batches,
             "repeats": 1,
         },
@@ -310,6 +312,7 @@ def main() -> None:
     p.add_argument("--align-steps", type=int, default=16)
     p.add_argument("--align-batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=ProxyConfig.lr)
+    p.add_argument("--kl-weight", type=float, default=ProxyConfig.kl_weight)
     p.add_argument("--ga-batches", type=int, default=2)
     p.add_argument(
         "--ridges",
