@@ -59,8 +59,8 @@ class ProxyConfig:
     )
     ridge: float = field(
         # Measured on SmolLM2-135M at rho 0.5 (docs/benchmarks.md, bench:proxy): held-out loss
-        # 12.2 / 11.2 / 8.0 for ridge 1e-3 / 1e-2 / 1e-1 (plain SVD: 19.7); larger ridges tend
-        # to plain SVD, so the optimum is finite, but 1e-1 is the best value measured.
+        # 12.2 / 11.2 / 8.0 / 8.3 / 9.4 / 12.1 / 16.7 for ridge 1e-3 / 1e-2 / 0.1 / 0.3 / 1 / 3 /
+        # 10 (plain SVD, the infinite-ridge limit: 19.7): 0.1 is the best value measured.
         default=1e-1,
         metadata=_help(
             "ridge added to each probe covariance, relative to its mean eigenvalue; it weighs "
