@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from worker.engine.data import encode, load_records
-from worker.engine.errors import NoResponseTokensError
+from worker.engine.errors import ArtifactError, ConfigError, NoResponseTokensError
 from worker.engine.progress import ProgressFn, StopFn, check_stop, report
 from worker.engine.scoring import (
     RankedRecord,
@@ -135,8 +135,6 @@ def _scorers(
 ) -> Iterator[_Scorer]:
     """The models to score with, one at a time (one model in memory at once): the target or its
     proxy; or, with ``checkpoints``, each checkpoint of that run (or a proxy built from it)."""
-    from worker.engine.errors import ConfigError
-
     if checkpoints is None:
         if adam:
             raise ConfigError(
@@ -147,7 +145,6 @@ def _scorers(
         model, tok, key, manifest = _scoring_model(target, proxy, train, progress, should_stop)
         yield _Scorer(model, tok, key, manifest, 1.0, None, "model", time.perf_counter() - t)
         return
-    from worker.engine.errors import ArtifactError
     from worker.engine.proxy import ProxyConfig
     from worker.engine.scoring.precondition import load_adam_state
     from worker.engine.train.checkpoints import list_checkpoints, load_checkpoint, read_manifest

@@ -70,9 +70,7 @@ def _download_http(uri: str, field: str, dest: Path, settings: Settings) -> None
         tmp.unlink(missing_ok=True)  # a partial download is never taken for a whole one
 
 
-def _download_fsspec(
-    uri: str, field: str, dest: Path, max_bytes: int, total_s: float = float("inf")
-) -> None:
+def _download_fsspec(uri: str, field: str, dest: Path, max_bytes: int, total_s: float) -> None:
     """Copy an object-store file (s3://, gs://) into ``dest``, at most ``max_bytes``, within
     ``total_s`` seconds (checked between chunks: one stalled read is bounded by the back end's
     own timeouts, not by this)."""

@@ -162,9 +162,14 @@ class GradientFeaturizer:
         proj_dim: int,
         seed: int,
         adam: AdamState | None = None,
+        blocks: list[GradBlock] | None = None,
     ) -> None:
+        """``blocks``: those of another featurizer of the same model, suffixes, size and seed
+        (built here when not given)."""
         self.model = model
-        self.blocks = build_blocks(model, suffixes, proj_dim, seed)
+        self.blocks = (
+            blocks if blocks is not None else build_blocks(model, suffixes, proj_dim, seed)
+        )
         self.dim = sum(b.dim for b in self.blocks)
         self.computed = 0
         self.adam = adam
@@ -191,17 +196,19 @@ class GradientFeaturizer:
 
         def forward_hook(name: str):  # type: ignore[no-untyped-def]
             def hook(_m: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-                h = inputs[0].detach().float()
-                m3 = mask.unsqueeze(-1)
-                xs = [(j, b, (h @ b.right.T) * m3) for j, b in by_module[name]]
+                h = inputs[0].detach().float() * mask.unsqueeze(-1)
+                blocks = by_module[name]
+                # Raw features need only the projected inputs; Adam needs the full ones.
+                xs = [h @ b.right.T for _, b in blocks] if self.adam is None else []
 
                 def on_grad(delta: torch.Tensor) -> None:
-                    for j, b, x in xs:
+                    full = delta.detach().float()
+                    for k, (j, b) in enumerate(blocks):
                         if self.adam is not None:
-                            feat = self._preconditioned(j, b, delta.detach().float(), h * m3)
+                            feat = self._preconditioned(j, b, full, h)
                         else:
-                            d = delta.detach().float() @ b.left.T
-                            feat = torch.einsum("bto,bti->boi", d, x).reshape(n, -1)
+                            d = full @ b.left.T
+                            feat = torch.einsum("bto,bti->boi", d, xs[k]).reshape(n, -1)
                         out[:, offsets[j] : offsets[j] + b.dim] = feat
 
                 output.register_hook(on_grad)

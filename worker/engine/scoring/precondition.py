@@ -25,7 +25,6 @@ in the gradients); the second moment is mapped as if the entries of ``g_W`` were
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from torch import nn
 
 from worker.engine.errors import ArtifactError, ConfigError
 from worker.engine.lowrank import LowRankLinear
+from worker.engine.scoring.store import file_sha256
 
 STATE_FILE = "optimizer.safetensors"
 
@@ -123,7 +123,6 @@ def load_adam_state(directory: Path) -> AdamState:
         )
     m: dict[str, torch.Tensor] = {}
     v: dict[str, torch.Tensor] = {}
-    digest = hashlib.sha256()
     with safe_open(str(path), framework="pt") as fh:
         meta = fh.metadata() or {}
         for key in sorted(fh.keys()):
@@ -133,8 +132,6 @@ def load_adam_state(directory: Path) -> AdamState:
                 m[name] = tensor
             elif kind == "exp_avg_sq":
                 v[name] = tensor
-            digest.update(key.encode())
-            digest.update(tensor.float().numpy().tobytes())
     if set(m) != set(v):
         raise ArtifactError(f"{path}: first and second moments name different parameters")
     try:
@@ -143,4 +140,4 @@ def load_adam_state(directory: Path) -> AdamState:
         raise ArtifactError(
             f"{path}: metadata lacks beta1/beta2/eps ({json.dumps(meta)})"
         ) from None
-    return AdamState(m, v, beta1, beta2, eps, str(path), digest.hexdigest())
+    return AdamState(m, v, beta1, beta2, eps, str(path), file_sha256(path))

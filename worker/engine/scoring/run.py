@@ -132,7 +132,7 @@ def task_score_stream(
     train_featurizer = featurizer
     if adam is not None:
         train_featurizer = GradientFeaturizer(
-            model, config.layers, config.proj_dim, config.seed, adam=adam
+            model, config.layers, config.proj_dim, config.seed, adam=adam, blocks=featurizer.blocks
         )
     store = None
     if store_dir is not None:
