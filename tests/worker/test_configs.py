@@ -53,7 +53,7 @@ def test_scorer_features_agree_with_the_engine_registry() -> None:
     assert set(get_args(ScorerSpec.model_fields["method"].annotation)) == set(SCORERS)
     features = get_args(ScorerSpec.model_fields["features"].annotation)
     assert {a for f in features for a in get_args(f)} == set(FEATURES)
-    assert PROJECTED_ONLY == {n for n, e in SCORERS.items() if e.features == ("projected",)}
+    assert {n for n, e in SCORERS.items() if e.features == ("projected",)} == PROJECTED_ONLY
     for name, entry in SCORERS.items():
         assert score_config({"method": name}).features == entry.default_features
     assert score_config({"features": "projected"}).features == "projected"

@@ -76,9 +76,11 @@ def sides(
     ``(A^T delta, h)``.
     """
     if param == "A":
-        return delta, h @ module.B.detach().float().T
+        B: torch.Tensor = module.B  # type: ignore[assignment]
+        return delta, h @ B.detach().float().T
     if param == "B":
-        return delta @ module.A.detach().float(), h
+        A: torch.Tensor = module.A  # type: ignore[assignment]
+        return delta @ A.detach().float(), h
     return delta, h
 
 
