@@ -18,7 +18,7 @@ inner products and norms taken exactly.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -29,8 +29,19 @@ from worker.engine.math.exact import (
     sq_norms,
     weighted_grad_sum,
 )
-from worker.engine.scoring.hooks import Block, hooked_pass, model_device, scored_blocks, sides
+from worker.engine.scoring.hooks import (
+    Block,
+    Callbacks,
+    Consumer,
+    hooked_pass,
+    model_device,
+    scored_blocks,
+    sides,
+)
 from worker.engine.scoring.precondition import AdamState
+
+OnBlock = Callable[[int, torch.Tensor, torch.Tensor], None]
+"""``(scored parameter index j, l (batch, T, rows), r (batch, T, cols))``."""
 
 TargetVectors = list[torch.Tensor]
 """Per scored parameter (in :func:`scored_blocks` order), ``(K, rows, cols)``: K target tasks."""
@@ -69,11 +80,12 @@ class ExactScorer:
             else []
         )
 
-    def _pass(self, batch: dict[str, torch.Tensor], on_block) -> None:  # type: ignore[no-untyped-def]
-        """Run the hooked pass, calling ``on_block(j, l, r)`` for every scored parameter ``j``."""
+    def _pass(self, batch: dict[str, torch.Tensor], on_block: OnBlock) -> None:
+        """Run one hooked pass, calling ``on_block(j, l, r)`` for every scored parameter ``j``."""
+        hooked_pass(self.model, batch, [self.consumer(on_block)])
 
-        def on_forward(_name: str, h: torch.Tensor) -> torch.Tensor:
-            return h
+    def consumer(self, on_block: OnBlock) -> Consumer:
+        """A consumer of :func:`hooked_pass` calling ``on_block(j, l, r)`` per scored parameter."""
 
         def on_backward(name: str, delta: torch.Tensor, h: torch.Tensor) -> None:
             module = self._modules[name]
@@ -81,7 +93,7 @@ class ExactScorer:
                 left, right = sides(module, self.blocks[j][1], delta, h)
                 on_block(j, left, right)
 
-        hooked_pass(self.model, batch, list(self._by_module), on_forward, on_backward)
+        return Callbacks(list(self._by_module), lambda _name, h: h, on_backward)
 
     def sq_norms(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """``|g_i|^2`` of the raw gradients (never preconditioned): ``(batch,)`` float32."""
@@ -125,12 +137,11 @@ class ExactScorer:
             self._pass(batch, on_block)
         return sums
 
-    def __call__(
-        self, batch: dict[str, torch.Tensor], vectors: TargetVectors
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(<g_i, v_k> (batch, K), |g_i|^2 (batch,))`` summed over every scored parameter;
-        ``g_i`` is Adam's update direction under ``adam`` when one is set."""
-        n = int(batch["attention_mask"].shape[0])
+    def scoring(
+        self, n: int, vectors: TargetVectors
+    ) -> tuple[Consumer, tuple[torch.Tensor, torch.Tensor]]:
+        """A consumer for a pass over ``n`` samples and the ``(inner (n, K), sq (n,))`` tensors
+        it fills (see :meth:`__call__`)."""
         device = model_device(self.model)
         inner = torch.zeros(n, vectors[0].shape[0], device=device)
         sq = torch.zeros(n, device=device)
@@ -145,9 +156,18 @@ class ExactScorer:
             inner.add_(torch.einsum("bij,kij->bk", u, vectors[j]))
             sq.add_(u.pow(2).sum(dim=(1, 2)))
 
-        self._pass(batch, on_block)
+        return self.consumer(on_block), (inner, sq)
+
+    def __call__(
+        self, batch: dict[str, torch.Tensor], vectors: TargetVectors
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(<g_i, v_k> (batch, K), |g_i|^2 (batch,))`` summed over every scored parameter;
+        ``g_i`` is Adam's update direction under ``adam`` when one is set."""
+        n = int(batch["attention_mask"].shape[0])
+        consumer, out = self.scoring(n, vectors)
+        hooked_pass(self.model, batch, [consumer])
         self.computed += n
-        return inner, sq
+        return out
 
 
 def cosine_or_dot(inner: torch.Tensor, sq: torch.Tensor, normalize: bool) -> torch.Tensor:

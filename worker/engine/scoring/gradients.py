@@ -142,29 +142,41 @@ class GradientFeaturizer:
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Features ``(batch, dim)`` float32 (not normalised) for a batch from ``collate``."""
-        n = int(batch["attention_mask"].shape[0])
-        out = torch.zeros(n, self.dim, device=model_device(self.model))
+        self.begin(int(batch["attention_mask"].shape[0]))
+        hooked_pass(self.model, batch, [self])
+        return self.result()
 
-        def on_forward(name: str, h: torch.Tensor) -> object:
+    # The Consumer protocol of :func:`hooked_pass`: begin, the pass, result.
+
+    def begin(self, n: int) -> None:
+        """Make room for the features of the next pass's ``n`` samples."""
+        self._out = torch.zeros(n, self.dim, device=model_device(self.model))
+
+    def modules(self) -> list[str]:
+        return list(self._by_module)
+
+    def on_forward(self, name: str, h: torch.Tensor) -> object:
+        if self.adam is not None:
+            return h  # the update is elementwise in the full gradient
+        # Raw features need only the projected inputs.
+        return [h @ b.right.T for _, b in self._by_module[name]]
+
+    def on_backward(self, name: str, delta: torch.Tensor, state: object) -> None:
+        n = delta.shape[0]
+        for k, (j, b) in enumerate(self._by_module[name]):
             if self.adam is not None:
-                return h  # the update is elementwise in the full gradient
-            # Raw features need only the projected inputs.
-            return [h @ b.right.T for _, b in self._by_module[name]]
+                assert isinstance(state, torch.Tensor)
+                feat = self._preconditioned(j, b, delta, state)
+            else:
+                assert isinstance(state, list)
+                d = delta @ b.left.T
+                feat = torch.einsum("bto,bti->boi", d, state[k]).reshape(n, -1)
+            self._out[:, self._offsets[j] : self._offsets[j] + b.dim] = feat
 
-        def on_backward(name: str, delta: torch.Tensor, state: object) -> None:
-            for k, (j, b) in enumerate(self._by_module[name]):
-                if self.adam is not None:
-                    assert isinstance(state, torch.Tensor)
-                    feat = self._preconditioned(j, b, delta, state)
-                else:
-                    assert isinstance(state, list)
-                    d = delta @ b.left.T
-                    feat = torch.einsum("bto,bti->boi", d, state[k]).reshape(n, -1)
-                out[:, self._offsets[j] : self._offsets[j] + b.dim] = feat
-
-        hooked_pass(self.model, batch, list(self._by_module), on_forward, on_backward)
-        self.computed += n
-        return out
+    def result(self) -> torch.Tensor:
+        """The features of the last pass, ``(n, dim)``."""
+        self.computed += int(self._out.shape[0])
+        return self._out
 
     def _preconditioned(
         self, j: int, block: GradBlock, delta: torch.Tensor, h: torch.Tensor

@@ -20,9 +20,10 @@ Every captured vector is float32 on the model's device, whatever the model's dty
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -124,34 +125,64 @@ def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (ce * mask).sum(dim=1) / counts
 
 
-OnForward = Callable[[str, torch.Tensor], Any]
-"""``(module name, masked float32 inputs (batch, T, in)) -> state`` kept until its backward."""
-OnBackward = Callable[[str, torch.Tensor, Any], None]
-"""``(module name, float32 output gradients (batch, T, out), state)``."""
+class Consumer(Protocol):
+    """What one pass feeds: the modules it wants and the two callbacks.
+
+    ``on_forward(name, h)`` gets a module's masked float32 inputs ``(batch, T, in)`` and returns
+    a state kept until ``on_backward(name, delta, state)`` gets the float32 output gradients
+    ``(batch, T, out)`` of the same module. Several consumers can share one pass (a benchmark
+    computes exact scores and several projections from the same forward/backward).
+    """
+
+    def modules(self) -> Iterable[str]: ...
+
+    def on_forward(self, name: str, h: torch.Tensor) -> Any: ...
+
+    def on_backward(self, name: str, delta: torch.Tensor, state: Any) -> None: ...
+
+
+@dataclass(frozen=True)
+class Callbacks:
+    """A :class:`Consumer` made of two functions over a fixed set of modules."""
+
+    names: Sequence[str]
+    forward: Callable[[str, torch.Tensor], Any]
+    backward: Callable[[str, torch.Tensor, Any], None]
+
+    def modules(self) -> Iterable[str]:
+        return self.names
+
+    def on_forward(self, name: str, h: torch.Tensor) -> Any:
+        return self.forward(name, h)
+
+    def on_backward(self, name: str, delta: torch.Tensor, state: Any) -> None:
+        self.backward(name, delta, state)
 
 
 def hooked_pass(
-    model: nn.Module,
-    batch: dict[str, torch.Tensor],
-    modules: Sequence[str],
-    on_forward: OnForward,
-    on_backward: OnBackward,
+    model: nn.Module, batch: dict[str, torch.Tensor], consumers: Sequence[Consumer]
 ) -> None:
-    """One forward/backward pass of the summed per-sample losses of ``batch`` (from ``collate``),
-    calling ``on_forward`` and ``on_backward`` for every module named in ``modules``."""
+    """One forward/backward pass of the summed per-sample losses of ``batch`` (from ``collate``,
+    moved to the model's device here), feeding every consumer the modules it names."""
     device = model_device(model)
     batch = {k: v.to(device) for k, v in batch.items()}
     mask = batch["attention_mask"]
     named = dict(model.named_modules())
+    wanted: dict[str, list[Consumer]] = {}
+    for c in consumers:
+        for name in c.modules():
+            wanted.setdefault(name, []).append(c)
     handles = []
 
     def forward_hook(name: str):  # type: ignore[no-untyped-def]
         def hook(_m: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             h = inputs[0].detach().float() * mask.unsqueeze(-1).float()
-            state = on_forward(name, h)
+            states = [(c, c.on_forward(name, h)) for c in wanted[name]]
 
             def on_grad(delta: torch.Tensor) -> None:
-                on_backward(name, delta.detach().float(), state)
+                d = delta.detach().float()
+                for c, state in states:
+                    c.on_backward(name, d, state)
 
             output.register_hook(on_grad)
 
@@ -166,7 +197,7 @@ def hooked_pass(
         try:
             emb = model.get_input_embeddings()  # type: ignore[operator]
             handles.append(emb.register_forward_hook(embed_hook))
-            for name in modules:
+            for name in wanted:
                 handles.append(named[name].register_forward_hook(forward_hook(name)))
             logits = model(
                 input_ids=batch["input_ids"], attention_mask=mask, use_cache=False
