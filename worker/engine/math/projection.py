@@ -110,3 +110,27 @@ def kron_relative_variance(k_out: int, k_in: int) -> float:
     worst case) with Gaussian ``N(0, 1/k)`` factors: ``(1 + 2/k_out)(1 + 2/k_in) - 1``. A dense
     projection to ``k_out * k_in`` dims would give ``2 / (k_out k_in)``."""
     return (1.0 + 2.0 / k_out) * (1.0 + 2.0 / k_in) - 1.0
+
+
+def eigen_projection(cov: torch.Tensor, k: int) -> torch.Tensor:
+    """The top-``k`` eigenvectors of a covariance ``cov: (d, d)`` as the rows of ``(k, d)``.
+
+    LoGra's choice of projection: per layer, the principal directions of the inputs and of the
+    output gradients. The rows are orthonormal, so the projected inner product is the exact inner
+    product of the gradients' components in that subspace (not an unbiased estimate of the whole:
+    what lies outside the subspace is dropped). Eigenvalue ties are broken by ``eigh``'s order and
+    each vector's sign is fixed (its largest-magnitude entry positive), so the result is a pure
+    function of ``cov``. Computed in float64, returned in float32 on ``cov``'s device.
+    """
+    d = cov.shape[0]
+    if cov.ndim != 2 or cov.shape[1] != d:
+        raise ValueError(f"covariance must be square, got {tuple(cov.shape)}")
+    if not 1 <= k <= d:
+        raise ValueError(f"k must be in 1..{d}, got {k}")
+    sym = cov.double()
+    _, vecs = torch.linalg.eigh((sym + sym.T) / 2)
+    top = vecs[:, -k:].flip(1).T  # (k, d), largest eigenvalue first
+    idx = top.abs().argmax(dim=1, keepdim=True)
+    signs = torch.sign(top.gather(1, idx))
+    signs[signs == 0] = 1
+    return (top * signs).float()
