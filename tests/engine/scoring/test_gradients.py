@@ -13,6 +13,7 @@ from worker.engine.math.projection import kron_relative_variance
 from worker.engine.scoring.gradients import (
     GradientFeaturizer,
     build_blocks,
+    eigen_bases,
     naive_features,
     per_sample_loss,
     scored_parameters,
@@ -130,8 +131,8 @@ def test_projected_inner_products_of_real_gradients_within_jl_tolerance() -> Non
 
 
 def _eigen_featurizer(model: torch.nn.Module, batches: list, proj_dim: int) -> GradientFeaturizer:  # type: ignore[type-arg]
-    cov = side_covariances(model, LAYERS, batches)
-    blocks = build_blocks(model, LAYERS, proj_dim, seed=0, covariances=cov)
+    bases = eigen_bases(side_covariances(model, LAYERS, batches))
+    blocks = build_blocks(model, LAYERS, proj_dim, seed=0, bases=bases)
     return GradientFeaturizer(model, LAYERS, proj_dim, seed=0, blocks=blocks)
 
 

@@ -22,7 +22,12 @@ import torch
 from torch import nn
 
 from worker.engine.math.exact import per_sample_grads
-from worker.engine.math.projection import eigen_projection, gaussian_projection, kron_sizes
+from worker.engine.math.projection import (
+    eigen_basis,
+    eigen_projection,
+    gaussian_projection,
+    kron_sizes,
+)
 from worker.engine.scoring.hooks import (
     Callbacks,
     hooked_pass,
@@ -40,6 +45,7 @@ __all__ = [
     "GradBlock",
     "GradientFeaturizer",
     "build_blocks",
+    "eigen_bases",
     "naive_features",
     "per_sample_loss",
     "scored_parameters",
@@ -73,6 +79,10 @@ class GradBlock:
 Covariances = dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]]
 """Per scored parameter ``(module, param)``: ``(sum_t l_t l_t^T (rows, rows), sum_t r_t r_t^T
 (cols, cols))`` of its gradient's two sides (see :func:`worker.engine.scoring.hooks.sides`)."""
+
+Bases = dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]]
+"""Per scored parameter, the :func:`eigen_basis` of each side's covariance (rows, largest
+eigenvalue first): computed once, any projection size slices it."""
 
 
 def side_covariances(
@@ -108,18 +118,24 @@ def side_covariances(
     return acc
 
 
+def eigen_bases(covariances: Covariances) -> Bases:
+    """The eigenbasis of both sides of every parameter's covariances."""
+    return {key: (eigen_basis(cl), eigen_basis(cr)) for key, (cl, cr) in covariances.items()}
+
+
 def build_blocks(
     model: nn.Module,
     suffixes: Sequence[str],
     proj_dim: int,
     seed: int,
-    covariances: Covariances | None = None,
+    bases: Bases | None = None,
 ) -> list[GradBlock]:
     """The projected gradient blocks of ``model``, in module order, on the model's device.
 
     Without ``covariances``: Gaussian matrices fixed by ``seed`` (generated on the CPU, so the
-    same on every machine). With them (from :func:`side_covariances`): each side's top
-    eigenvectors (:func:`worker.engine.math.projection.eigen_projection`, LoGra's choice).
+    same on every machine). With ``bases`` (:func:`eigen_bases` of :func:`side_covariances`):
+    each side's top eigenvectors (:func:`worker.engine.math.projection.eigen_projection`,
+    LoGra's choice).
     """
     specs = scored_blocks(model, suffixes)
     sizes = kron_sizes([s for _, _, s in specs], proj_dim)
@@ -127,13 +143,13 @@ def build_blocks(
     device = model_device(model)
     blocks = []
     for j, ((name, param, (rows, cols)), (ko, ki)) in enumerate(zip(specs, sizes, strict=True)):
-        if covariances is None:
+        if bases is None:
             p_left = gaussian_projection(ko, rows, seed=seed * 1_000_003 + 2 * j).to(device)
             p_right = gaussian_projection(ki, cols, seed=seed * 1_000_003 + 2 * j + 1).to(device)
         else:
-            cl, cr = covariances[(name, param)]
-            p_left = eigen_projection(cl, ko).to(device)
-            p_right = eigen_projection(cr, ki).to(device)
+            bl, br = bases[(name, param)]
+            p_left = eigen_projection(bl, ko).to(device)
+            p_right = eigen_projection(br, ki).to(device)
         m = modules[name]
         with torch.no_grad():
             if param == "A":  # grad_A = sum delta (B h)^T

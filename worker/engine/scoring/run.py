@@ -46,6 +46,7 @@ from worker.engine.scoring.gradients import (
     GradBlock,
     GradientFeaturizer,
     build_blocks,
+    eigen_bases,
     side_covariances,
 )
 from worker.engine.scoring.precondition import AdamState
@@ -103,8 +104,8 @@ def projection_blocks(
         train, [records[i] for i in sorted(picked)], tokenizer, config.max_length
     )
     batches = [b for _, b in _batches(probes, config.batch_size, pad_token_id(tokenizer))]
-    cov = side_covariances(model, config.layers, batches)
-    return build_blocks(model, config.layers, config.proj_dim, config.seed, covariances=cov)
+    bases = eigen_bases(side_covariances(model, config.layers, batches))
+    return build_blocks(model, config.layers, config.proj_dim, config.seed, bases=bases)
 
 
 def _batches(
