@@ -25,7 +25,7 @@ import torch
 
 from worker.engine.data import encode, load_records
 from worker.engine.errors import ArtifactError, ConfigError, NoResponseTokensError
-from worker.engine.progress import ProgressFn, StopFn, check_stop, report
+from worker.engine.progress import EventFn, ProgressFn, StopFn, check_stop, report
 from worker.engine.scoring import (
     RankedRecord,
     ScoreBatch,
@@ -185,6 +185,7 @@ def _weighted_scores(
     single: bool,
     should_stop: StopFn | None = None,
     seen: list[dict[str, Any]] | None = None,
+    events: EventFn | None = None,
 ) -> Iterator[ScoreBatch]:
     """``sum_c weight_c * score_c`` per target task, then the max over tasks. A ``single``
     scorer streams batch by batch; several are accumulated (one float per sample and task).
@@ -215,6 +216,7 @@ def _weighted_scores(
             progress=progress,
             stats=stats,
             adam=scorer.adam,
+            events=events,
         )
         if single:
             for b in batches:
@@ -246,6 +248,7 @@ def iter_scores(
     stats: ScoreStats | None = None,
     checkpoints: Path | None = None,
     adam: bool = False,
+    events: EventFn | None = None,
 ) -> Iterator[ScoreBatch]:
     """Scores of the pool ``train`` (or its ``indices``) against the target-task files.
 
@@ -253,7 +256,8 @@ def iter_scores(
     each checkpoint with ``checkpoints``), or ``None`` to score with the full target model (the
     baseline). ``checkpoints``: a fine-tuning/warm-up run directory whose checkpoints are summed
     with learning-rate weights; ``adam``: precondition with their Adam moments. ``stats``
-    (optional) is filled with how many gradients were computed and how many came from the store.
+    (optional) is filled with how many gradients were computed and how many came from the store;
+    ``events`` hears of batches halved to fit the device's memory.
     """
     target = _load(model_ref, progress)
     scorers = _scorers(target, proxy, Path(train), checkpoints, adam, progress, None)
@@ -267,6 +271,7 @@ def iter_scores(
         progress=progress,
         stats=stats,
         single=checkpoints is None,
+        events=events,
     )
 
 
@@ -315,6 +320,7 @@ def run_selection(
     should_stop: StopFn | None = None,
     checkpoints: Path | None = None,
     adam: bool = False,
+    events: EventFn | None = None,
 ) -> SelectionResult:
     """The whole pipeline: load the target, build a proxy from the pool (``proxy=None``: score
     with the full target), score the pool against the targets, select. ``checkpoints`` and
@@ -346,6 +352,7 @@ def run_selection(
         single=checkpoints is None,
         should_stop=should_stop,
         seen=seen,
+        events=events,
     ):
         scores.update(zip(batch.indices, batch.scores, strict=True))
         ids.update(zip(batch.indices, batch.ids, strict=True))

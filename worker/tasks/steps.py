@@ -209,6 +209,7 @@ def score_shard(job_id: str, shard_index: int, settings: Settings, enqueue: Enqu
             store_dir=store if config.features == "projected" else None,
             indices=range(start, stop),
             progress=reporter.progress,
+            events=reporter.event,
         )
         for batch in batches:
             with session_scope() as s:
