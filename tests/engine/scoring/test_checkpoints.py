@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tests.engine.scoring.conftest import pool_rows, target_rows, write
+from tests.engine.scoring.naive import naive_features
 from tests.engine.scoring.test_gradients import LAYERS, _batch, _low_rank
 from tests.tiny import save_tiny_model, tiny_model
 from worker.cli import main
@@ -19,7 +20,7 @@ from worker.engine.lowrank import LowRankLinear
 from worker.engine.models import load_model
 from worker.engine.pipeline import ScoreConfig, iter_scores
 from worker.engine.proxy import ProxyConfig
-from worker.engine.scoring.gradients import GradientFeaturizer, naive_features
+from worker.engine.scoring.gradients import GradientFeaturizer
 from worker.engine.scoring.precondition import AdamState, load_adam_state
 from worker.engine.scoring.run import task_score_stream
 from worker.engine.train import FinetuneConfig, finetune, list_checkpoints, load_checkpoint

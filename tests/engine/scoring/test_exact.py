@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from tests.engine.scoring.conftest import pool_rows, target_rows, write
+from tests.engine.scoring.naive import per_sample_grads as naive_per_sample_grads
 from tests.engine.scoring.test_checkpoints import _random_state
 from tests.engine.scoring.test_gradients import LAYERS, _batch, _low_rank
 from tests.tiny import ARCHES, tiny_model
@@ -25,7 +26,7 @@ from worker.engine.math.exact import (
 )
 from worker.engine.scoring.config import ScoreConfig
 from worker.engine.scoring.exact import ExactScorer, cosine_or_dot
-from worker.engine.scoring.hooks import per_sample_loss, scored_parameters
+from worker.engine.scoring.hooks import scored_blocks
 from worker.engine.scoring.precondition import AdamState
 from worker.engine.scoring.run import task_score_stream
 
@@ -45,24 +46,10 @@ def _targets(tok: Any, n: int, offset: int) -> dict[str, torch.Tensor]:
 def naive_grads(
     model: nn.Module, batch: dict[str, torch.Tensor], adam: AdamState | None = None
 ) -> torch.Tensor:
-    """One unpadded sample at a time: the full autograd gradient over every scored parameter
-    (Adam's update direction with ``adam``), concatenated: ``(n, P)``."""
-    params = scored_parameters(model, LAYERS)
-    modules = dict(model.named_modules())
-    names = {id(p): n for n, p in model.named_parameters()}
-    rows = []
-    for i in range(batch["input_ids"].shape[0]):
-        n = int(batch["attention_mask"][i].sum())
-        logits = model(input_ids=batch["input_ids"][i : i + 1, :n], use_cache=False).logits
-        loss = per_sample_loss(logits, batch["labels"][i : i + 1, :n]).sum()
-        grads = list(torch.autograd.grad(loss, params))
-        if adam is not None:
-            for k, p in enumerate(params):
-                module_name, _, param = names[id(p)].rpartition(".")
-                m, v = adam.moments(module_name, modules[module_name], param)
-                grads[k] = adam.update(grads[k], m, v)
-        rows.append(torch.cat([g.reshape(-1) for g in grads]))
-    return torch.stack(rows)
+    """The naive gradient over every scored parameter, concatenated: ``(n, P)``."""
+    params = [(name, param) for name, param, _ in scored_blocks(model, LAYERS)]
+    grads = naive_per_sample_grads(model, params, batch, adam)
+    return torch.stack([torch.cat([g.reshape(-1) for g in gs]) for gs in grads])
 
 
 def naive_scores(

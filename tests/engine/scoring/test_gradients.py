@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.engine.scoring.naive import naive_features
 from tests.tiny import ARCHES, tiny_model
 from worker.engine.data import collate, encode, pad_token_id, record_from_obj
 from worker.engine.errors import ConfigError, NoResponseTokensError
@@ -14,7 +15,6 @@ from worker.engine.scoring.gradients import (
     GradientFeaturizer,
     build_blocks,
     eigen_bases,
-    naive_features,
     per_sample_loss,
     scored_parameters,
     side_covariances,

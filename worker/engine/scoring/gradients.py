@@ -46,7 +46,6 @@ __all__ = [
     "GradientFeaturizer",
     "build_blocks",
     "eigen_bases",
-    "naive_features",
     "per_sample_loss",
     "scored_parameters",
     "side_covariances",
@@ -259,37 +258,3 @@ class GradientFeaturizer:
         m, v = self.moments[j]
         u = self.adam.update(per_sample_grads(left, right), m, v)
         return (block.p_left @ u @ block.p_right.T).reshape(u.shape[0], -1)
-
-
-def naive_features(
-    model: nn.Module,
-    blocks: Sequence[GradBlock],
-    batch: dict[str, torch.Tensor],
-    adam: AdamState | None = None,
-) -> torch.Tensor:
-    """Reference twin of :class:`GradientFeaturizer`: one unpadded sample at a time, full autograd
-    gradient of every block's parameter (Adam-preconditioned when ``adam``), dense projection
-    ``(p_left (x) p_right) vec(G)``. Slow; for tests only."""
-    from worker.engine.math.projection import dense_kron_project
-
-    modules = dict(model.named_modules())
-    params = [getattr(modules[b.module], b.param) for b in blocks]
-    rows = []
-    for i in range(batch["input_ids"].shape[0]):
-        n = int(batch["attention_mask"][i].sum())
-        logits = model(input_ids=batch["input_ids"][i : i + 1, :n], use_cache=False).logits
-        loss = per_sample_loss(logits, batch["labels"][i : i + 1, :n]).sum()
-        grads = list(torch.autograd.grad(loss, params))
-        if adam is not None:
-            for k, b in enumerate(blocks):
-                m, v = adam.moments(b.module, modules[b.module], b.param)
-                grads[k] = adam.update(grads[k], m, v)
-        rows.append(
-            torch.cat(
-                [
-                    dense_kron_project(g, b.p_left, b.p_right)
-                    for g, b in zip(grads, blocks, strict=True)
-                ]
-            )
-        )
-    return torch.stack(rows)
