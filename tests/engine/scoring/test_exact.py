@@ -18,8 +18,10 @@ from tests.tiny import ARCHES, tiny_model
 from worker.engine.data import collate, encode, pad_token_id, record_from_obj
 from worker.engine.errors import ConfigError
 from worker.engine.math.exact import (
+    form_for_scores,
     inner_products,
     per_sample_grads,
+    scores_of_formed,
     sq_norms,
     use_gram,
     weighted_grad_sum,
@@ -76,11 +78,11 @@ def _exact(
     tasks: Sequence[dict[str, torch.Tensor]],
     adam: AdamState | None = None,
     normalize: bool = True,
-    gram: bool | None = None,
+    **route: Any,
 ) -> torch.Tensor:
-    scorer = ExactScorer(model, LAYERS, gram=gram)
+    scorer = ExactScorer(model, LAYERS, **route)
     vectors = scorer.target_vectors([[t] for t in tasks], normalize)
-    train_scorer = scorer if adam is None else ExactScorer(model, LAYERS, adam=adam, gram=gram)
+    train_scorer = scorer if adam is None else ExactScorer(model, LAYERS, adam=adam, **route)
     inner, sq = train_scorer(train, vectors)
     return cosine_or_dot(inner, sq, normalize)
 
@@ -124,15 +126,26 @@ def test_exact_adam_scores_match_the_naive_loop(low_rank: bool) -> None:
     assert not torch.allclose(fast, _exact(model, train, tasks), rtol=1e-2)
 
 
-def test_the_gram_and_formed_norms_agree_inside_the_scorer() -> None:
+@pytest.mark.parametrize("tasks", [1, 2])
+def test_every_route_gives_the_same_scores(tasks: int) -> None:
+    """Gram norms, formed norms, and formed per-sample gradients (whole batch or one sample at a
+    time) are the same numbers; the default takes whichever the cost rules pick."""
     model, tok = tiny_model("gemma3", seed=0)
-    train, tasks = _batch(tok, 3), [_targets(tok, 2, 4)]
+    train = _batch(tok, 3)
+    targets = [_targets(tok, 2, 4), _targets(tok, 3, 1)][:tasks]
     tokens = int(train["input_ids"].shape[1])
-    # the tiny layers are 32 x 32 .. 64 x 32: at this length the rule picks both sides
+    # the tiny layers are 32 x 32 .. 64 x 32: at this length the norm rule picks both sides
     assert not use_gram(tokens, 32, 32) and use_gram(4, 64, 32)
-    gram = _exact(model, train, tasks, gram=True)
-    formed = _exact(model, train, tasks, gram=False)
-    _close(gram, formed.double(), rel=1e-5)
+    reference = naive_scores(model, train, targets)
+    routes: list[dict[str, Any]] = [
+        {"formed": False, "gram": True},
+        {"formed": False, "gram": False},
+        {"formed": True},
+        {"formed": True, "formed_budget": 1},  # one sample's gradient at a time
+        {},
+    ]
+    for route in routes:
+        _close(_exact(model, train, targets, **route), reference)
 
 
 def test_gram_rule_math_on_both_sides_of_the_threshold() -> None:
@@ -153,6 +166,17 @@ def test_gram_rule_math_on_both_sides_of_the_threshold() -> None:
         w = torch.tensor([0.5, -2.0], dtype=torch.float64)
         torch.testing.assert_close(weighted_grad_sum(left, right, w), 0.5 * G[0] - 2.0 * G[1])
     assert use_gram(22, 40, 50) and not use_gram(23, 40, 50)  # 22.2 is the break-even length
+    # scoring: with two tasks formed wins from T = 3 on; with one, from T^2 (r + c) >= 2 r c
+    assert form_for_scores(3, 40, 50, tasks=2) and not form_for_scores(2, 40, 50, tasks=2)
+    assert form_for_scores(7, 40, 50, tasks=1) and not form_for_scores(6, 40, 50, tasks=1)
+    left = torch.randn(3, 5, 40, generator=g, dtype=torch.float64)
+    right = torch.randn(3, 5, 50, generator=g, dtype=torch.float64)
+    V = torch.randn(2, 40, 50, generator=g, dtype=torch.float64)
+    G = torch.einsum("bto,bti->boi", left, right)
+    for chunk in (1, 2, 3):
+        inner, sq = scores_of_formed(left, right, V, chunk)
+        torch.testing.assert_close(inner, torch.einsum("boi,koi->bk", G, V))
+        torch.testing.assert_close(sq, G.pow(2).sum(dim=(1, 2)))
 
 
 def _scores_of(model: Any, tok: Any, files: dict[str, Path], config: ScoreConfig) -> torch.Tensor:

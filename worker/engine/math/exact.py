@@ -26,6 +26,38 @@ def use_gram(tokens: int, rows: int, cols: int) -> bool:
     return tokens * (rows + cols) <= rows * cols
 
 
+def form_for_scores(tokens: int, rows: int, cols: int, tasks: int) -> bool:
+    """True when forming each sample's gradient is cheaper than the Gram route for the inner
+    products with ``tasks`` matrices and the squared norm, per sample:
+    ``T rows cols + (tasks + 1) rows cols`` (form ``G``, then a dot per task and the norm) against
+    ``tasks T rows cols + T^2 (rows + cols)`` (a ``V r_t`` per task and token, two Grams).
+    With two tasks forming wins from ``T = 3`` on; with one, from
+    ``T^2 (rows + cols) >= 2 rows cols`` (``T >= 34`` for a square 1,152-wide layer)."""
+    formed = tokens * rows * cols + (tasks + 1) * rows * cols
+    gram = tasks * tokens * rows * cols + tokens * tokens * (rows + cols)
+    return formed <= gram
+
+
+def scores_of_formed(
+    left: torch.Tensor, right: torch.Tensor, V: torch.Tensor, chunk: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(<G_i, V_k> (batch, K), |G_i|^2 (batch,))`` from the formed per-sample gradients,
+    ``chunk`` samples at a time so at most ``chunk x rows x cols`` exists at once.
+
+    Args:
+        left: ``(batch, T, rows)``; right: ``(batch, T, cols)``; V: ``(K, rows, cols)``.
+    """
+    inner = torch.empty(left.shape[0], V.shape[0], dtype=left.dtype, device=left.device)
+    sq = torch.empty(left.shape[0], dtype=left.dtype, device=left.device)
+    flat = V.reshape(V.shape[0], -1)
+    for start in range(0, left.shape[0], chunk):
+        G = per_sample_grads(left[start : start + chunk], right[start : start + chunk])
+        g = G.reshape(G.shape[0], -1)
+        inner[start : start + chunk] = g @ flat.T
+        sq[start : start + chunk] = g.pow(2).sum(dim=1)
+    return inner, sq
+
+
 def per_sample_grads(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     """``G_i = sum_t l_t r_t^T`` for every sample.
 

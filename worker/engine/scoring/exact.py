@@ -24,8 +24,10 @@ import torch
 from torch import nn
 
 from worker.engine.math.exact import (
+    form_for_scores,
     inner_products,
     per_sample_grads,
+    scores_of_formed,
     sq_norms,
     weighted_grad_sum,
 )
@@ -50,8 +52,11 @@ TargetVectors = list[torch.Tensor]
 class ExactScorer:
     """Exact per-sample gradient inner products with target vectors, and squared norms.
 
-    ``gram``: force the Gram (True) or formed-gradient (False) form of the squared norms, for
-    tests; ``None`` takes the cheaper per layer and batch (:func:`worker.engine.math.exact.use_gram`).
+    Per layer and batch the cheaper route is taken: when scoring,
+    :func:`~worker.engine.math.exact.form_for_scores` (each sample's gradient formed, at most
+    ``formed_budget`` floats of them at once) against the Gram route (``V r_t`` products and Gram
+    norms); for norms alone, :func:`~worker.engine.math.exact.use_gram`. ``formed`` and ``gram``
+    force one side (tests); ``None`` lets the cost rule choose.
     """
 
     def __init__(
@@ -60,8 +65,12 @@ class ExactScorer:
         suffixes: Sequence[str],
         adam: AdamState | None = None,
         gram: bool | None = None,
+        formed: bool | None = None,
+        formed_budget: int = 1 << 26,
     ) -> None:
         self.model = model
+        self.formed = formed
+        self.formed_budget = formed_budget
         self.blocks: list[Block] = scored_blocks(model, suffixes)
         self.adam = adam
         self.gram = gram
@@ -172,8 +181,21 @@ class ExactScorer:
 
         def on_block(j: int, left: torch.Tensor, right: torch.Tensor) -> None:
             if self.adam is None:
-                inner.add_(inner_products(left, right, vectors[j]))
-                sq.add_(sq_norms(left, right, self.gram))
+                tokens, rows, cols = left.shape[1], left.shape[2], right.shape[2]
+                tasks = int(vectors[j].shape[0])
+                formed = (
+                    form_for_scores(tokens, rows, cols, tasks)
+                    if self.formed is None
+                    else self.formed
+                )
+                if formed:
+                    chunk = max(1, self.formed_budget // (rows * cols))
+                    i, s2 = scores_of_formed(left, right, vectors[j], chunk)
+                    inner.add_(i)
+                    sq.add_(s2)
+                else:
+                    inner.add_(inner_products(left, right, vectors[j]))
+                    sq.add_(sq_norms(left, right, self.gram))
                 return
             m, v = self._moments[j]
             u = self.adam.update(per_sample_grads(left, right), m, v)
