@@ -15,6 +15,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from worker.commands.runtime import add_runtime_args, runtime_of
 from worker.engine.proxy.config import METHODS, ProxyConfig
 
 # Config fields exposed as flags (flag name = field name with dashes), with their parsers.
@@ -54,7 +55,11 @@ def register(subparsers: Any) -> None:
         description=__doc__,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    build.add_argument("--model", required=True, help="preset name, local HF directory or .gguf")
+    build.add_argument(
+        "--model",
+        required=True,
+        help="preset name, local HF directory, .gguf file or hub id org/name[@revision]",
+    )
     build.add_argument(
         "--data", type=Path, required=True, help="records to probe and align with (any format)"
     )
@@ -77,6 +82,7 @@ def register(subparsers: Any) -> None:
         help="store the whole proxy (config, tokenizer, all weights), not just the factors",
     )
     build.add_argument("--cache-dir", type=Path, default=None, help="model cache directory")
+    add_runtime_args(build)
     build.set_defaults(func=_build)
 
 
@@ -98,12 +104,13 @@ def _build(args: argparse.Namespace) -> int:
     from worker.engine.models import load_model
     from worker.engine.proxy import build_proxy, save_proxy
 
+    runtime = runtime_of(args)  # before anything is loaded
     values = {name: getattr(args, name) for name in _FLAGS}
     modules = tuple(m.strip() for m in args.target_modules.split(",") if m.strip())
     config = ProxyConfig(method=args.method, target_modules=modules, **values)
     records = load_records(args.data)
     print(f"iprox proxy: loading {args.model}", file=sys.stderr, flush=True)
-    target = load_model(args.model, cache_dir=args.cache_dir)
+    target = load_model(args.model, cache_dir=args.cache_dir, runtime=runtime)
     proxy = build_proxy(target, records, config, progress=_stderr_progress())
     path = save_proxy(proxy, args.out, storage="standalone" if args.standalone else "factors")
     m = proxy.manifest
@@ -116,6 +123,7 @@ def _build(args: argparse.Namespace) -> int:
         "compressed_layers": m["compressed_layers"],
         "alignment": m["alignment"]["last"],
         "timings_s": m["timings_s"],
+        "runtime": runtime.describe(),
     }
     print(json.dumps(summary, indent=2))
     return 0

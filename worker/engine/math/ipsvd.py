@@ -172,8 +172,10 @@ def random_factors(
     from scratch, whose proxy would be a different, untrained model).
     """
     _check_rank(W, rank)
-    G = torch.randn(W.shape[1], rank, generator=generator, dtype=_DTYPE)
-    Q, _ = torch.linalg.qr(G)
+    # Drawn on the generator's device (the CPU in the engine), then moved: one seed, one matrix
+    # on every device.
+    G = torch.randn(W.shape[1], rank, generator=generator, dtype=_DTYPE, device=generator.device)
+    Q, _ = torch.linalg.qr(G.to(W.device))
     return (W.to(_DTYPE) @ Q).to(W.dtype), Q.T.contiguous().to(W.dtype)
 
 

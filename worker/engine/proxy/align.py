@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from worker.engine.data import Example, collate
+from worker.engine.device import model_device
 from worker.engine.lowrank import LowRankLinear
 from worker.engine.math.alignment import (
     factor_cosine,
@@ -133,9 +134,9 @@ def lr_factor(step: int, total: int, warmup_fraction: float) -> float:
 def _batches(examples: Sequence[Example], size: int, seed: int) -> Iterator[Sequence[Example]]:
     """Endless shuffled passes over ``examples`` in batches of ``size`` (last short one dropped
     unless the set is smaller than a batch)."""
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device="cpu").manual_seed(seed)
     while True:
-        order = torch.randperm(len(examples), generator=generator).tolist()
+        order = torch.randperm(len(examples), generator=generator, device="cpu").tolist()
         full = max(1, len(order) // size)
         for b in range(full):
             yield [examples[i] for i in order[b * size : (b + 1) * size]]
@@ -185,7 +186,7 @@ def _step(
     history: list[dict[str, float]],
 ) -> None:
     """One optimiser step on one batch; appends its losses to ``history``."""
-    batch = collate(chunk, pad_id)
+    batch = collate(chunk, pad_id, model_device(proxy))
     losses = alignment_losses(target, proxy, batch, config, create_graph=True)
     optimizer.zero_grad(set_to_none=True)
     losses.total.backward()  # type: ignore[no-untyped-call]

@@ -48,7 +48,8 @@ def split_records(
     small for both, the alignment set reuses records from the probe set rather than shrinking
     the probe set (probing is what the factorisation rests on).
     """
-    order = torch.randperm(len(records), generator=torch.Generator().manual_seed(config.seed))
+    generator = torch.Generator(device="cpu").manual_seed(config.seed)
+    order = torch.randperm(len(records), generator=generator, device="cpu")
     shuffled = [records[i] for i in order.tolist()]
     n_probe = min(config.probe_samples, len(shuffled)) if config.method == "ipsvd" else 0
     n_align = 0

@@ -76,7 +76,7 @@ def compress(
     proxy = copy.deepcopy(target)
     for p in proxy.parameters():
         p.requires_grad_(False)
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator(device="cpu").manual_seed(config.seed)  # same draws everywhere
     ranks = layer_ranks(layers, config)
     reports: list[dict[str, Any]] = []
     for i, (name, mod) in enumerate(layers.items()):

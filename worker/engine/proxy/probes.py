@@ -8,6 +8,10 @@ not interact, so every probe column belongs to exactly one sequence's loss.
 
 Only the input embeddings are made to require gradients: no weight gradient is formed (or
 stored), and the target model's ``requires_grad`` flags are left as they are.
+
+The batches run on the model's device and in its dtype; the captured columns are float32 on
+that device (they feed the factorisation there). Positions are drawn on the CPU from a seeded
+generator, so the same seed picks the same positions on every device.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch
 from torch import nn
 
 from worker.engine.data import Example, batches, collate
+from worker.engine.device import model_device, to_device
 from worker.engine.progress import ProgressFn, StopFn, check_stop, report
 from worker.engine.proxy.lm import loss_positions, sequence_losses
 
@@ -55,23 +60,30 @@ def sample_positions(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Up to ``per_sequence`` loss-bearing positions of each row, without replacement.
 
-    ``labels: (batch, seq)`` -> ``(rows, cols)``, two ``(n,)`` index tensors, rows ascending.
+    ``labels: (batch, seq)`` -> ``(rows, cols)``, two ``(n,)`` index tensors on ``labels``'
+    device, rows ascending. ``generator`` is a CPU generator (device-independent draws).
     """
-    mask = loss_positions(labels)
+    device = labels.device
+    mask = loss_positions(labels.cpu())
     rows, cols = [], []
     for b in range(labels.shape[0]):
         pos = mask[b].nonzero().flatten()
         if pos.numel() > per_sequence:
-            pos = pos[torch.randperm(pos.numel(), generator=generator)[:per_sequence]].sort()[0]
+            pick = torch.randperm(pos.numel(), generator=generator, device="cpu")[:per_sequence]
+            pos = pos[pick].sort()[0]
         rows.append(torch.full_like(pos, b))
         cols.append(pos)
-    return torch.cat(rows), torch.cat(cols)
+    return torch.cat(rows).to(device), torch.cat(cols).to(device)
 
 
 @dataclass
 class _Capture:
-    rows: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
-    cols: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
+    rows: torch.Tensor = field(
+        default_factory=lambda: torch.empty(0, dtype=torch.long, device="cpu")
+    )
+    cols: torch.Tensor = field(
+        default_factory=lambda: torch.empty(0, dtype=torch.long, device="cpu")
+    )
     inputs: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     grads: dict[str, list[torch.Tensor]] = field(default_factory=dict)
 
@@ -104,16 +116,19 @@ def collect_probes(
     """One forward/backward pass per batch of ``examples`` over ``model``; see the module doc."""
     capture = _Capture(inputs={name: [] for name in layers}, grads={name: [] for name in layers})
     handles = [mod.register_forward_hook(capture.hook(name)) for name, mod in layers.items()]
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device="cpu").manual_seed(seed)
     embed = model.get_input_embeddings()  # type: ignore[operator]
+    device = model_device(model)
     done = 0
     try:
         for chunk in batches(examples, batch_size):
             check_stop(should_stop, "compressing")
-            batch = collate(chunk, pad_id)
+            batch = collate(chunk, pad_id)  # on the CPU: positions are drawn there
             capture.rows, capture.cols = sample_positions(
                 batch["labels"], positions_per_sequence, generator
             )
+            capture.rows, capture.cols = capture.rows.to(device), capture.cols.to(device)
+            batch = to_device(batch, device)
             with torch.enable_grad():
                 embeds = embed(batch["input_ids"]).detach().requires_grad_(True)
                 logits = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).logits
