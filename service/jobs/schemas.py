@@ -83,7 +83,11 @@ class JobCreate(BaseModel):
 
     kind: JobKind = Field(description="select: score and rank; proxy_build: only build a proxy.")
     dataset_uri: str = Field(min_length=1, description="The pool (select) or probe data.")
-    target_model: str = Field(min_length=1, description="Preset name or a local model folder.")
+    target_model: str = Field(
+        min_length=1,
+        description="Preset name, a local model folder under the model roots, or a Hugging Face "
+        "hub id org/name[@revision] allowed by IPROX_ALLOWED_MODELS.",
+    )
     target_uri: str | list[str] | None = Field(None, description="Target-task set(s) (select).")
     proxy: ProxySpec = Field(default_factory=lambda: ProxySpec())
     scorer: ScorerSpec = Field(default_factory=lambda: ScorerSpec())

@@ -39,6 +39,7 @@ from worker.tasks.configs import score_config, selection_config
 from worker.tasks.inputs import local_input
 from worker.tasks.proxies import ensure_proxy, local_proxy
 from worker.tasks.reporting import Reporter
+from worker.tasks.runtime import model_cache, worker_runtime
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +203,8 @@ def score_shard(job_id: str, shard_index: int, settings: Settings, enqueue: Enqu
             store_dir=job_dir(settings, job_id) / "store" / f"shard-{shard_index:05d}",
             indices=range(start, stop),
             progress=reporter.progress,
+            runtime=worker_runtime(settings),
+            models=model_cache(settings),
         )
         for batch in batches:
             with session_scope() as s:
@@ -257,9 +260,10 @@ def rank_job(job_id: str, settings: Settings) -> None:
     selection = selection_config(request["selection"])
     counts = None
     if selection.token_budget is not None:
-        from worker.engine.models import load_model
+        from worker.engine.pipeline import ModelCache
 
-        tokenizer = load_model(inputs.model).tokenizer
+        models = model_cache(settings) or ModelCache()
+        tokenizer = models.get(inputs.model, worker_runtime(settings)).tokenizer
         counts = token_counts(
             tokenizer, inputs.pool, score_config(request.get("scorer") or {}).max_length
         )
