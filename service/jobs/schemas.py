@@ -5,11 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from service.models import JobKind, JobStage, JobStatus
 
 _STRICT = ConfigDict(extra="forbid")
+
+PROJECTED_ONLY = frozenset({"influence"})
+"""Scorers that need projected features (their scores use the pool's curvature ``G^T G``)."""
 
 
 class ProxySpec(BaseModel):
@@ -47,11 +50,28 @@ class ScorerSpec(BaseModel):
     model_config = _STRICT
 
     method: Literal["tracin", "influence"] = Field("tracin", description="Score function.")
-    proj_dim: int | None = Field(None, gt=0, description="Random projection dimension.")
+    features: Literal["exact", "projected"] | None = Field(
+        None,
+        description="exact: unprojected per-sample gradient inner products (seed-free; tracin "
+        "only); projected: seeded random-projected features (needed by influence). Default: "
+        "exact for tracin, projected for influence.",
+    )
+    proj_dim: int | None = Field(
+        None, gt=0, description="Projection dimension (projected features only)."
+    )
     batch_size: int | None = Field(None, gt=0)
     max_length: int | None = Field(None, gt=0)
     damping: float | None = Field(None, gt=0, description="Influence damping.")
-    seed: int | None = Field(None, ge=0)
+    seed: int | None = Field(None, ge=0, description="Projection seed (projected features only).")
+
+    @field_validator("features")
+    @classmethod
+    def _features_of_the_scorer(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # The engine's scorer registry holds the same rule; tests/service check they agree.
+        method = info.data.get("method")
+        if value is not None and method in PROJECTED_ONLY and value != "projected":
+            raise ValueError(f"the {method} scorer scores from projected features only")
+        return value
 
 
 class SelectionSpec(BaseModel):

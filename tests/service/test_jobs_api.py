@@ -79,6 +79,8 @@ def test_rejected_requests_name_the_field_and_write_nothing(
         ("proxy.sparsity", {"proxy": {"sparsity": 1.2}}),
         ("proxy.proxy_id", {"proxy": {"proxy_id": "00000000-0000-0000-0000-000000000000"}}),
         ("kind", {"kind": "train"}),
+        ("scorer.features", {"scorer": {"method": "influence", "features": "exact"}}),
+        ("scorer.features", {"scorer": {"features": "sketched"}}),
     ]
     jobs, messages = job_count(), queued_messages()
     for field, change in cases:

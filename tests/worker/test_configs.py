@@ -42,3 +42,18 @@ def test_scorer_and_selection_specs_map_onto_engine_configs() -> None:
 def test_engine_still_rejects_what_the_api_cannot_see() -> None:
     with pytest.raises(ConfigError):
         proxy_config({"sparsity": 0.5, "probe_samples": 0})
+
+
+def test_scorer_features_agree_with_the_engine_registry() -> None:
+    from typing import get_args
+
+    from service.jobs.schemas import PROJECTED_ONLY
+    from worker.engine.scoring.registry import FEATURES, SCORERS
+
+    assert set(get_args(ScorerSpec.model_fields["method"].annotation)) == set(SCORERS)
+    features = get_args(ScorerSpec.model_fields["features"].annotation)
+    assert {a for f in features for a in get_args(f)} == set(FEATURES)
+    assert {n for n, e in SCORERS.items() if e.features == ("projected",)} == PROJECTED_ONLY
+    for name, entry in SCORERS.items():
+        assert score_config({"method": name}).features == entry.default_features
+    assert score_config({"features": "projected"}).features == "projected"

@@ -47,6 +47,9 @@ def _add_scoring(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--scorer", choices=("tracin", "influence"), default="tracin", help=_help("scorer")
     )
+    p.add_argument(
+        "--features", choices=("exact", "projected"), default=None, help=_help("features")
+    )
     p.add_argument("--proj-dim", type=int, default=_default("proj_dim"), help=_help("proj_dim"))
     p.add_argument(
         "--batch-size", type=int, default=_default("batch_size"), help=_help("batch_size")
@@ -60,7 +63,10 @@ def _add_scoring(p: argparse.ArgumentParser) -> None:
         "--dot", action="store_true", help="score by dot product instead of cosine (no normalising)"
     )
     p.add_argument(
-        "--store", type=Path, default=None, help="gradient store directory (reuse and resume)"
+        "--store",
+        type=Path,
+        default=None,
+        help="gradient store directory (reuse and resume; projected features only)",
     )
     p.add_argument(
         "--checkpoints",
@@ -81,7 +87,8 @@ def _add_scoring(p: argparse.ArgumentParser) -> None:
 def register(subparsers: Any) -> None:
     score = subparsers.add_parser(
         "score",
-        help="score a training pool against target tasks by projected gradients",
+        help="score a training pool against target tasks by their gradients (exact TracIn by "
+        "default)",
         description="Write OUT: one JSON line {index, id, score} per pool sample.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -146,6 +153,7 @@ class _Bars:
 def _config(args: argparse.Namespace) -> ScoreConfig:
     return ScoreConfig(
         scorer=args.scorer,
+        features=args.features,
         proj_dim=args.proj_dim,
         batch_size=args.batch_size,
         max_length=args.max_length,

@@ -5,8 +5,9 @@ one-line wrappers, and tests call these directly).
 then queues one ``score_shard`` per shard. Each shard upserts its scores batch by batch and
 stops at the next batch once the job is being cancelled. The shard that settles last (counted
 under the job row's lock) queues ``rank_job``, which writes the subset and finishes the job.
-An ``influence`` job is one shard: its scores use the curvature ``G^T G / n`` of the whole pool,
-which separate shards would each estimate from their own slice (scores on different scales).
+A job whose scorer needs the whole pool (its registry entry says so: ``influence``, whose scores
+use the curvature ``G^T G / n`` of the whole pool, which separate shards would each estimate from
+their own slice) is one shard.
 Every step is safe to run twice: a redelivered message finds its work done or overwrites it.
 """
 
@@ -122,7 +123,10 @@ def run_job(job_id: str, settings: Settings, enqueue: Enqueue) -> None:
             locked = repo.lock_job(s, job_id)
             if locked is not None:
                 locked.proxy_id = proxy_id
-    whole = (job["request"].get("scorer") or {}).get("method") == "influence"
+    from worker.engine.scoring.registry import scorer_entry
+
+    config = score_config(job["request"].get("scorer") or {})
+    whole = scorer_entry(config.scorer).whole_pool
     _plan_shards(job_id, inputs.pool, settings, enqueue, whole_pool=whole)
 
 
@@ -192,15 +196,18 @@ def score_shard(job_id: str, shard_index: int, settings: Settings, enqueue: Enqu
         proxy_path = local_proxy(*saved, settings) if saved is not None else None
         reporter = Reporter(job_id, stages=False, interval_s=5.0)
         outcome = ShardStatus.DONE
+        config = score_config(job["request"].get("scorer") or {})
+        # One store per shard: the store's manifest and shard names are not safe for two
+        # writers, and a redelivered shard resumes from its own store. Exact scores have no
+        # features to store.
+        store = job_dir(settings, job_id) / "store" / f"shard-{shard_index:05d}"
         batches = iter_scores(
             inputs.model,
             inputs.pool,
             inputs.targets,
             proxy=proxy_path,
-            config=score_config(job["request"].get("scorer") or {}),
-            # One store per shard: the store's manifest and shard names are not safe for two
-            # writers, and a redelivered shard resumes from its own store.
-            store_dir=job_dir(settings, job_id) / "store" / f"shard-{shard_index:05d}",
+            config=config,
+            store_dir=store if config.features == "projected" else None,
             indices=range(start, stop),
             progress=reporter.progress,
             runtime=worker_runtime(settings),

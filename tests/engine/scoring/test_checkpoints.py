@@ -119,7 +119,7 @@ def test_finetune_saves_adam_moments_per_checkpoint(run: dict[str, Path]) -> Non
     assert first.fingerprint != last.fingerprint  # the moments moved between the checkpoints
 
 
-def _manual(run: dict[str, Path], adam: bool) -> dict[int, float]:
+def _manual(run: dict[str, Path], adam: bool, cfg: ScoreConfig = CFG) -> dict[int, float]:
     """sum_c mean_lr_c * score_c per task, then max over tasks, from single-model scoring."""
     totals: dict[int, torch.Tensor] = {}
     for c in list_checkpoints(run["run"]):
@@ -130,7 +130,7 @@ def _manual(run: dict[str, Path], adam: bool) -> dict[int, float]:
             f"m{c.step}",
             run["train"],
             [run["t1"], run["t2"]],
-            CFG,
+            cfg,
             adam=load_adam_state(c.path) if adam else None,
         ):
             for i, row in zip(b.indices, b.scores, strict=True):
@@ -145,27 +145,29 @@ def _collect(batches: Any) -> dict[int, float]:
     return out
 
 
+@pytest.mark.parametrize("features", ["exact", "projected"])
 @pytest.mark.parametrize("adam", [False, True])
 def test_checkpoint_scores_are_lr_weighted_sums_then_max_over_tasks(
-    run: dict[str, Path], adam: bool
+    run: dict[str, Path], adam: bool, features: Any
 ) -> None:
     targets = [run["t1"], run["t2"]]
+    cfg = ScoreConfig(features=features, proj_dim=256, max_length=64)
     got = _collect(
         iter_scores(
             str(run["model"]),
             run["train"],
             targets,
             proxy=None,
-            config=CFG,
+            config=cfg,
             checkpoints=run["run"],
             adam=adam,
         )
     )
-    expected = _manual(run, adam)
+    expected = _manual(run, adam, cfg)
     assert sorted(got) == list(range(6))
     assert got == pytest.approx(expected, rel=1e-4, abs=1e-7)
     if adam:
-        assert got != pytest.approx(_manual(run, False), rel=1e-2)
+        assert got != pytest.approx(_manual(run, False, cfg), rel=1e-2)
 
 
 def test_a_proxy_is_built_per_checkpoint_and_preconditioned(run: dict[str, Path]) -> None:

@@ -29,7 +29,7 @@ def files(tmp_path: Path) -> dict[str, Path]:
 def test_score_writes_every_sample_and_reuses_the_store(files, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
     common = ["--model", str(files["model"]), "--train", str(files["train"])]
     common += ["--target", str(files["target"]), "--proj-dim", "256", "--max-length", "64"]
-    common += ["--store", str(tmp_path / "store")]
+    common += ["--features", "projected", "--store", str(tmp_path / "store")]
     assert main(["score", *common, "--out", str(tmp_path / "s.jsonl")]) == 0
     first = json.loads(capsys.readouterr().out)
     rows = _lines(tmp_path / "s.jsonl")
@@ -39,6 +39,10 @@ def test_score_writes_every_sample_and_reuses_the_store(files, tmp_path, capsys)
     second = json.loads(capsys.readouterr().out)
     assert second["gradients"]["train_computed"] == 0
     assert second["gradients"]["train_loaded"] == 10
+    # the default, exact scores, keep no features: a store is a clear error (exit 2)
+    exact = [a for a in common if a != "projected" and a != "--features"]
+    assert main(["score", *exact, "--out", str(tmp_path / "s3.jsonl")]) == 2
+    assert "gradient store keeps projected features" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("method", ["none", "svd"])

@@ -33,7 +33,7 @@ def test_saved_proxy_built_proxy_and_full_model_paths(tmp_path: Path) -> None:
     pcfg = ProxyConfig(method="svd", sparsity=0.5, align_steps=0, max_length=64)
     manifest = build_proxy_from_files(str(model), train, tmp_path / "proxy", pcfg)
     assert manifest["proxy_params"] < manifest["target_params"]
-    cfg = ScoreConfig(proj_dim=256, max_length=64)
+    cfg = ScoreConfig(features="projected", proj_dim=256, max_length=64)
     stats = ScoreStats()
     saved = _collect(
         iter_scores(

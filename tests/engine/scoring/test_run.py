@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -28,12 +29,23 @@ def _scores(
     return out
 
 
-@pytest.mark.parametrize("scorer", ["tracin", "influence"])
-def test_planted_target_duplicates_rank_at_the_top(model_and_tok, tmp_path, scorer) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(
+    ("scorer", "features"), [("tracin", "exact"), ("tracin", "projected"), ("influence", None)]
+)
+def test_planted_target_duplicates_rank_at_the_top(
+    model_and_tok, tmp_path, scorer, features
+) -> None:  # type: ignore[no-untyped-def]
     targets = target_rows(3)
     train = write(tmp_path / "pool.jsonl", [*pool_rows(12), *targets])
     target = write(tmp_path / "target.jsonl", targets)
-    cfg = ScoreConfig(scorer=scorer, proj_dim=1024, batch_size=4, max_length=64, damping=1e-2)
+    cfg = ScoreConfig(
+        scorer=scorer,
+        features=features,
+        proj_dim=1024,
+        batch_size=4,
+        max_length=64,
+        damping=1e-2,
+    )
     scores = _scores(model_and_tok, train, [target], cfg)
     assert sorted(scores) == list(range(15))
     top3 = sorted(scores, key=lambda i: -scores[i])[:3]
@@ -44,7 +56,7 @@ def test_second_target_reuses_stored_training_gradients(model_and_tok, tmp_path)
     train = write(tmp_path / "pool.jsonl", pool_rows(10))
     t1 = write(tmp_path / "t1.jsonl", target_rows(2))
     t2 = write(tmp_path / "t2.jsonl", target_rows(4)[2:])
-    cfg = ScoreConfig(proj_dim=512, batch_size=3, max_length=64, shard_size=4)
+    cfg = ScoreConfig(features="projected", proj_dim=512, batch_size=3, max_length=64, shard_size=4)
     first, second = ScoreStats(), ScoreStats()
     _scores(model_and_tok, train, [t1], cfg, store_dir=tmp_path / "store", stats=first)
     fresh = _scores(model_and_tok, train, [t2], cfg)
@@ -54,7 +66,9 @@ def test_second_target_reuses_stored_training_gradients(model_and_tok, tmp_path)
     assert reused == pytest.approx(fresh, rel=1e-5, abs=1e-6)
     # a different seed is a different key: nothing reused
     third = ScoreStats()
-    other = ScoreConfig(proj_dim=512, batch_size=3, max_length=64, shard_size=4, seed=9)
+    other = ScoreConfig(
+        features="projected", proj_dim=512, batch_size=3, max_length=64, shard_size=4, seed=9
+    )
     _scores(model_and_tok, train, [t2], other, store_dir=tmp_path / "store", stats=third)
     assert third.train_computed == 10
 
@@ -63,7 +77,7 @@ def test_interrupted_run_resumes_to_the_same_scores(model_and_tok, tmp_path) -> 
     model, tok = model_and_tok
     train = write(tmp_path / "pool.jsonl", pool_rows(11))
     target = write(tmp_path / "t.jsonl", target_rows(2))
-    cfg = ScoreConfig(proj_dim=512, batch_size=2, max_length=64, shard_size=4)
+    cfg = ScoreConfig(features="projected", proj_dim=512, batch_size=2, max_length=64, shard_size=4)
     whole = _scores(model_and_tok, train, [target], cfg)
     stream = score_stream(model, tok, "tiny", train, [target], cfg, store_dir=tmp_path / "s")
     for _ in range(3):  # 6 samples seen: one 4-sample shard written, 2 samples lost
@@ -75,33 +89,32 @@ def test_interrupted_run_resumes_to_the_same_scores(model_and_tok, tmp_path) -> 
     assert resumed == pytest.approx(whole, rel=1e-5, abs=1e-6)
 
 
-def test_shard_of_the_pool_and_dot_product_option(model_and_tok, tmp_path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("features", ["exact", "projected"])
+def test_shard_of_the_pool_and_dot_product_option(model_and_tok, tmp_path, features) -> None:  # type: ignore[no-untyped-def]
     train = write(tmp_path / "pool.jsonl", pool_rows(8))
     target = write(tmp_path / "t.jsonl", target_rows(2))
-    cos = _scores(model_and_tok, train, [target], ScoreConfig(proj_dim=256, max_length=64))
-    part = _scores(
-        model_and_tok, train, [target], ScoreConfig(proj_dim=256, max_length=64), indices=[5, 1]
-    )
+    cfg = ScoreConfig(features=features, proj_dim=256, max_length=64)
+    cos = _scores(model_and_tok, train, [target], cfg)
+    part = _scores(model_and_tok, train, [target], cfg, indices=[5, 1])
     assert part == pytest.approx({1: cos[1], 5: cos[5]}, rel=1e-4)
     assert all(-1.0 <= s <= 1.0 for s in cos.values())
-    dot = _scores(
-        model_and_tok, train, [target], ScoreConfig(proj_dim=256, max_length=64, normalize=False)
-    )
+    dot = _scores(model_and_tok, train, [target], replace(cfg, normalize=False))
     assert dot != cos
 
 
-def test_several_target_tasks_take_the_max(model_and_tok, tmp_path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("features", ["exact", "projected"])
+def test_several_target_tasks_take_the_max(model_and_tok, tmp_path, features) -> None:  # type: ignore[no-untyped-def]
     train = write(tmp_path / "pool.jsonl", pool_rows(6))
     t1 = write(tmp_path / "t1.jsonl", target_rows(2))
     t2 = write(tmp_path / "t2.jsonl", pool_rows(2, seed=5))
-    cfg = ScoreConfig(proj_dim=256, max_length=64)
+    cfg = ScoreConfig(features=features, proj_dim=256, max_length=64)
     a, b = _scores(model_and_tok, train, [t1], cfg), _scores(model_and_tok, train, [t2], cfg)
     both = _scores(model_and_tok, train, [t1, t2], cfg)
     assert both == pytest.approx({i: max(a[i], b[i]) for i in a})
 
 
 def test_bad_inputs_name_the_file_and_record(model_and_tok, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    cfg = ScoreConfig(proj_dim=256, max_length=64)
+    cfg = ScoreConfig(features="projected", proj_dim=256, max_length=64)
     good = write(tmp_path / "good.jsonl", pool_rows(3))
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n", encoding="utf-8")
@@ -131,7 +144,7 @@ def test_bad_inputs_name_the_file_and_record(model_and_tok, tmp_path) -> None:  
 def test_corrupt_store_manifest_is_an_artifact_error(model_and_tok, tmp_path) -> None:  # type: ignore[no-untyped-def]
     train = write(tmp_path / "pool.jsonl", pool_rows(3))
     target = write(tmp_path / "t.jsonl", target_rows(1))
-    cfg = ScoreConfig(proj_dim=256, max_length=64)
+    cfg = ScoreConfig(features="projected", proj_dim=256, max_length=64)
     _scores(model_and_tok, train, [target], cfg, store_dir=tmp_path / "s")
     (manifest,) = (tmp_path / "s").glob("*/manifest.json")
     doc = json.loads(manifest.read_text())

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from worker.engine.configio import config_from_dict, config_to_dict
 from worker.engine.errors import ConfigError
+from worker.engine.scoring.registry import scorer_entry
 
 
 def _help(text: str, default: Any) -> Any:
@@ -26,14 +27,22 @@ class ScoreConfig:
         "influence: g_target^T (G^T G / n + damping I)^-1 g_train in projected space",
         "tracin",
     )
+    features: Literal["exact", "projected"] | None = _help(
+        "exact: unprojected per-sample gradient inner products and norms (seed-free, about one "
+        "forward+backward pass; tracin only); projected: seeded Kronecker-projected features "
+        "(kept by the gradient store, needed by influence). Default: the scorer's own (tracin: "
+        "exact, influence: projected)",
+        None,
+    )
     proj_dim: int = _help(
-        "feature budget d: per-layer Kronecker projections are sized so their total is as close "
-        "to d as a near-square grid allows, never above (the exact size is in the store manifest)",
+        "projected features only: feature budget d; per-layer Kronecker projections are sized so "
+        "their total is as close to d as a near-square grid allows, never above (the exact size "
+        "is in the store manifest)",
         8192,
     )
     batch_size: int = _help("samples per forward/backward pass", 4)
     max_length: int = _help("tokens per sample; truncation keeps the response", 512)
-    seed: int = _help("seed of the random projection matrices", 0)
+    seed: int = _help("projected features only: seed of the random projection matrices", 0)
     damping: float = _help(
         "influence only: ridge lambda added to G^T G / n (features unit-norm)", 1e-3
     )
@@ -48,8 +57,14 @@ class ScoreConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.scorer not in ("tracin", "influence"):
-            raise ConfigError(f"scorer must be 'tracin' or 'influence', got {self.scorer!r}")
+        entry = scorer_entry(self.scorer)
+        if self.features is None:
+            object.__setattr__(self, "features", entry.default_features)
+        elif self.features not in entry.features:
+            raise ConfigError(
+                f"features: the {self.scorer} scorer scores from "
+                f"{' or '.join(entry.features)} features, not {self.features!r}"
+            )
         for name in ("proj_dim", "batch_size", "max_length", "shard_size"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")

@@ -54,7 +54,7 @@ def encode_records(
     return out
 
 
-def _length_order(examples: Sequence[Example]) -> list[Example]:
+def length_order(examples: Sequence[Example]) -> list[Example]:
     # Batching samples of similar length wastes little compute on padding; the order is a pure
     # function of the data, so an interrupted run resumes over the same batches.
     return sorted(examples, key=lambda e: (len(e.input_ids), e.index))
@@ -68,10 +68,10 @@ def featurize(
     Features are rounded to fp16 (the store's precision) whether or not a store is used, so a
     score does not depend on whether its gradient was computed now or loaded from a shard.
     """
-    ordered = _length_order(examples)
+    ordered = length_order(examples)
     for start in range(0, len(ordered), batch_size):
         chunk = ordered[start : start + batch_size]
-        unit, norms = l2_normalize(featurizer(collate(chunk, pad_id)))
+        unit, norms = l2_normalize(featurizer(collate(chunk, pad_id)).cpu())
         yield [e.index for e in chunk], unit.half().float(), norms
 
 

@@ -27,15 +27,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from worker.engine.data import load_records, pad_token_id
+from worker.engine.data import Example, collate, load_records, pad_token_id
 from worker.engine.errors import ConfigError
 from worker.engine.math.scores import CurvatureAccumulator, influence_direction, target_direction
-from worker.engine.progress import ProgressFn
+from worker.engine.progress import ProgressFn, report
 from worker.engine.scoring.config import ScoreConfig
+from worker.engine.scoring.exact import ExactScorer, cosine_or_dot
 from worker.engine.scoring.features import (
     Features,
     ScoreStats,
     encode_records,
+    length_order,
     target_features,
     train_features,
 )
@@ -64,6 +66,62 @@ class TaskScoreBatch:
 
 def _vectors(unit: torch.Tensor, norms: torch.Tensor, normalize: bool) -> torch.Tensor:
     return unit if normalize else unit * norms.unsqueeze(1)
+
+
+def _pool(
+    train: Path, tokenizer: Any, config: ScoreConfig, indices: Sequence[int] | None
+) -> tuple[list[Example], dict[int, str]]:
+    """The pool's examples to score (``indices`` of ``train``, all when ``None``) and their ids."""
+    records = load_records(train)
+    if indices is not None:
+        bad = [i for i in indices if not 0 <= i < len(records)]
+        if bad:
+            raise ConfigError(f"{train}: indices out of range 0..{len(records) - 1}: {bad[:5]}")
+        records = [records[i] for i in sorted(set(indices))]
+    ids = {r.index: r.id for r in records}
+    return encode_records(train, records, tokenizer, config.max_length), ids
+
+
+def _batches(
+    examples: Sequence[Example], batch_size: int, pad_id: int
+) -> Iterator[tuple[list[Example], dict[str, torch.Tensor]]]:
+    ordered = length_order(examples)
+    for start in range(0, len(ordered), batch_size):
+        chunk = ordered[start : start + batch_size]
+        yield chunk, collate(chunk, pad_id)
+
+
+def _exact_stream(
+    model: nn.Module,
+    tokenizer: Any,
+    examples: Sequence[Example],
+    ids: dict[int, str],
+    targets: Sequence[Path],
+    config: ScoreConfig,
+    progress: ProgressFn | None,
+    stats: ScoreStats,
+    adam: AdamState | None,
+) -> Iterator[TaskScoreBatch]:
+    """Exact scores (see :mod:`worker.engine.scoring.exact`): the target tasks' vectors first,
+    then the pool batch by batch."""
+    pad = pad_token_id(tokenizer)
+    scorer = ExactScorer(model, config.layers)
+    tasks = []
+    for path in targets:
+        task = encode_records(path, load_records(path), tokenizer, config.max_length)
+        tasks.append([b for _, b in _batches(task, config.batch_size, pad)])
+        stats.target_computed += len(task)
+    vectors = scorer.target_vectors(tasks, config.normalize)
+    train_scorer = scorer if adam is None else ExactScorer(model, config.layers, adam=adam)
+    done = 0
+    for chunk, batch in _batches(examples, config.batch_size, pad):
+        inner, sq = train_scorer(batch, vectors)
+        scores = cosine_or_dot(inner, sq, config.normalize).cpu()
+        stats.train_computed += len(chunk)
+        done += len(chunk)
+        report(progress, "scoring", done, len(examples))
+        idx = [e.index for e in chunk]
+        yield TaskScoreBatch(idx, [ids[i] for i in idx], scores)
 
 
 def score_stream(
@@ -120,14 +178,18 @@ def task_score_stream(
     stats = stats if stats is not None else ScoreStats()
     if not targets:
         raise ConfigError("give at least one target-task file")
-    records = load_records(train)
-    if indices is not None:
-        bad = [i for i in indices if not 0 <= i < len(records)]
-        if bad:
-            raise ConfigError(f"{train}: indices out of range 0..{len(records) - 1}: {bad[:5]}")
-        records = [records[i] for i in sorted(set(indices))]
-    ids = {r.index: r.id for r in records}
-    examples = encode_records(train, records, tokenizer, config.max_length)
+    if config.features == "exact":
+        if store_dir is not None:
+            raise ConfigError(
+                "store: the gradient store keeps projected features; score with projected "
+                "features to use it (exact scores need no store: they are recomputed as fast)"
+            )
+        examples, ids = _pool(train, tokenizer, config, indices)
+        yield from _exact_stream(
+            model, tokenizer, examples, ids, targets, config, progress, stats, adam
+        )
+        return
+    examples, ids = _pool(train, tokenizer, config, indices)
     featurizer = GradientFeaturizer(model, config.layers, config.proj_dim, config.seed)
     train_featurizer = featurizer
     if adam is not None:

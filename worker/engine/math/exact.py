@@ -1,0 +1,90 @@
+"""Exact inner products and norms of per-sample linear-layer gradients, never forming them.
+
+For a linear map applied at tokens ``t`` of one sample, the sample's gradient of the map's matrix
+is a sum of outer products ``G = sum_t l_t r_t^T`` (``l_t``: the output-side vector, ``r_t``: the
+input-side one; for ``y = W h``, ``l_t = dL/dy_t`` and ``r_t = h_t``). Then, per sample:
+
+- the inner product with a fixed matrix ``V`` is ``<G, V> = sum_t l_t^T (V r_t)``: one matmul of
+  the size of the layer's forward;
+- the squared norm is ``|G|^2 = sum_{t,s} (l_t . l_s)(r_t . r_s)``, the elementwise product of two
+  ``T x T`` Gram matrices, which costs ``T^2 (rows + cols)`` against ``T rows cols`` for forming
+  ``G``; :func:`use_gram` picks the cheaper side.
+
+Padding contributes nothing as long as one side is zero at padded positions (callers mask ``r``).
+A low-rank layer ``y = A (B h)`` is two such maps: ``A`` with ``(l, r) = (delta, B h)`` and ``B``
+with ``(l, r) = (A^T delta, h)``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def use_gram(tokens: int, rows: int, cols: int) -> bool:
+    """True when the Gram form of :func:`sq_norms` is cheaper than forming the gradient:
+    ``T^2 (rows + cols) <= T rows cols``."""
+    return tokens * (rows + cols) <= rows * cols
+
+
+def per_sample_grads(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """``G_i = sum_t l_t r_t^T`` for every sample.
+
+    Args:
+        left: ``(batch, T, rows)``; right: ``(batch, T, cols)``.
+
+    Returns:
+        ``(batch, rows, cols)``.
+    """
+    return torch.bmm(left.transpose(1, 2), right)
+
+
+def sq_norms(left: torch.Tensor, right: torch.Tensor, gram: bool | None = None) -> torch.Tensor:
+    """``|G_i|_F^2`` per sample for ``G_i = sum_t l_t r_t^T``.
+
+    Args:
+        left: ``(batch, T, rows)``; right: ``(batch, T, cols)``.
+        gram: force the Gram form (True) or the formed gradient (False); ``None`` picks the
+            cheaper (:func:`use_gram`). Both give the same number up to rounding.
+
+    Returns:
+        ``(batch,)``.
+    """
+    tokens, rows, cols = left.shape[1], left.shape[2], right.shape[2]
+    if gram is None:
+        gram = use_gram(tokens, rows, cols)
+    if gram:
+        ll = torch.bmm(left, left.transpose(1, 2))
+        rr = torch.bmm(right, right.transpose(1, 2))
+        return (ll * rr).sum(dim=(1, 2))
+    return per_sample_grads(left, right).pow(2).sum(dim=(1, 2))
+
+
+def inner_products(left: torch.Tensor, right: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+    """``<G_i, V_k> = sum_t l_t^T V_k r_t`` for every sample ``i`` and matrix ``k``.
+
+    Args:
+        left: ``(batch, T, rows)``; right: ``(batch, T, cols)``.
+        V: ``(K, rows, cols)``.
+
+    Returns:
+        ``(batch, K)``.
+    """
+    out = torch.empty(left.shape[0], V.shape[0], dtype=left.dtype, device=left.device)
+    for k in range(V.shape[0]):  # K is the number of target tasks: a handful
+        out[:, k] = ((left @ V[k]) * right).sum(dim=(1, 2))
+    return out
+
+
+def weighted_grad_sum(
+    left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """``sum_i w_i G_i = sum_{i,t} w_i l_{it} r_{it}^T``: one ``(rows, cols)`` matrix.
+
+    Args:
+        left: ``(batch, T, rows)``; right: ``(batch, T, cols)``; weights: ``(batch,)``.
+
+    Returns:
+        ``(rows, cols)``.
+    """
+    scaled = left * weights.to(left.dtype).view(-1, 1, 1)
+    return scaled.reshape(-1, scaled.shape[-1]).T @ right.reshape(-1, right.shape[-1])
