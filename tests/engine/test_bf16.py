@@ -108,14 +108,15 @@ def test_finetune_and_evaluate_in_bfloat16(model_dirs: dict[str, Path], tmp_path
     assert report.n == 8 and 0.0 < report.nll < 20.0
 
 
+@pytest.mark.parametrize("features", ["exact", "projected"])
 @pytest.mark.parametrize("arch", ARCHES)
 def test_bf16_scores_rank_like_float32(
-    arch: str, model_dirs: dict[str, Path], tmp_path: Path, write_jsonl: Any
+    arch: str, features: str, model_dirs: dict[str, Path], tmp_path: Path, write_jsonl: Any
 ) -> None:
     """Scores of the full target in bf16 against the same in float32, through the pipeline."""
     rows = [{"prompt": r.prompt[0]["content"], "completion": r.response} for r in pool(32)]
     train, target = write_jsonl(rows, "pool.jsonl"), write_jsonl(rows[:4], "target.jsonl")
-    config = ScoreConfig(max_length=48, proj_dim=1024)
+    config = ScoreConfig(max_length=48, proj_dim=1024, features=features)  # type: ignore[arg-type]
     scores = {}
     for rt in (BF16, resolve_runtime("cpu", "float32")):
         got: dict[int, float] = {}
