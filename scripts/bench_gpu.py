@@ -53,7 +53,7 @@ from worker.engine.scoring.gradients import GradientFeaturizer  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks.md"
 JSON_OUT = ROOT / "docs" / "bench" / "gpu.json"
-BEGIN, END = "<!-- bench_gpu:begin -->", "<!-- bench_gpu:end -->"
+BEGIN, END = "<!-- bench:gpu:start -->", "<!-- bench:gpu:end -->"
 LAYERS = ScoreConfig().layers
 
 # Shapes from the models' published configs (hidden, MLP, layers, heads, KV heads, vocab, tied).
@@ -421,7 +421,7 @@ def markdown(data: dict[str, Any]) -> str:
 
 
 def write_section(text: str, doc: Path = DOC) -> None:
-    """Replace the text between the bench_gpu markers of ``doc`` (appended when absent)."""
+    """Replace the text between the bench:gpu markers of ``doc`` (appended when absent)."""
     body = doc.read_text(encoding="utf-8")
     block = f"{BEGIN}\n{text}{END}"
     if BEGIN in body and END in body:

@@ -49,3 +49,20 @@ def test_rewritten_weights_are_loaded_again(tmp_path: Path) -> None:
 def test_size_must_be_positive() -> None:
     with pytest.raises(ConfigError, match="max_models"):
         ModelCache(max_models=0)
+
+
+def test_the_cache_benchmark_runs_on_the_tiny_model(capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.util
+    import json
+    import sys
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "bench_model_cache.py"
+    spec = importlib.util.spec_from_file_location("bench_model_cache", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    assert module.main(["--models", "tiny", "--repeats", "2", "--threads", "1"]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["model"] == "tiny" and row["repeats"] == 2
+    assert 0 < row["cache_hit_s_median"] < row["load_s_median"]
