@@ -87,9 +87,27 @@ def job_guard(job_id: str) -> Iterator[None]:
         with session_scope() as s:
             state.fail(s, job_id, "time_limit", "the task ran past its time limit")
     except Exception as exc:
+        if _out_of_memory(exc):
+            log.warning("job %s ran out of device memory: %s", job_id, exc)
+            with session_scope() as s:
+                state.fail(
+                    s,
+                    job_id,
+                    "out_of_memory",
+                    "the worker's device ran out of memory at the job's batch size (lower "
+                    f"proxy.batch_size or scorer.batch_size, or max_length): {exc}"[:2000],
+                )
+            return
         log.exception("job %s failed unexpectedly", job_id)
         with session_scope() as s:
             state.fail(s, job_id, "internal", f"{type(exc).__name__}: {exc}")
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """torch's device out-of-memory error (the worker has torch loaded by then)."""
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError)
 
 
 def _pick(d: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
