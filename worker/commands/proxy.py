@@ -72,6 +72,12 @@ def register(subparsers: Any) -> None:
             "--" + name.replace("_", "-"), type=parse, default=_default(name), help=_help(name)
         )
     build.add_argument(
+        "--factor-dtype",
+        choices=("float64", "float32"),
+        default=_default("factor_dtype"),
+        help=_help("factor_dtype"),
+    )
+    build.add_argument(
         "--target-modules",
         default=",".join(_default("target_modules")),
         help="comma-separated layer-name suffixes to compress",
@@ -107,7 +113,9 @@ def _build(args: argparse.Namespace) -> int:
     runtime = runtime_of(args)  # before anything is loaded
     values = {name: getattr(args, name) for name in _FLAGS}
     modules = tuple(m.strip() for m in args.target_modules.split(",") if m.strip())
-    config = ProxyConfig(method=args.method, target_modules=modules, **values)
+    config = ProxyConfig(
+        method=args.method, target_modules=modules, factor_dtype=args.factor_dtype, **values
+    )
     records = load_records(args.data)
     print(f"iprox proxy: loading {args.model}", file=sys.stderr, flush=True)
     target = load_model(args.model, cache_dir=args.cache_dir, runtime=runtime)
