@@ -32,6 +32,12 @@ class ProxySpec(BaseModel):
     ridge: float | None = Field(None, gt=0, description="Covariance ridge (relative).")
     max_length: int | None = Field(None, gt=0, description="Token budget per sequence.")
     seed: int | None = Field(None, ge=0)
+    checkpointing: bool | None = Field(
+        None, description="Recompute decoder layers' activations in backward (less memory)."
+    )
+    factor_dtype: Literal["float64", "float32"] | None = Field(
+        None, description="Precision of the IPSVD factorisation (float32 for slow-float64 GPUs)."
+    )
 
     @model_validator(mode="after")
     def _reuse_excludes_settings(self) -> ProxySpec:

@@ -77,6 +77,7 @@ def register(subparsers: Any) -> None:
         default=_default("factor_dtype"),
         help=_help("factor_dtype"),
     )
+    build.add_argument("--checkpointing", action="store_true", help=_help("checkpointing"))
     build.add_argument(
         "--target-modules",
         default=",".join(_default("target_modules")),
@@ -114,7 +115,11 @@ def _build(args: argparse.Namespace) -> int:
     values = {name: getattr(args, name) for name in _FLAGS}
     modules = tuple(m.strip() for m in args.target_modules.split(",") if m.strip())
     config = ProxyConfig(
-        method=args.method, target_modules=modules, factor_dtype=args.factor_dtype, **values
+        method=args.method,
+        target_modules=modules,
+        factor_dtype=args.factor_dtype,
+        checkpointing=args.checkpointing,
+        **values,
     )
     records = load_records(args.data)
     print(f"iprox proxy: loading {args.model}", file=sys.stderr, flush=True)

@@ -76,13 +76,14 @@ def test_build_in_bf16_with_a_float32_factorisation(
     argv = [
         "proxy", "build", "--model", str(model_dir), "--data", str(data), "--out", str(out),
         "--probe-samples", "4", "--align-steps", "1", "--max-length", "48",
-        "--device", "cpu", "--dtype", "bfloat16", "--factor-dtype", "float32",
+        "--device", "cpu", "--dtype", "bfloat16", "--factor-dtype", "float32", "--checkpointing",
     ]  # fmt: skip
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["runtime"] == {"device": "cpu", "dtype": "bfloat16"}
     manifest = json.loads((out / "proxy.json").read_text())
     assert manifest["config"]["factor_dtype"] == "float32"
+    assert manifest["config"]["checkpointing"] is True
     target = load_model(str(model_dir), runtime=resolve_runtime("cpu", "bfloat16"))
     proxy = load_proxy(out, target)
     assert {p.dtype for p in proxy.model.parameters()} == {torch.bfloat16}

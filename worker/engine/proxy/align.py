@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from worker.engine.checkpointing import checkpointed_layers
 from worker.engine.data import Example, collate
 from worker.engine.device import model_device
 from worker.engine.lowrank import LowRankLinear
@@ -164,7 +165,11 @@ def align(
     )
     stream = _batches(examples, config.align_batch_size, config.seed + 1)
     history: list[dict[str, float]] = []
-    with eager_attention(proxy):
+    with (
+        eager_attention(proxy),
+        checkpointed_layers(proxy, config.checkpointing),
+        checkpointed_layers(target, config.checkpointing),
+    ):
         for step in range(config.align_steps):
             check_stop(should_stop, "aligning")
             _step(target, proxy, next(stream), config, pad_id, params, optimizer, history)

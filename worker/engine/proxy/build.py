@@ -115,6 +115,7 @@ def build_proxy(
             seed=config.seed,
             progress=progress,
             should_stop=should_stop,
+            checkpointing=config.checkpointing,
         )
     t_probe = time.perf_counter() - t0
     probe_columns = probes.columns if probes is not None else 0

@@ -75,6 +75,14 @@ class ProxyConfig:
             "relative of float64 at ridge 0.1, 1e-3 at ridge 0.01, on SmolLM2's shapes)"
         ),
     )
+    checkpointing: bool = field(
+        default=False,
+        metadata=_help(
+            "activation checkpointing of decoder layers during probing and alignment: each "
+            "layer's activations are recomputed in the backward pass (less memory, about one "
+            "more forward pass); probes and gradients are unchanged"
+        ),
+    )
     align_steps: int = field(
         default=20, metadata=_help("optimiser steps of alignment (0: no alignment)")
     )

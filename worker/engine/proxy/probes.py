@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from worker.engine.checkpointing import checkpointed_layers
 from worker.engine.data import Example, batches, collate
 from worker.engine.device import model_device, to_device
 from worker.engine.progress import ProgressFn, StopFn, check_stop, report
@@ -87,12 +88,20 @@ class _Capture:
     inputs: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     grads: dict[str, list[torch.Tensor]] = field(default_factory=dict)
 
+    seen: set[str] = field(default_factory=set)  # layers captured in the current pass
+
     def hook(self, name: str):  # type: ignore[no-untyped-def]
         def forward_hook(
             module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor
         ) -> None:
+            # A checkpointed layer runs its forward again in the backward pass: keep the first.
+            if name in self.seen:
+                return
+            self.seen.add(name)
             rows, cols = self.rows, self.cols
-            self.inputs[name].append(args[0][rows, cols].detach().float())
+            # Detach first: indexing a tensor that requires grad would record (and save) for
+            # autograd, which checkpointing counts.
+            self.inputs[name].append(args[0].detach()[rows, cols].float())
             if output.requires_grad:
                 output.register_hook(
                     lambda g: self.grads[name].append(g[rows, cols].detach().float())
@@ -112,8 +121,11 @@ def collect_probes(
     seed: int,
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
+    checkpointing: bool = False,
 ) -> Probes:
-    """One forward/backward pass per batch of ``examples`` over ``model``; see the module doc."""
+    """One forward/backward pass per batch of ``examples`` over ``model``; see the module doc.
+    ``checkpointing``: recompute decoder layers' activations in the backward pass (less
+    memory, one more forward; the captures are the same)."""
     capture = _Capture(inputs={name: [] for name in layers}, grads={name: [] for name in layers})
     handles = [mod.register_forward_hook(capture.hook(name)) for name, mod in layers.items()]
     generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -128,10 +140,13 @@ def collect_probes(
                 batch["labels"], positions_per_sequence, generator
             )
             capture.rows, capture.cols = capture.rows.to(device), capture.cols.to(device)
+            capture.seen.clear()
             batch = to_device(batch, device)
-            with torch.enable_grad():
+            with torch.enable_grad(), checkpointed_layers(model, checkpointing):
                 embeds = embed(batch["input_ids"]).detach().requires_grad_(True)
-                logits = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).logits
+                logits = model(
+                    inputs_embeds=embeds, attention_mask=batch["attention_mask"], use_cache=False
+                ).logits
                 loss = sequence_losses(logits, batch["labels"]).sum()
                 torch.autograd.grad(loss, embeds)
             done += len(chunk)
