@@ -17,7 +17,14 @@ from worker.engine.device import Runtime, resolve_runtime
 from worker.engine.lowrank import LowRankLinear
 from worker.engine.math.scores import spearman
 from worker.engine.models import load_model
-from worker.engine.pipeline import ScoreConfig, build_proxy_from_files, iter_scores
+from worker.engine.pipeline import (
+    ModelCache,
+    ScoreConfig,
+    SelectionConfig,
+    build_proxy_from_files,
+    iter_scores,
+    run_selection,
+)
 from worker.engine.proxy import ProxyConfig, build_proxy, load_proxy, save_proxy
 from worker.engine.train import FinetuneConfig, evaluate, finetune
 
@@ -128,3 +135,25 @@ def test_bf16_scores_rank_like_float32(
     bf, f32 = scores[torch.bfloat16], scores[torch.float32]
     assert not torch.equal(bf, f32)  # the bf16 weights were really used
     assert spearman(bf, f32) >= 0.99
+
+
+def test_run_selection_takes_a_runtime_and_a_model_cache(
+    model_dirs: dict[str, Path], write_jsonl: Any
+) -> None:
+    rows = [{"prompt": r.prompt[0]["content"], "completion": r.response} for r in pool(12)]
+    train, target = write_jsonl(rows, "pool.jsonl"), write_jsonl(rows[:2], "target.jsonl")
+    cache = ModelCache()
+    for _ in range(2):
+        result = run_selection(
+            str(model_dirs["llama"]),
+            train,
+            [target],
+            proxy=ProxyConfig(**{**CONFIG.to_dict(), "align_steps": 0}),
+            config=ScoreConfig(max_length=48),
+            selection=SelectionConfig(top_k=3),
+            runtime=BF16,
+            models=cache,
+        )
+        assert result.summary["runtime"] == {"device": "cpu", "dtype": "bfloat16"}
+        assert len(result.ranked) == 3 and len(result.scores) == 12
+    assert (cache.misses, cache.hits) == (1, 1)
