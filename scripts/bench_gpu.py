@@ -16,7 +16,9 @@ Rows per model (each with the peak GPU memory it reached):
 
 Every row is guarded: an out-of-memory batch is halved and retried (down to 1), any other
 failure is recorded in the row, a row that would start past ``--budget-s`` is recorded as
-skipped, and the JSON is rewritten after each row, so a run cut short keeps what it measured.
+skipped, a proxy build still running ``--grace-s`` after the budget stops at its next layer or
+step (recorded as such), and the JSON is rewritten after each row, so a run cut short keeps
+what it measured.
 Imports only torch, transformers and the project.
 """
 
@@ -42,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from worker.engine.data import IGNORE_INDEX, Example, collate  # noqa: E402
 from worker.engine.device import Runtime, resolve_runtime  # noqa: E402
+from worker.engine.errors import Cancelled  # noqa: E402
 from worker.engine.math.nll import token_mean_loss  # noqa: E402
 from worker.engine.proxy.align import align  # noqa: E402
 from worker.engine.proxy.compress import compress  # noqa: E402
@@ -265,9 +268,15 @@ def projected_step(model: nn.Module, sizes: Sizes) -> Callable[..., Any]:
 
 
 def proxy_build(
-    model: nn.Module, pool: list[Example], sizes: Sizes, runtime: Runtime
+    model: nn.Module,
+    pool: list[Example],
+    sizes: Sizes,
+    runtime: Runtime,
+    should_stop: Callable[[], bool] | None = None,
+    row: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """An IPSVD rho 0.5 proxy of ``model``: seconds and peak memory of each phase."""
+    """An IPSVD rho 0.5 proxy of ``model``: seconds and peak memory of each phase, filled into
+    ``row`` as they finish. ``should_stop`` is checked between batches, layers and steps."""
     config = ProxyConfig(
         method="ipsvd",
         sparsity=0.5,
@@ -279,7 +288,8 @@ def proxy_build(
         max_length=sizes.seq,
     )
     layers = select_layers(model, config.target_modules)
-    row: dict[str, Any] = {"layers": len(layers), "config": config.to_dict()}
+    row = row if row is not None else {}
+    row.update(layers=len(layers), config=config.to_dict())
     probe_set = pool[: sizes.probe_samples]
     align_set = pool[sizes.probe_samples : sizes.probe_samples + 8 * sizes.align_batch]
 
@@ -302,18 +312,30 @@ def proxy_build(
             positions_per_sequence=config.probe_positions,
             batch_size=config.batch_size,
             seed=config.seed,
+            should_stop=should_stop,
         ),
     )
     row["probe_columns"] = probes.columns
-    proxy, _ = phase("factorise", lambda: compress(model, layers, config, probes))
-    history = phase("align", lambda: align(model, proxy, align_set, config, pad_id=0))
+    proxy, _ = phase(
+        "factorise", lambda: compress(model, layers, config, probes, should_stop=should_stop)
+    )
+    history = phase(
+        "align",
+        lambda: align(model, proxy, align_set, config, pad_id=0, should_stop=should_stop),
+    )
     row["align_steps"] = len(history)
     row["align_first_last_ga"] = [history[0]["ga"], history[-1]["ga"]] if history else None
     return proxy, row
 
 
 def bench_model(
-    name: str, arch: str, shape: dict[str, Any], sizes: Sizes, report: Report, deadline: float
+    name: str,
+    arch: str,
+    shape: dict[str, Any],
+    sizes: Sizes,
+    report: Report,
+    deadline: float,
+    hard_deadline: float,
 ) -> None:
     runtime = report.runtime
     entry: dict[str, Any] = {"model": name, "shape": shape, "rows": {}}
@@ -328,6 +350,9 @@ def bench_model(
         print(f"bench_gpu: {name}: {label}", file=sys.stderr, flush=True)
         try:
             out = fn()
+        except Cancelled as exc:  # a proxy build past the hard deadline: keep its phases
+            rows.setdefault(label, {})["stopped"] = f"time budget: {exc.message}"
+            out = None
         except Exception as exc:
             rows[label] = {"failed": f"{type(exc).__name__}: {exc}"[:500]}
             traceback.print_exc()
@@ -355,8 +380,9 @@ def bench_model(
     build_pool = synthetic_pool(sizes.probe_samples + 8 * sizes.align_batch, sizes, vocab, 3)
 
     def build() -> nn.Module:
-        proxy, row = proxy_build(model, build_pool, sizes, runtime)
-        rows["proxy_build"] = row
+        row = rows["proxy_build"] = {}
+        stop = lambda: time.perf_counter() > hard_deadline  # noqa: E731
+        proxy, _ = proxy_build(model, build_pool, sizes, runtime, stop, row)
         return proxy
 
     proxy = guarded("proxy_build", build)
@@ -399,7 +425,12 @@ def markdown(data: dict[str, Any]) -> str:
     for entry in data["models"]:
         r = entry["rows"]
         b = r.get("proxy_build")
-        if b is None or "failed" in b or "skipped" in b:
+        if b is not None and "stopped" in b:
+            done = ", ".join(
+                f"{k} {b[f'{k}_s']} s" for k in ("probes", "factorise") if f"{k}_s" in b
+            )
+            build = f"stopped at the time budget ({b['stopped']}; done: {done or 'nothing'})"
+        elif b is None or "failed" in b or "skipped" in b:
             build = cell(b)
         else:
             peaks = [b[f"{k}_peak_gib"] for k in ("probes", "factorise", "align")]
@@ -444,7 +475,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default=None, help=f"comma-separated subset of {', '.join(SHAPES)}")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="bfloat16")
-    p.add_argument("--budget-s", type=float, default=420.0, help="no row starts after this")
+    p.add_argument("--budget-s", type=float, default=400.0, help="no row starts after this")
+    p.add_argument(
+        "--grace-s", type=float, default=45.0, help="a proxy build stops this long past the budget"
+    )
     args = p.parse_args(argv)
     command = "python scripts/bench_gpu.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.quick:
@@ -465,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     report = Report(command.strip(), runtime, sizes, out)
     deadline = time.perf_counter() + args.budget_s
     for name, (arch, shape) in shapes.items():
-        bench_model(name, arch, shape, sizes, report, deadline)
+        bench_model(name, arch, shape, sizes, report, deadline, deadline + args.grace_s)
     report.save()
     data = report.to_dict()
     print(json.dumps(data, indent=2))

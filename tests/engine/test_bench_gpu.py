@@ -91,3 +91,18 @@ def test_the_script_imports_only_what_the_gpu_machine_has() -> None:
             names.add(node.module.split(".")[0])
     third_party = names - set(sys.stdlib_module_names)
     assert third_party <= ALLOWED, third_party - ALLOWED
+
+
+def test_a_proxy_build_past_the_hard_deadline_stops_and_keeps_its_phases(tmp_path: Path) -> None:
+    bench = _script()
+    setattr(bench, "QUICK", bench.Sizes(16, 8, 2, 0, 1, 64, 2, 2, 1, 1))  # noqa: B010
+    out = tmp_path / "gpu.json"
+    # The budget leaves every row time to start; the hard deadline is already past.
+    assert bench.main(["--quick", "--out", str(out), "--budget-s", "600", "--grace-s", "-600"]) == 0
+    rows = json.loads(out.read_text())["models"][0]["rows"]
+    assert rows["bare_fwd_bwd"]["samples_per_s"] > 0
+    build = rows["proxy_build"]
+    assert build["stopped"] == "time budget: cancelled during compressing"
+    assert build["layers"] == 14 and "factorise_s" not in build
+    assert "proxy_score_exact" not in rows
+    assert "stopped at the time budget" in bench.markdown(json.loads(out.read_text()))
