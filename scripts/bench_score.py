@@ -1,21 +1,22 @@
-"""Benchmark: scoring throughput and influence preservation of IPSVD / SVD proxies vs the target.
+"""Benchmark: exact vs projected scores, seed stability, proxies, and the cost of each mode.
 
-One run, side by side, on SmolLM2-135M-Instruct (or ``--model``):
+Reference: the exact (unprojected) TracIn scores of the full target model. On SmolLM2-135M-Instruct
+(or ``--model``), one run:
 
-* throughput of gradient scoring (projected per-sample gradients of the pool and the target set)
-  with the full target and with proxies at each sparsity, and of a bare forward+backward pass of
-  the same model over a representative subset of the same pool (the cost floor of any gradient
-  method that forms the weight gradients);
-* influence preservation: Spearman correlation and top-5% overlap of each proxy's scores with the
-  target's, for the GSM8K target and for the MMLU-dev target;
-* the GSM8K share of each model's top 5% for the GSM8K target (a random pick gives the pool's
-  GSM8K fraction);
-* store reuse: the MMLU target is scored second against the stored training gradients, so it
-  computes only target gradients (the table says how many training gradients it computed).
+* the target's projected scores, Gaussian and eigen (LoGra) projections at each ``--proj-dims``
+  for two seeds each: Spearman with the exact scores, with the other seed, top-5% overlap;
+* each proxy (``--proxies``, e.g. ``ipsvd:0.5``), exact and projected at the first dimension,
+  against the exact target; the GSM8K share of every row's top 5%;
+* samples/s of each scoring mode beside a bare forward+backward pass (weight gradients of the
+  scored parameters formed), timed side by side on the same batches of a pool subset.
 
-Writes the table into the ``bench:score`` section of docs/benchmarks.md and the rows into
-docs/bench/scoring.json. The pool is a seeded slice (sizes are arguments, stated beside the
-table): the issue's full setting (3,296 samples) is far beyond a 2-core CPU.
+To keep a 240-record pool affordable on two cores, every model's scores of every mode come from
+one shared forward/backward pass per batch (the engine's scorers are consumers of one hooked
+pass; each computes exactly what it computes alone). Timing runs each mode on its own.
+
+Writes the ``bench:score`` section of docs/benchmarks.md and docs/bench/scoring.json after every
+model, so an interrupted run keeps what it measured; ``--append`` adds rows to the JSON of an
+earlier run with the same sizes (proxies measured in a later invocation).
 
     .venv/bin/python scripts/bench_score.py            # or: make bench-score
 """
@@ -28,6 +29,7 @@ import json
 import platform
 import random
 import shlex
+import statistics
 import sys
 import tempfile
 import time
@@ -40,39 +42,52 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from worker.engine.data import collate, encode, load_records, pad_token_id  # noqa: E402
-from worker.engine.math.scores import spearman, top_overlap  # noqa: E402
+from worker.engine.data import collate, load_records, pad_token_id  # noqa: E402
+from worker.engine.math.scores import l2_normalize, spearman, target_direction, top_overlap  # noqa: E402
 from worker.engine.models import load_model  # noqa: E402
 from worker.engine.proxy import ProxyConfig, build_proxy  # noqa: E402
-from worker.engine.scoring import ScoreConfig, ScoreStats, score_stream  # noqa: E402
-from worker.engine.scoring.gradients import per_sample_loss, scored_parameters  # noqa: E402
-from worker.engine.scoring.store import tensor_fingerprint  # noqa: E402
+from worker.engine.scoring import ScoreConfig  # noqa: E402
+from worker.engine.scoring.exact import ExactScorer, cosine_or_dot  # noqa: E402
+from worker.engine.scoring.features import encode_records, length_order  # noqa: E402
+from worker.engine.scoring.gradients import (  # noqa: E402
+    GradientFeaturizer,
+    build_blocks,
+    eigen_bases,
+    side_covariances,
+)
+from worker.engine.scoring.hooks import hooked_pass, per_sample_loss, scored_parameters  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 SECTION = "score"
+LAYERS = ScoreConfig().layers
+TASKS = ("gsm8k", "mmlu")
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", default="smollm2-135m-instruct")
-    p.add_argument("--pool-size", type=int, default=40, help="pool records (Dolly + GSM8K)")
-    p.add_argument(
-        "--gsm-fraction",
-        type=float,
-        default=300 / 3296,
-        help="GSM8K share of the pool (the issue's 300 of 2,996 + 300)",
-    )
-    p.add_argument("--gsm-targets", type=int, default=6, help="GSM8K test records as target")
-    p.add_argument("--mmlu-targets", type=int, default=6, help="MMLU dev rows as second target")
+    p.add_argument("--pool-size", type=int, default=240, help="pool records (Dolly + GSM8K)")
+    p.add_argument("--gsm-fraction", type=float, default=300 / 3296, help="GSM8K share of the pool")
+    p.add_argument("--gsm-targets", type=int, default=32, help="GSM8K test records (task 1)")
+    p.add_argument("--mmlu-targets", type=int, default=32, help="MMLU dev rows (task 2)")
     p.add_argument("--max-length", type=int, default=96)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--proj-dim", type=int, default=8192)
-    p.add_argument("--rhos", type=float, nargs="+", default=[0.3, 0.5, 0.7])
-    p.add_argument("--methods", nargs="+", default=["ipsvd", "svd"])
-    p.add_argument("--probe-samples", type=int, default=16)
-    p.add_argument("--align-steps", type=int, default=0)
-    p.add_argument("--fwdbwd-samples", type=int, default=8, help="pool subset for fwd+bwd timing")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--proj-dims", type=int, nargs="+", default=[8192, 65536])
+    p.add_argument("--seeds", type=int, nargs=2, default=[0, 1], help="two projection seeds")
+    p.add_argument("--eigen-samples", type=int, default=64, help="pool records per eigen basis")
+    p.add_argument(
+        "--proxies",
+        nargs="*",
+        default=["ipsvd:0.5", "svd:0.5"],
+        help="METHOD:RHO proxies to score (unaligned, default probes)",
+    )
+    p.add_argument("--no-target", action="store_true", help="skip the target rows (with --append)")
+    p.add_argument("--probe-samples", type=int, default=64)
+    p.add_argument("--timing-samples", type=int, default=24, help="pool subset timed per mode")
+    p.add_argument("--timing-repeats", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0, help="data slice seed")
+    p.add_argument("--append", action="store_true", help="add rows to docs/bench/scoring.json")
     p.add_argument("--no-write", action="store_true", help="print only; leave docs untouched")
     return p.parse_args()
 
@@ -100,120 +115,307 @@ def make_files(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     with mmlu.open("w", newline="", encoding="utf-8") as fh:
         csv.writer(fh).writerows(rng.sample(mmlu_rows, args.mmlu_targets))
     gsm_idx = {i for i, r in enumerate(rows) if r["origin"] == "gsm8k"}
-    return {"pool": pool, "gsm": gsm, "mmlu": mmlu, "gsm_idx": gsm_idx, "n_gsm": n_gsm}
+    return {"pool": pool, "gsm8k": gsm, "mmlu": mmlu, "gsm_idx": gsm_idx, "n_gsm": n_gsm}
 
 
-def fwd_bwd_rate(model: nn.Module, tok: Any, pool: Path, args: argparse.Namespace) -> float:
-    """Samples/s of a plain forward+backward (weight gradients of the scored parameters formed)
-    over every k-th record of the length-sorted pool, batched like scoring."""
-    examples = sorted(
-        (encode(r, tok, args.max_length) for r in load_records(pool)),
-        key=lambda e: (len(e.input_ids), e.index),
-    )
-    step = max(1, len(examples) // args.fwdbwd_samples)
-    subset = examples[::step][: args.fwdbwd_samples]
-    params = {id(p): p for p in scored_parameters(model, ScoreConfig().layers)}
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(id(p) in params)
+def batches(examples: list[Any], size: int, pad: int) -> list[dict[str, torch.Tensor]]:
+    ordered = length_order(examples)
+    return [collate(ordered[i : i + size], pad) for i in range(0, len(ordered), size)]
+
+
+def featurizers(
+    model: nn.Module,
+    dims: list[int],
+    seeds: list[int],
+    covs: dict[int, Any],
+) -> dict[str, GradientFeaturizer]:
+    """One featurizer per (projection, dim, seed); eigen bases from ``covs[seed]``
+    (:func:`eigen_bases`, computed once per seed)."""
+    out = {}
+    for dim in dims:
+        for seed in seeds:
+            blocks = build_blocks(model, LAYERS, dim, seed)
+            out[f"gaussian/{dim}/{seed}"] = GradientFeaturizer(
+                model, LAYERS, dim, seed, blocks=blocks
+            )
+            if seed in covs:
+                blocks = build_blocks(model, LAYERS, dim, seed, bases=covs[seed])
+                out[f"eigen/{dim}/{seed}"] = GradientFeaturizer(
+                    model, LAYERS, dim, seed, blocks=blocks
+                )
+    return out
+
+
+def shared_pass(
+    model: nn.Module,
+    batch: dict[str, torch.Tensor],
+    exact: tuple[ExactScorer, Any] | None,
+    feats: dict[str, GradientFeaturizer],
+) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+    """One forward/backward feeding the exact scorer (when given) and every featurizer: exact
+    scores ``(n, tasks)`` and each featurizer's unit features (fp16-rounded, as the engine)."""
+    n = int(batch["attention_mask"].shape[0])
+    consumers: list[Any] = []
+    out = None
+    if exact is not None:
+        scorer, vectors = exact
+        consumer, out = scorer.scoring(n, vectors)
+        consumers.append(consumer)
+    for f in feats.values():
+        f.begin(n)
+    hooked_pass(model, batch, [*consumers, *feats.values()])
+    units = {k: l2_normalize(f.result().cpu())[0].half().float() for k, f in feats.items()}
+    scores = cosine_or_dot(out[0], out[1], True).cpu() if out is not None else None
+    return scores, units
+
+
+def all_scores(
+    model: nn.Module,
+    tok: Any,
+    files: dict[str, Any],
+    feats: dict[str, GradientFeaturizer],
+    args: argparse.Namespace,
+) -> dict[str, torch.Tensor]:
+    """``{mode: (pool, tasks)}`` in pool order: ``exact`` and every featurizer's cosine scores."""
     pad = pad_token_id(tok)
-    start = time.perf_counter()
-    for i in range(0, len(subset), args.batch_size):
-        batch = collate(subset[i : i + args.batch_size], pad)
-        logits = model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-        ).logits
-        per_sample_loss(logits, batch["labels"]).sum().backward()
-        for q in params.values():
-            q.grad = None
-    elapsed = time.perf_counter() - start
-    for p, flag in flags:
-        p.requires_grad_(flag)
-    return len(subset) / elapsed
+    scorer = ExactScorer(model, LAYERS)
+    task_batches = {
+        t: batches(
+            encode_records(files[t], load_records(files[t]), tok, args.max_length),
+            args.batch_size,
+            pad,
+        )
+        for t in TASKS
+    }
+    # One shared pass per target batch gives the exact squared norms and every featurizer's
+    # features; the exact target vectors then take one more pass.
+    directions: dict[str, list[torch.Tensor]] = {k: [] for k in feats}
+    sq: list[list[torch.Tensor]] = []
+    for t in TASKS:
+        units: dict[str, list[torch.Tensor]] = {k: [] for k in feats}
+        sq.append([])
+        for b in task_batches[t]:
+            consumer, total = scorer.norms(int(b["attention_mask"].shape[0]))
+            for f in feats.values():
+                f.begin(int(b["attention_mask"].shape[0]))
+            hooked_pass(model, b, [consumer, *feats.values()])
+            sq[-1].append(total)
+            for k, f in feats.items():
+                units[k].append(l2_normalize(f.result().cpu())[0].half().float())
+        for k in feats:
+            directions[k].append(target_direction(torch.cat(units[k])))
+    vectors = scorer.target_vectors([task_batches[t] for t in TASKS], normalize=True, sq=sq)
+    pool = encode_records(files["pool"], load_records(files["pool"]), tok, args.max_length)
+    ordered = length_order(pool)
+    index = torch.tensor([e.index for e in ordered])
+    out: dict[str, list[torch.Tensor]] = {"exact": [], **{k: [] for k in feats}}
+    done = 0
+    for start in range(0, len(ordered), args.batch_size):
+        batch = collate(ordered[start : start + args.batch_size], pad)
+        exact, unit = shared_pass(model, batch, (scorer, vectors), feats)
+        assert exact is not None
+        out["exact"].append(exact)
+        for k, u in unit.items():
+            out[k].append(torch.stack([u @ v for v in directions[k]], dim=1))
+        done += int(batch["attention_mask"].shape[0])
+        print(f"  scored {done}/{len(ordered)}", flush=True)
+    result = {}
+    for k, parts in out.items():
+        s = torch.cat(parts)
+        result[k] = torch.empty_like(s)
+        result[k][index] = s
+    return result
 
 
-def score(
-    model: nn.Module, tok: Any, files: dict[str, Any], target: Path, store: Path, cfg: ScoreConfig
-) -> tuple[torch.Tensor, float, ScoreStats]:
-    stats = ScoreStats()
-    h = tensor_fingerprint(model)
-    out: dict[int, float] = {}
-    start = time.perf_counter()
-    for b in score_stream(
-        model, tok, h, files["pool"], [target], cfg, store_dir=store, stats=stats
-    ):
-        out.update(zip(b.indices, b.scores, strict=True))
-    elapsed = time.perf_counter() - start
-    return torch.tensor([out[i] for i in range(len(out))]), elapsed, stats
+def time_modes(
+    model: nn.Module,
+    tok: Any,
+    files: dict[str, Any],
+    feats: dict[str, GradientFeaturizer],
+    args: argparse.Namespace,
+) -> dict[str, list[float]]:
+    """Samples/s of each mode on the same subset (every k-th of the length-sorted pool), each
+    mode on its own, modes interleaved within each repeat."""
+    pool = length_order(
+        encode_records(files["pool"], load_records(files["pool"]), tok, args.max_length)
+    )
+    step = max(1, len(pool) // args.timing_samples)
+    subset = pool[::step][: args.timing_samples]
+    pad = pad_token_id(tok)
+    bs = [
+        collate(subset[i : i + args.batch_size], pad)
+        for i in range(0, len(subset), args.batch_size)
+    ]
+    scorer = ExactScorer(model, LAYERS)
+    vectors = scorer.target_vectors([bs[:1], bs[1:2]], normalize=True)  # any two fixed vectors
+    params = {id(p): p for p in scored_parameters(model, LAYERS)}
+
+    def fwd_bwd() -> None:
+        flags = [(p, p.requires_grad) for p in model.parameters()]
+        for p, _ in flags:
+            p.requires_grad_(id(p) in params)
+        for b in bs:
+            logits = model(
+                input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False
+            ).logits
+            per_sample_loss(logits, b["labels"]).sum().backward()
+            for q in params.values():
+                q.grad = None
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+    modes: dict[str, Any] = {"fwd+bwd": fwd_bwd, "exact": lambda: [scorer(b, vectors) for b in bs]}
+    for k, f in feats.items():
+        if k.endswith(f"/{args.seeds[0]}"):  # a seed does not change the cost
+            modes[k] = lambda f=f: [f(b) for b in bs]
+    rates: dict[str, list[float]] = {k: [] for k in modes}
+    for _ in range(args.timing_repeats):
+        for k, fn in modes.items():
+            t = time.perf_counter()
+            fn()
+            rates[k].append(len(subset) / (time.perf_counter() - t))
+    return rates
+
+
+def measure_model(
+    label: str,
+    model: nn.Module,
+    tok: Any,
+    files: dict[str, Any],
+    args: argparse.Namespace,
+    seeds: list[int],
+    dims: list[int],
+    extra: dict[str, Any],
+) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    """Scores of every mode and their timings for one model; rows without reference columns."""
+    pad = pad_token_id(tok)
+    pool_records = load_records(files["pool"])
+    covs, cov_s = {}, {}
+    for seed in seeds:
+        t = time.perf_counter()
+        picked = sorted(random.Random(seed).sample(range(len(pool_records)), args.eigen_samples))
+        probes = encode_records(
+            files["pool"], [pool_records[i] for i in picked], tok, args.max_length
+        )
+        covs[seed] = eigen_bases(
+            side_covariances(model, LAYERS, batches(probes, args.batch_size, pad))
+        )
+        cov_s[seed] = time.perf_counter() - t
+    feats = featurizers(model, dims, seeds, covs)
+    print(f"{label}: timing {len(feats) + 2} modes", flush=True)
+    rates = time_modes(model, tok, files, feats, args)
+    print(f"{label}: scoring the pool ({', '.join(['exact', *feats])})", flush=True)
+    t = time.perf_counter()
+    scores = all_scores(model, tok, files, feats, args)
+    shared_s = time.perf_counter() - t
+    rows = []
+    for mode in ["exact", *feats]:
+        kind, dim, pseed = [*mode.split("/"), None, None][:3] if "/" in mode else (mode, None, None)
+        timed = mode if pseed is None else f"{kind}/{dim}/{args.seeds[0]}"
+        rows.append(
+            {
+                "model": label,
+                "mode": kind,
+                "proj_dim": int(dim) if dim else None,
+                "seed": int(pseed) if pseed else None,
+                "samples_per_s": statistics.median(rates[timed]),
+                "samples_per_s_runs": rates[timed],
+                "fwd_bwd_samples_per_s": statistics.median(rates["fwd+bwd"]),
+                "fwd_bwd_runs": rates["fwd+bwd"],
+                "eigen_basis_s": cov_s.get(int(pseed)) if kind == "eigen" and pseed else None,
+                "shared_pass_s": shared_s,
+                **extra,
+            }
+        )
+    return scores, rows
+
+
+def compare(
+    rows: list[dict[str, Any]],
+    scores: dict[str, torch.Tensor],
+    ref: torch.Tensor,
+    files: dict[str, Any],
+    seeds: list[int],
+) -> None:
+    """Fill each row's columns against the exact target scores ``ref: (pool, tasks)``."""
+    n_top = max(1, round(0.05 * ref.shape[0]))
+    for row in rows:
+        key = (
+            "exact" if row["mode"] == "exact" else f"{row['mode']}/{row['proj_dim']}/{row['seed']}"
+        )
+        s = scores[key]
+        for j, task in enumerate(TASKS):
+            row[f"{task}_spearman_vs_exact"] = spearman(s[:, j], ref[:, j])
+            row[f"{task}_top5_vs_exact"] = top_overlap(s[:, j], ref[:, j], 0.05)
+        top = torch.topk(s[:, 0], n_top).indices.tolist()
+        row["gsm8k_share_top5"] = sum(i in files["gsm_idx"] for i in top) / n_top
+        if row["seed"] is not None:
+            other = f"{row['mode']}/{row['proj_dim']}/{seeds[1 - seeds.index(row['seed'])]}"
+            if other in scores:
+                row["gsm8k_spearman_seed_to_seed"] = spearman(s[:, 0], scores[other][:, 0])
+                row["mmlu_spearman_seed_to_seed"] = spearman(s[:, 1], scores[other][:, 1])
 
 
 def main() -> None:
     args = parse_args()
-    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="bench_score_"))
     files = make_files(args, work)
     t0 = time.perf_counter()
     target = load_model(args.model)
     print(f"loaded {args.model} in {time.perf_counter() - t0:.1f}s; work dir {work}", flush=True)
-    cfg = ScoreConfig(
-        proj_dim=args.proj_dim,
-        batch_size=args.batch_size,
-        max_length=args.max_length,
-        seed=args.seed,
-    )
-    variants: list[tuple[str, float | None]] = [("target", None)]
-    variants += [(m, r) for r in args.rhos for m in args.methods]
+    out_json = ROOT / "docs" / "bench" / "scoring.json"
     rows: list[dict[str, Any]] = []
-    ref: dict[str, torch.Tensor] = {}
-    n_top = max(1, round(0.05 * args.pool_size))
-    for selector, rho in variants:
-        model: Any
-        build_s, params, achieved = 0.0, sum(p.numel() for p in target.model.parameters()), None
-        if rho is None:
-            model, tok = target.model, target.tokenizer
-        else:
-            pcfg = ProxyConfig(
-                method=selector,  # type: ignore[arg-type]
-                sparsity=rho,
-                probe_samples=args.probe_samples,
-                align_steps=args.align_steps,
-                max_length=args.max_length,
-                seed=args.seed,
-            )
-            print(f"building {selector} rho={rho}", flush=True)
-            t = time.perf_counter()
-            proxy = build_proxy(target, load_records(files["pool"]), pcfg)
-            build_s = time.perf_counter() - t
-            model, tok = proxy.model, proxy.tokenizer
-            params, achieved = proxy.manifest["proxy_params"], proxy.manifest["achieved_sparsity"]
-        print(f"scoring with {selector} rho={rho} (build {build_s:.0f}s)", flush=True)
-        store = work / "store"
-        gsm_scores, gsm_s, gsm_stats = score(model, tok, files, files["gsm"], store, cfg)
-        mmlu_scores, mmlu_s, mmlu_stats = score(model, tok, files, files["mmlu"], store, cfg)
-        fb = fwd_bwd_rate(model, tok, files["pool"], args)
-        if rho is None:
-            ref = {"gsm": gsm_scores, "mmlu": mmlu_scores}
-        top = torch.topk(gsm_scores, n_top).indices.tolist()
-        row = {
-            "selector": selector,
-            "rho": rho,
-            "achieved_sparsity": achieved,
-            "params": params,
-            "build_s": round(build_s, 1),
-            "samples_per_s": (gsm_stats.train_computed + gsm_stats.target_computed) / gsm_s,
-            "fwd_bwd_samples_per_s": fb,
-            "spearman_vs_target": spearman(gsm_scores, ref["gsm"]),
-            "top5_overlap_vs_target": top_overlap(gsm_scores, ref["gsm"], 0.05),
-            "gsm8k_share_top5": sum(i in files["gsm_idx"] for i in top) / n_top,
-            "mmlu_spearman_vs_target": spearman(mmlu_scores, ref["mmlu"]),
-            "mmlu_top5_overlap_vs_target": top_overlap(mmlu_scores, ref["mmlu"], 0.05),
-            "mmlu_train_gradients_computed": mmlu_stats.train_computed,
-            "mmlu_score_s": mmlu_s,
-        }
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        # Rewritten after every model, so an interrupted run still leaves what it measured.
-        write(args, files, rows, len(variants))
+    if args.append:
+        rows = [r for r in json.loads(out_json.read_text(encoding="utf-8")) if "mode" in r]
+    tparams = sum(p.numel() for p in target.model.parameters())
+    # The exact target scores are the reference of every row; they are recomputed when only
+    # proxies are measured (--no-target), from the same seeded files.
+    scores, target_rows = measure_model(
+        "target",
+        target.model,
+        target.tokenizer,
+        files,
+        args,
+        args.seeds if not args.no_target else [],
+        args.proj_dims if not args.no_target else [],
+        {"params": tparams, "build_s": None},
+    )
+    ref = scores["exact"]
+    if not args.no_target:
+        compare(target_rows, scores, ref, files, args.seeds)
+        rows = [r for r in rows if r["model"] != "target"] + target_rows
+        write(args, files, rows)
+    for spec in args.proxies:
+        method, rho = spec.split(":")
+        pcfg = ProxyConfig(
+            method=method,  # type: ignore[arg-type]
+            sparsity=float(rho),
+            probe_samples=args.probe_samples,
+            align_steps=0,
+            max_length=args.max_length,
+            seed=args.seed,
+        )
+        print(f"building {spec}", flush=True)
+        t = time.perf_counter()
+        proxy = build_proxy(target, load_records(files["pool"]), pcfg)
+        build_s = time.perf_counter() - t
+        extra = {"params": proxy.manifest["proxy_params"], "build_s": build_s, "rho": float(rho)}
+        pscores, prows = measure_model(
+            f"{method} rho {rho}",
+            proxy.model,
+            proxy.tokenizer,
+            files,
+            args,
+            args.seeds[:1],
+            args.proj_dims[:1],
+            extra,
+        )
+        compare(prows, pscores, ref, files, args.seeds)
+        rows = [r for r in rows if r["model"] != f"{method} rho {rho}"] + prows
+        write(args, files, rows)
+        del proxy
+    print(f"done in {time.perf_counter() - t0:.0f}s", flush=True)
 
 
 def _fmt(x: Any, digits: int = 2) -> str:
@@ -222,47 +424,55 @@ def _fmt(x: Any, digits: int = 2) -> str:
     return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
 
 
-def write(
-    args: argparse.Namespace, files: dict[str, Any], rows: list[dict[str, Any]], planned: int
-) -> None:
+def write(args: argparse.Namespace, files: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     head = (
-        "| selector | rho | params | build s | scoring samples/s | fwd+bwd samples/s | "
-        "Spearman vs target (GSM8K) | top-5% overlap | GSM8K share of top 5% | "
-        "Spearman vs target (MMLU) | MMLU top-5% overlap | MMLU: train grads computed |\n"
-        + "|---" * 12
+        "| model | scores | dim | seed | params | samples/s (x fwd+bwd time) | "
+        "GSM8K: Spearman vs exact target | top-5% overlap | seed-to-seed | "
+        "MMLU: Spearman vs exact target | top-5% overlap | seed-to-seed | GSM8K share of top 5% |\n"
+        + "|---" * 13
         + "|\n"
     )
+
+    def ratio(r: dict[str, Any]) -> str:
+        return f"{r['samples_per_s']:.2f} ({r['fwd_bwd_samples_per_s'] / r['samples_per_s']:.2f}x)"
+
     body = "".join(
-        f"| {r['selector']} | {_fmt(r['rho'], 1)} | {r['params'] / 1e6:.1f}M | {_fmt(r['build_s'], 0)} | "
-        f"{_fmt(r['samples_per_s'])} | {_fmt(r['fwd_bwd_samples_per_s'])} | "
-        f"{_fmt(r['spearman_vs_target'])} | {_fmt(r['top5_overlap_vs_target'])} | "
-        f"{_fmt(r['gsm8k_share_top5'])} | {_fmt(r['mmlu_spearman_vs_target'])} | "
-        f"{_fmt(r['mmlu_top5_overlap_vs_target'])} | {r['mmlu_train_gradients_computed']} |\n"
+        f"| {r['model']} | {r['mode']} | {_fmt(r['proj_dim'])} | {_fmt(r['seed'])} | "
+        f"{r['params'] / 1e6:.1f}M | {ratio(r)} | {_fmt(r['gsm8k_spearman_vs_exact'])} | "
+        f"{_fmt(r['gsm8k_top5_vs_exact'])} | {_fmt(r.get('gsm8k_spearman_seed_to_seed'))} | "
+        f"{_fmt(r['mmlu_spearman_vs_exact'])} | {_fmt(r['mmlu_top5_vs_exact'])} | "
+        f"{_fmt(r.get('mmlu_spearman_seed_to_seed'))} | {_fmt(r['gsm8k_share_top5'])} |\n"
         for r in rows
+    )
+    builds = "".join(
+        f"- {r['model']}: built in {r['build_s']:.0f} s (probes + factorisation, no alignment).\n"
+        for r in rows
+        if r["mode"] == "exact" and r.get("build_s")
     )
     argv = " ".join(shlex.quote(a) for a in sys.argv[1:])
     text = (
-        "## Scoring throughput and influence preservation (`scripts/bench_score.py`)\n\n"
+        "## Exact and projected scores, seeds, proxies (`scripts/bench_score.py`)\n\n"
         f"Command: `.venv/bin/python scripts/bench_score.py {argv}`\n\n"
         f"Machine: {platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} "
-        "threads (2-core machine shared with other jobs: absolute rates are noisy), torch "
-        f"{torch.__version__}, one run (1 repeat).\n\n"
-        f"Sizes: model `{args.model}`; pool {args.pool_size} records, seeded (seed {args.seed}) "
+        "torch threads, 2-core machine shared with other jobs (absolute rates are noisy; the "
+        f"ratios are measured side by side), torch {torch.__version__}. Timing: each mode on its "
+        f"own over the same {args.timing_samples} pool records (every k-th of the length-sorted "
+        f"pool, batch {args.batch_size}), {args.timing_repeats} interleaved repeats, median shown "
+        "(every run in docs/bench/scoring.json).\n\n"
+        f"Sizes: model `{args.model}`; pool {args.pool_size} records, a seeded (seed {args.seed}) "
         f"slice of Dolly-3k + {files['n_gsm']} GSM8K train records (GSM8K share "
-        f"{files['n_gsm'] / args.pool_size:.3f}, what a random top 5% would hold); targets "
-        f"{args.gsm_targets} GSM8K test records and {args.mmlu_targets} MMLU dev rows; sequences "
-        f"cut to {args.max_length} tokens (response kept); batch {args.batch_size}; projection "
-        f"budget {args.proj_dim}; proxies probe {args.probe_samples} pool records (IPSVD) and "
-        f"align for {args.align_steps} steps; fwd+bwd timed on {args.fwdbwd_samples} pool records "
-        "(every k-th of the length-sorted pool) with the scored parameters' weight gradients.\n\n"
-        "Scoring samples/s counts every gradient the GSM8K run computed (pool + target set) over "
-        "its wall time (model already built). Rows run one after another on a machine shared "
-        "with other jobs: compare scoring with fwd+bwd within a row; across rows the load "
-        "differed. The MMLU run reuses the stored training gradients "
-        "(last column: training gradients it computed).\n\n"
-        + ("" if len(rows) == planned else f"Partial: {len(rows)} of {planned} models done.\n\n")
-        + head
-        + body
+        f"{files['n_gsm'] / args.pool_size:.3f}, what a random top 5% would hold); target tasks "
+        f"{args.gsm_targets} GSM8K test records and {args.mmlu_targets} MMLU dev rows (a sample's "
+        f"score per task); sequences cut to {args.max_length} tokens (response kept). Reference: "
+        "the exact (unprojected) cosine TracIn scores of the full target, per task. Projected "
+        f"rows: seeds {args.seeds[0]} and {args.seeds[1]}; eigen bases from {args.eigen_samples} "
+        "pool records picked by the seed. Proxies: unaligned, "
+        f"{args.probe_samples} probe records, scored exact and projected (first dimension, first "
+        "seed). All scores of a model come from one shared forward/backward pass per batch "
+        "(each scorer computes what it computes alone; tests check each against a naive loop).\n\n"
+        "samples/s: scoring throughput of the mode alone; in brackets its time relative to a "
+        "bare forward+backward pass (weight gradients of the scored parameters formed) timed on "
+        "the same batches in the same run.\n\n" + head + body + ("\n" + builds if builds else "")
     )
     print(text)
     if args.no_write:

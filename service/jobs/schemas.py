@@ -65,6 +65,14 @@ class ScorerSpec(BaseModel):
     proj_dim: int | None = Field(
         None, gt=0, description="Projection dimension (projected features only)."
     )
+    projection: Literal["gaussian", "eigen"] | None = Field(
+        None,
+        description="Projected features only: gaussian (seeded random) or eigen (each layer's "
+        "top covariance eigenvectors on a seeded pool slice).",
+    )
+    projection_samples: int | None = Field(
+        None, gt=0, description="Pool records that define an eigen projection."
+    )
     batch_size: int | None = Field(None, gt=0)
     max_length: int | None = Field(None, gt=0)
     damping: float | None = Field(None, gt=0, description="Influence damping.")

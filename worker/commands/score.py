@@ -52,6 +52,18 @@ def _add_scoring(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--proj-dim", type=int, default=_default("proj_dim"), help=_help("proj_dim"))
     p.add_argument(
+        "--projection",
+        choices=("gaussian", "eigen"),
+        default=_default("projection"),
+        help=_help("projection"),
+    )
+    p.add_argument(
+        "--projection-samples",
+        type=int,
+        default=_default("projection_samples"),
+        help=_help("projection_samples"),
+    )
+    p.add_argument(
         "--batch-size", type=int, default=_default("batch_size"), help=_help("batch_size")
     )
     p.add_argument(
@@ -155,6 +167,8 @@ def _config(args: argparse.Namespace) -> ScoreConfig:
         scorer=args.scorer,
         features=args.features,
         proj_dim=args.proj_dim,
+        projection=args.projection,
+        projection_samples=args.projection_samples,
         batch_size=args.batch_size,
         max_length=args.max_length,
         seed=args.seed,

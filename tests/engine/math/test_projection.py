@@ -80,3 +80,25 @@ def test_kron_projection_preserves_inner_products_within_its_jl_tolerance() -> N
     # and the estimate is informative: the tolerance itself is small at this d
     assert float(sigma.max()) < 0.2
     assert math.isclose(kron_relative_variance(8, 8), 0.5625)
+
+
+def test_eigen_projection_is_the_top_orthonormal_eigenbasis() -> None:
+    from worker.engine.math.projection import eigen_basis, eigen_projection
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(200, 12, generator=g) * torch.linspace(3, 0.1, 12)
+    cov = X.T @ X
+    basis = eigen_basis(cov)
+    P = eigen_projection(basis, 4)
+    assert P.shape == (4, 12) and P.dtype == torch.float32
+    torch.testing.assert_close(P @ P.T, torch.eye(4), atol=1e-5, rtol=0)
+    vals = torch.linalg.eigvalsh(cov.double()).flip(0)[:4]
+    torch.testing.assert_close(torch.diag(P.double() @ cov.double() @ P.double().T), vals)
+    # a pure function of the covariance, signs included
+    assert torch.equal(P, eigen_projection(eigen_basis(cov.clone()), 4))
+    torch.testing.assert_close(basis @ basis.T, torch.eye(12), atol=1e-5, rtol=0)
+    assert bool((P.gather(1, P.abs().argmax(dim=1, keepdim=True)) > 0).all())
+    with pytest.raises(ValueError, match=r"k must be in 1\.\.12"):
+        eigen_projection(basis, 13)
+    with pytest.raises(ValueError, match="square"):
+        eigen_basis(cov[:3])

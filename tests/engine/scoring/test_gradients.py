@@ -12,9 +12,12 @@ from worker.engine.lowrank import LowRankLinear
 from worker.engine.math.projection import kron_relative_variance
 from worker.engine.scoring.gradients import (
     GradientFeaturizer,
+    build_blocks,
+    eigen_bases,
     naive_features,
     per_sample_loss,
     scored_parameters,
+    side_covariances,
     target_modules,
 )
 
@@ -125,3 +128,58 @@ def test_projected_inner_products_of_real_gradients_within_jl_tolerance() -> Non
     assert bool(((estimates[0] - exact).abs() <= 3 * sigma).all())
     mean = torch.stack(estimates).mean(dim=0)
     assert bool(((mean - exact).abs() <= 1.1 * sigma).all())
+
+
+def _eigen_featurizer(model: torch.nn.Module, batches: list, proj_dim: int) -> GradientFeaturizer:  # type: ignore[type-arg]
+    bases = eigen_bases(side_covariances(model, LAYERS, batches))
+    blocks = build_blocks(model, LAYERS, proj_dim, seed=0, bases=bases)
+    return GradientFeaturizer(model, LAYERS, proj_dim, seed=0, blocks=blocks)
+
+
+@pytest.mark.parametrize("low_rank", [False, True])
+def test_eigen_projected_gradients_match_the_naive_loop(low_rank: bool) -> None:
+    model, tok = tiny_model("qwen2", seed=1)
+    if low_rank:
+        _low_rank(model, rank=8)
+    batch = _batch(tok, 4)
+    feat = _eigen_featurizer(model, [batch], proj_dim=1024)
+    fast = feat(batch)
+    slow = naive_features(model, feat.blocks, batch)
+    assert torch.allclose(fast, slow, atol=1e-5, rtol=1e-4), float((fast - slow).abs().max())
+    for b in feat.blocks:  # orthonormal rows: an orthogonal projection, not a random one
+        k = b.p_left.shape[0]
+        torch.testing.assert_close(b.p_left @ b.p_left.T, torch.eye(k), atol=1e-4, rtol=0)
+
+
+def test_side_covariances_are_sums_over_real_tokens() -> None:
+    model, tok = tiny_model("llama", seed=0)
+    batch = _batch(tok, 3)
+    name = "model.layers.1.mlp.down_proj"
+    cov = side_covariances(model, LAYERS, [batch])
+    captured: list[torch.Tensor] = []
+    module = dict(model.named_modules())[name]
+    handle = module.register_forward_hook(lambda _m, i, _o: captured.append(i[0].detach()))
+    model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    handle.remove()
+    h = captured[0][batch["attention_mask"].bool()]  # real tokens only
+    torch.testing.assert_close(cov[(name, "weight")][1], h.T @ h, rtol=1e-5, atol=1e-5)
+
+
+def test_a_full_eigen_basis_gives_exact_inner_products() -> None:
+    """With every side kept whole, the orthogonal projection loses nothing: the projected inner
+    products are the gradients' exact ones."""
+    model, tok = tiny_model("llama", seed=3)
+    batch = _batch(tok, 3)
+    params = scored_parameters(model, LAYERS)
+    full_dim = sum(p.numel() for p in params)
+    feat = _eigen_featurizer(model, [batch], proj_dim=10**6)  # every side kept whole
+    assert feat.dim == full_dim
+    f = feat(batch).double()
+    rows = []
+    for i in range(3):
+        n = int(batch["attention_mask"][i].sum())
+        logits = model(input_ids=batch["input_ids"][i : i + 1, :n]).logits
+        loss = per_sample_loss(logits, batch["labels"][i : i + 1, :n]).sum()
+        rows.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)]))
+    g = torch.stack(rows).double()
+    torch.testing.assert_close(f @ f.T, g @ g.T, rtol=1e-4, atol=1e-8)

@@ -155,3 +155,30 @@ def test_corrupt_store_manifest_is_an_artifact_error(model_and_tok, tmp_path) ->
     (manifest.parent / doc["shards"][0]["file"]).write_bytes(b"truncated")
     with pytest.raises(ArtifactError, match="unreadable gradient shard"):
         _scores(model_and_tok, train, [target], cfg, store_dir=tmp_path / "s")
+
+
+def test_eigen_projection_is_the_same_for_every_shard_and_keys_the_store(
+    model_and_tok, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    train = write(tmp_path / "pool.jsonl", pool_rows(9))
+    target = write(tmp_path / "t.jsonl", target_rows(2))
+    cfg = ScoreConfig(
+        features="projected", projection="eigen", projection_samples=4, proj_dim=256, max_length=64
+    )
+    whole = _scores(model_and_tok, train, [target], cfg)
+    shard = _scores(model_and_tok, train, [target], cfg, indices=[7, 2, 8])
+    assert shard == pytest.approx({i: whole[i] for i in (2, 7, 8)}, rel=1e-5, abs=1e-6)
+    gaussian = _scores(model_and_tok, train, [target], replace(cfg, projection="gaussian"))
+    assert gaussian != pytest.approx(whole, rel=1e-3)
+    # the store keys the projection: eigen features are not served to a gaussian run
+    stats = ScoreStats()
+    _scores(model_and_tok, train, [target], cfg, store_dir=tmp_path / "s")
+    _scores(
+        model_and_tok,
+        train,
+        [target],
+        replace(cfg, projection="gaussian"),
+        store_dir=tmp_path / "s",
+        stats=stats,
+    )
+    assert stats.train_loaded == 0 and stats.train_computed == 9

@@ -110,3 +110,37 @@ def kron_relative_variance(k_out: int, k_in: int) -> float:
     worst case) with Gaussian ``N(0, 1/k)`` factors: ``(1 + 2/k_out)(1 + 2/k_in) - 1``. A dense
     projection to ``k_out * k_in`` dims would give ``2 / (k_out k_in)``."""
     return (1.0 + 2.0 / k_out) * (1.0 + 2.0 / k_in) - 1.0
+
+
+def eigen_basis(cov: torch.Tensor) -> torch.Tensor:
+    """Every eigenvector of a covariance ``cov: (d, d)`` as the rows of ``(d, d)``, largest
+    eigenvalue first; :func:`eigen_projection` keeps the top ``k`` rows.
+
+    Eigenvalue ties are broken by ``eigh``'s order and each vector's sign is fixed (its
+    largest-magnitude entry positive), so the result is a pure function of ``cov``. Computed in
+    float64, returned in float32 on ``cov``'s device.
+    """
+    d = cov.shape[0]
+    if cov.ndim != 2 or cov.shape[1] != d:
+        raise ValueError(f"covariance must be square, got {tuple(cov.shape)}")
+    sym = cov.double()
+    _, vecs = torch.linalg.eigh((sym + sym.T) / 2)
+    rows = vecs.flip(1).T  # (d, d), largest eigenvalue first
+    idx = rows.abs().argmax(dim=1, keepdim=True)
+    signs = torch.sign(rows.gather(1, idx))
+    signs[signs == 0] = 1
+    return (rows * signs).float()
+
+
+def eigen_projection(basis: torch.Tensor, k: int) -> torch.Tensor:
+    """The top-``k`` rows ``(k, d)`` of an :func:`eigen_basis` ``(d, d)``.
+
+    LoGra's choice of projection: per layer, the principal directions of the inputs and of the
+    output gradients. The rows are orthonormal, so the projected inner product is the exact inner
+    product of the gradients' components in that subspace (not an unbiased estimate of the whole:
+    what lies outside the subspace is dropped).
+    """
+    d = basis.shape[0]
+    if not 1 <= k <= d:
+        raise ValueError(f"k must be in 1..{d}, got {k}")
+    return basis[:k].contiguous()

@@ -40,6 +40,17 @@ class ScoreConfig:
         "is in the store manifest)",
         8192,
     )
+    projection: Literal["gaussian", "eigen"] = _help(
+        "projected features only: gaussian: seeded random Kronecker factors (unbiased inner "
+        "products); eigen: each layer side's top covariance eigenvectors measured on "
+        "projection_samples pool records picked by seed (LoGra)",
+        "gaussian",
+    )
+    projection_samples: int = _help(
+        "eigen projection only: pool records whose per-token gradient factors give the "
+        "covariances (a seeded slice of the whole pool, the same for every shard)",
+        64,
+    )
     batch_size: int = _help("samples per forward/backward pass", 4)
     max_length: int = _help("tokens per sample; truncation keeps the response", 512)
     seed: int = _help("projected features only: seed of the random projection matrices", 0)
@@ -65,7 +76,9 @@ class ScoreConfig:
                 f"features: the {self.scorer} scorer scores from "
                 f"{' or '.join(entry.features)} features, not {self.features!r}"
             )
-        for name in ("proj_dim", "batch_size", "max_length", "shard_size"):
+        if self.projection not in ("gaussian", "eigen"):
+            raise ConfigError(f"projection must be 'gaussian' or 'eigen', got {self.projection!r}")
+        for name in ("proj_dim", "batch_size", "max_length", "shard_size", "projection_samples"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if self.max_length < 2:

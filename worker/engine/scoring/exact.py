@@ -95,37 +95,52 @@ class ExactScorer:
 
         return Callbacks(list(self._by_module), lambda _name, h: h, on_backward)
 
-    def sq_norms(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``|g_i|^2`` of the raw gradients (never preconditioned): ``(batch,)`` float32."""
-        n = int(batch["attention_mask"].shape[0])
+    def norms(self, n: int) -> tuple[Consumer, torch.Tensor]:
+        """A consumer for a pass over ``n`` samples and the ``|g_i|^2`` ``(n,)`` it fills (raw
+        gradients, never preconditioned)."""
         total = torch.zeros(n, device=model_device(self.model))
 
         def on_block(_j: int, left: torch.Tensor, right: torch.Tensor) -> None:
             total.add_(sq_norms(left, right, self.gram))
 
-        self._pass(batch, on_block)
+        return self.consumer(on_block), total
+
+    def sq_norms(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``|g_i|^2`` of the raw gradients: ``(batch,)`` float32."""
+        consumer, total = self.norms(int(batch["attention_mask"].shape[0]))
+        hooked_pass(self.model, batch, [consumer])
         return total
 
     def target_vectors(
-        self, tasks: Sequence[Iterable[dict[str, torch.Tensor]]], normalize: bool
+        self,
+        tasks: Sequence[Iterable[dict[str, torch.Tensor]]],
+        normalize: bool,
+        sq: Sequence[Sequence[torch.Tensor]] | None = None,
     ) -> TargetVectors:
         """Stack one vector per task: ``mean_j g_j / |g_j|`` (``normalize``) or ``mean_j g_j``
-        over the task's samples, given each task as an iterable of collated batches (iterated
-        twice when ``normalize``). Target gradients are raw (LESS), whatever ``adam`` is."""
-        per_task = [self._task_vector(list(batches), normalize) for batches in tasks]
+        over the task's samples, given each task as an iterable of collated batches. Target
+        gradients are raw (LESS), whatever ``adam`` is. With ``normalize``, the squared norms
+        take a pass of their own unless ``sq`` gives them (per task, per batch)."""
+        per_task = [
+            self._task_vector(list(batches), normalize, sq[k] if sq is not None else None)
+            for k, batches in enumerate(tasks)
+        ]
         return [torch.stack([t[j] for t in per_task]) for j in range(len(self.blocks))]
 
     def _task_vector(
-        self, batches: list[dict[str, torch.Tensor]], normalize: bool
+        self,
+        batches: list[dict[str, torch.Tensor]],
+        normalize: bool,
+        sq: Sequence[torch.Tensor] | None,
     ) -> list[torch.Tensor]:
         device = model_device(self.model)
         sums = [torch.zeros(shape, device=device) for _, _, shape in self.blocks]
         count = sum(int(b["attention_mask"].shape[0]) for b in batches)
-        for batch in batches:
+        for k, batch in enumerate(batches):
             n = int(batch["attention_mask"].shape[0])
             weights = torch.full((n,), 1.0 / count, device=device)
             if normalize:
-                norms = self.sq_norms(batch).sqrt()
+                norms = (sq[k].to(device) if sq is not None else self.sq_norms(batch)).sqrt()
                 # a zero gradient has no direction: it adds nothing (its cosine is 0)
                 weights = torch.where(norms > 0, weights / norms.clamp_min(1e-30), 0.0)
 

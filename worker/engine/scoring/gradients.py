@@ -22,8 +22,14 @@ import torch
 from torch import nn
 
 from worker.engine.math.exact import per_sample_grads
-from worker.engine.math.projection import gaussian_projection, kron_sizes
+from worker.engine.math.projection import (
+    eigen_basis,
+    eigen_projection,
+    gaussian_projection,
+    kron_sizes,
+)
 from worker.engine.scoring.hooks import (
+    Callbacks,
     hooked_pass,
     model_device,
     per_sample_loss,
@@ -35,12 +41,15 @@ from worker.engine.scoring.hooks import (
 from worker.engine.scoring.precondition import AdamState
 
 __all__ = [
+    "Covariances",
     "GradBlock",
     "GradientFeaturizer",
     "build_blocks",
+    "eigen_bases",
     "naive_features",
     "per_sample_loss",
     "scored_parameters",
+    "side_covariances",
     "target_modules",
 ]
 
@@ -67,19 +76,80 @@ class GradBlock:
         return int(self.p_left.shape[0] * self.p_right.shape[0])
 
 
+Covariances = dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]]
+"""Per scored parameter ``(module, param)``: ``(sum_t l_t l_t^T (rows, rows), sum_t r_t r_t^T
+(cols, cols))`` of its gradient's two sides (see :func:`worker.engine.scoring.hooks.sides`)."""
+
+Bases = dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]]
+"""Per scored parameter, the :func:`eigen_basis` of each side's covariance (rows, largest
+eigenvalue first): computed once, any projection size slices it."""
+
+
+def side_covariances(
+    model: nn.Module, suffixes: Sequence[str], batches: Sequence[dict[str, torch.Tensor]]
+) -> Covariances:
+    """Uncentred covariances of both sides of every scored parameter's per-token gradient
+    factors, summed over the tokens of ``batches`` (the probes of an eigen projection)."""
+    specs = scored_blocks(model, suffixes)
+    modules = dict(model.named_modules())
+    device = model_device(model)
+    acc: Covariances = {
+        (name, param): (
+            torch.zeros(rows, rows, device=device),
+            torch.zeros(cols, cols, device=device),
+        )
+        for name, param, (rows, cols) in specs
+    }
+    params: dict[str, list[str]] = {}
+    for name, param, _ in specs:
+        params.setdefault(name, []).append(param)
+
+    def on_backward(name: str, delta: torch.Tensor, h: torch.Tensor) -> None:
+        for param in params[name]:
+            left, right = sides(modules[name], param, delta, h)
+            cl, cr = acc[(name, param)]
+            lf, rf = left.reshape(-1, left.shape[-1]), right.reshape(-1, right.shape[-1])
+            cl.add_(lf.T @ lf)
+            cr.add_(rf.T @ rf)
+
+    consumer = Callbacks(list(params), lambda _name, h: h, on_backward)
+    for batch in batches:
+        hooked_pass(model, batch, [consumer])
+    return acc
+
+
+def eigen_bases(covariances: Covariances) -> Bases:
+    """The eigenbasis of both sides of every parameter's covariances."""
+    return {key: (eigen_basis(cl), eigen_basis(cr)) for key, (cl, cr) in covariances.items()}
+
+
 def build_blocks(
-    model: nn.Module, suffixes: Sequence[str], proj_dim: int, seed: int
+    model: nn.Module,
+    suffixes: Sequence[str],
+    proj_dim: int,
+    seed: int,
+    bases: Bases | None = None,
 ) -> list[GradBlock]:
-    """The projected gradient blocks of ``model``, in module order; matrices fixed by ``seed``
-    (generated on the CPU, so the same on every machine) and placed on the model's device."""
+    """The projected gradient blocks of ``model``, in module order, on the model's device.
+
+    Without ``covariances``: Gaussian matrices fixed by ``seed`` (generated on the CPU, so the
+    same on every machine). With ``bases`` (:func:`eigen_bases` of :func:`side_covariances`):
+    each side's top eigenvectors (:func:`worker.engine.math.projection.eigen_projection`,
+    LoGra's choice).
+    """
     specs = scored_blocks(model, suffixes)
     sizes = kron_sizes([s for _, _, s in specs], proj_dim)
     modules = dict(model.named_modules())
     device = model_device(model)
     blocks = []
     for j, ((name, param, (rows, cols)), (ko, ki)) in enumerate(zip(specs, sizes, strict=True)):
-        p_left = gaussian_projection(ko, rows, seed=seed * 1_000_003 + 2 * j).to(device)
-        p_right = gaussian_projection(ki, cols, seed=seed * 1_000_003 + 2 * j + 1).to(device)
+        if bases is None:
+            p_left = gaussian_projection(ko, rows, seed=seed * 1_000_003 + 2 * j).to(device)
+            p_right = gaussian_projection(ki, cols, seed=seed * 1_000_003 + 2 * j + 1).to(device)
+        else:
+            bl, br = bases[(name, param)]
+            p_left = eigen_projection(bl, ko).to(device)
+            p_right = eigen_projection(br, ki).to(device)
         m = modules[name]
         with torch.no_grad():
             if param == "A":  # grad_A = sum delta (B h)^T

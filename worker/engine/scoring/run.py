@@ -19,6 +19,7 @@ target gradients stay raw.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,13 @@ from worker.engine.scoring.features import (
     target_features,
     train_features,
 )
-from worker.engine.scoring.gradients import GradientFeaturizer
+from worker.engine.scoring.gradients import (
+    GradBlock,
+    GradientFeaturizer,
+    build_blocks,
+    eigen_bases,
+    side_covariances,
+)
 from worker.engine.scoring.precondition import AdamState
 from worker.engine.scoring.store import GradientStore, file_sha256
 
@@ -80,6 +87,25 @@ def _pool(
         records = [records[i] for i in sorted(set(indices))]
     ids = {r.index: r.id for r in records}
     return encode_records(train, records, tokenizer, config.max_length), ids
+
+
+def projection_blocks(
+    model: nn.Module, tokenizer: Any, train: Path, config: ScoreConfig
+) -> list[GradBlock]:
+    """The projection of ``config`` for ``model``. An eigen projection's probes are a seeded
+    slice of the whole pool file, so every shard of a job projects the same way."""
+    if config.projection == "gaussian":
+        return build_blocks(model, config.layers, config.proj_dim, config.seed)
+    records = load_records(train)
+    picked = random.Random(config.seed).sample(
+        range(len(records)), min(config.projection_samples, len(records))
+    )
+    probes = encode_records(
+        train, [records[i] for i in sorted(picked)], tokenizer, config.max_length
+    )
+    batches = [b for _, b in _batches(probes, config.batch_size, pad_token_id(tokenizer))]
+    bases = eigen_bases(side_covariances(model, config.layers, batches))
+    return build_blocks(model, config.layers, config.proj_dim, config.seed, bases=bases)
 
 
 def _batches(
@@ -190,7 +216,13 @@ def task_score_stream(
         )
         return
     examples, ids = _pool(train, tokenizer, config, indices)
-    featurizer = GradientFeaturizer(model, config.layers, config.proj_dim, config.seed)
+    featurizer = GradientFeaturizer(
+        model,
+        config.layers,
+        config.proj_dim,
+        config.seed,
+        blocks=projection_blocks(model, tokenizer, train, config),
+    )
     train_featurizer = featurizer
     if adam is not None:
         train_featurizer = GradientFeaturizer(
@@ -206,6 +238,9 @@ def task_score_stream(
             "max_length": config.max_length,
             "layers": list(config.layers),
         }
+        if config.projection != "gaussian":
+            key["projection"] = config.projection
+            key["projection_samples"] = config.projection_samples
         if adam is not None:
             key["adam"] = adam.fingerprint
         store = GradientStore(store_dir, key, featurizer.dim)
