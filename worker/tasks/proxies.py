@@ -68,6 +68,9 @@ def ensure_proxy(job: dict[str, Any], model: str, pool: Path, settings: Settings
         )
         keys = ("target_params", "proxy_params", "param_ratio", "achieved_sparsity")
         sizes = {k: manifest[k] for k in keys if k in manifest}
+        # Probe batches split because the device ran out of memory (0 when none was).
+        halvings = (manifest.get("probe") or {}).get("oom_halvings", 0)
+        sizes["probe_oom_halvings"] = halvings
         state.metric(s, job_id, "proxy built", {"proxy_id": proxy_id} | sizes)
     return proxy
 

@@ -162,6 +162,7 @@ def build_proxy(
             "columns_per_layer": probe_columns,
             "positions_per_sequence": config.probe_positions,
             "ridge": config.ridge,
+            "oom_halvings": probes.halvings if probes is not None else 0,
         },
         "alignment": {
             "records": len(align_records) if config.align_steps > 0 else 0,
