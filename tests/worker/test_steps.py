@@ -388,3 +388,30 @@ def test_a_shard_delivered_twice_runs_once(
         assert repository.count_scores(s, job_id) == 0  # the duplicate did nothing
         shard = repository.get_shard(s, job_id, 0)
         assert shard is not None and shard.status.value == "pending"
+
+
+def test_a_batch_halved_for_memory_is_a_job_event(
+    client: TestClient,
+    auth: dict[str, str],
+    job_body: Callable[..., dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from worker.engine.scoring.exact import ExactScorer
+    from worker.engine.scoring.features import _OOM
+
+    real = ExactScorer.__call__
+
+    def at_most_two(self: Any, batch: dict[str, Any], vectors: Any) -> Any:
+        if int(batch["attention_mask"].shape[0]) > 2:
+            raise _OOM[0]("simulated: CUDA out of memory")
+        return real(self, batch, vectors)
+
+    monkeypatch.setattr(ExactScorer, "__call__", at_most_two)
+    body = job_body()
+    job_id = submit(client, auth, body | {"scorer": dict(body["scorer"], batch_size=4)})
+    InlineQueue().run(job_id)
+    job = client.get(f"/jobs/{job_id}", headers=auth).json()
+    assert job["status"] == "succeeded", job["error"]
+    events = client.get(f"/jobs/{job_id}/events", headers=auth).json()["items"]
+    halved = [e["data"] for e in events if e["message"] == "batch halved: out of memory"]
+    assert halved and halved[0] == {"from": 4, "to": 2}

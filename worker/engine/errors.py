@@ -53,6 +53,12 @@ class ConfigError(EngineError):
     code = "config"
 
 
+class OutOfMemoryError(EngineError):
+    """A batch of one sample does not fit in the device's memory."""
+
+    code = "out_of_memory"
+
+
 class Cancelled(EngineError):
     """The caller asked to stop; raised at the next batch boundary."""
 

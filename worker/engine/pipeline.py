@@ -32,7 +32,7 @@ import torch
 from worker.engine.data import encode, load_records
 from worker.engine.device import CPU, Runtime
 from worker.engine.errors import ArtifactError, ConfigError, NoResponseTokensError
-from worker.engine.progress import ProgressFn, StopFn, check_stop, report
+from worker.engine.progress import EventFn, ProgressFn, StopFn, check_stop, report
 from worker.engine.scoring import (
     RankedRecord,
     ScoreBatch,
@@ -254,6 +254,7 @@ def _weighted_scores(
     single: bool,
     should_stop: StopFn | None = None,
     seen: list[dict[str, Any]] | None = None,
+    events: EventFn | None = None,
 ) -> Iterator[ScoreBatch]:
     """``sum_c weight_c * score_c`` per target task, then the max over tasks. A ``single``
     scorer streams batch by batch; several are accumulated (one float per sample and task).
@@ -284,6 +285,7 @@ def _weighted_scores(
             progress=progress,
             stats=stats,
             adam=scorer.adam,
+            events=events,
         )
         if single:
             for b in batches:
@@ -317,6 +319,7 @@ def iter_scores(
     adam: bool = False,
     runtime: Runtime = CPU,
     models: ModelCache | None = None,
+    events: EventFn | None = None,
 ) -> Iterator[ScoreBatch]:
     """Scores of the pool ``train`` (or its ``indices``) against the target-task files.
 
@@ -324,8 +327,9 @@ def iter_scores(
     each checkpoint with ``checkpoints``), or ``None`` to score with the full target model (the
     baseline). ``checkpoints``: a fine-tuning/warm-up run directory whose checkpoints are summed
     with learning-rate weights; ``adam``: precondition with their Adam moments. ``stats``
-    (optional) is filled with how many gradients were computed and how many came from the store.
-    ``runtime`` places the model; ``models`` keeps it loaded between calls.
+    (optional) is filled with how many gradients were computed and how many came from the store;
+    ``events`` hears of batches halved to fit the device's memory. ``runtime`` places the model;
+    ``models`` keeps it loaded between calls.
     """
     target = _load(model_ref, progress, runtime, models)
     scorers = _scorers(target, proxy, Path(train), checkpoints, adam, progress, None)
@@ -339,6 +343,7 @@ def iter_scores(
         progress=progress,
         stats=stats,
         single=checkpoints is None,
+        events=events,
     )
 
 
@@ -389,6 +394,7 @@ def run_selection(
     adam: bool = False,
     runtime: Runtime = CPU,
     models: ModelCache | None = None,
+    events: EventFn | None = None,
 ) -> SelectionResult:
     """The whole pipeline: load the target, build a proxy from the pool (``proxy=None``: score
     with the full target), score the pool against the targets, select. ``checkpoints`` and
@@ -420,6 +426,7 @@ def run_selection(
         single=checkpoints is None,
         should_stop=should_stop,
         seen=seen,
+        events=events,
     ):
         scores.update(zip(batch.indices, batch.scores, strict=True))
         ids.update(zip(batch.indices, batch.ids, strict=True))

@@ -8,7 +8,7 @@ optional everywhere; ``report`` and ``check_stop`` make calling them a one-liner
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 from worker.engine.errors import Cancelled
 
@@ -18,6 +18,9 @@ STAGES: tuple[str, ...] = ("loading", "compressing", "aligning", "scoring", "ran
 ProgressFn = Callable[[str, int, int], None]
 """``(stage, done, total)``; ``stage`` is one of ``STAGES``."""
 
+EventFn = Callable[[str, dict[str, Any]], None]
+"""``(message, data)``: something worth a line in the job's events (a batch halved, say)."""
+
 StopFn = Callable[[], bool]
 """Returns ``True`` when the caller wants the engine to stop at the next batch boundary."""
 
@@ -26,6 +29,12 @@ def report(progress: ProgressFn | None, stage: str, done: int, total: int) -> No
     """Call ``progress`` if there is one."""
     if progress is not None:
         progress(stage, done, total)
+
+
+def emit(events: EventFn | None, message: str, data: dict[str, Any]) -> None:
+    """Call ``events`` if there is one."""
+    if events is not None:
+        events(message, data)
 
 
 def check_stop(should_stop: StopFn | None, stage: str) -> None:

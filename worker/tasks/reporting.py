@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from service.db import session_scope
 from service.jobs import repository as repo
@@ -40,6 +41,13 @@ class Reporter:
                 job = repo.lock_job(session, self.job_id)
                 if job is not None and not job.status.is_terminal():
                     repo.touch(job)
+
+    def event(self, message: str, data: dict[str, Any]) -> None:
+        """An engine event (a batch halved to fit memory, say) as a line in the job's events."""
+        with session_scope() as session:
+            job = repo.get_job_any_tenant(session, self.job_id)
+            if job is not None and not job.status.is_terminal():
+                state.metric(session, self.job_id, message, data)
 
     def should_stop(self) -> bool:
         with session_scope() as session:

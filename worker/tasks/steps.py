@@ -230,6 +230,7 @@ def score_shard(job_id: str, shard_index: int, settings: Settings, enqueue: Enqu
             progress=reporter.progress,
             runtime=worker_runtime(settings),
             models=model_cache(settings),
+            events=reporter.event,
         )
         for batch in batches:
             with session_scope() as s:

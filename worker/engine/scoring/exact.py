@@ -121,36 +121,45 @@ class ExactScorer:
         over the task's samples, given each task as an iterable of collated batches. Target
         gradients are raw (LESS), whatever ``adam`` is. With ``normalize``, the squared norms
         take a pass of their own unless ``sq`` gives them (per task, per batch)."""
-        per_task = [
-            self._task_vector(list(batches), normalize, sq[k] if sq is not None else None)
-            for k, batches in enumerate(tasks)
-        ]
-        return [torch.stack([t[j] for t in per_task]) for j in range(len(self.blocks))]
+        per_task = []
+        for k, batches in enumerate(tasks):
+            batches = list(batches)
+            sums = self.task_sums()
+            count = sum(int(b["attention_mask"].shape[0]) for b in batches)
+            for i, batch in enumerate(batches):
+                given = sq[k][i] if sq is not None else None
+                self.accumulate(sums, batch, count, normalize, given)
+            per_task.append(sums)
+        return stack_tasks(per_task)
 
-    def _task_vector(
-        self,
-        batches: list[dict[str, torch.Tensor]],
-        normalize: bool,
-        sq: Sequence[torch.Tensor] | None,
-    ) -> list[torch.Tensor]:
+    def task_sums(self) -> list[torch.Tensor]:
+        """Zeros shaped like every scored parameter: one task's vector to :meth:`accumulate`."""
         device = model_device(self.model)
-        sums = [torch.zeros(shape, device=device) for _, _, shape in self.blocks]
-        count = sum(int(b["attention_mask"].shape[0]) for b in batches)
-        for k, batch in enumerate(batches):
-            n = int(batch["attention_mask"].shape[0])
-            weights = torch.full((n,), 1.0 / count, device=device)
-            if normalize:
-                norms = (sq[k].to(device) if sq is not None else self.sq_norms(batch)).sqrt()
-                # a zero gradient has no direction: it adds nothing (its cosine is 0)
-                weights = torch.where(norms > 0, weights / norms.clamp_min(1e-30), 0.0)
+        return [torch.zeros(shape, device=device) for _, _, shape in self.blocks]
 
-            def on_block(
-                j: int, left: torch.Tensor, right: torch.Tensor, w: torch.Tensor = weights
-            ) -> None:
-                sums[j].add_(weighted_grad_sum(left, right, w))
+    def accumulate(
+        self,
+        sums: list[torch.Tensor],
+        batch: dict[str, torch.Tensor],
+        count: int,
+        normalize: bool,
+        sq: torch.Tensor | None = None,
+    ) -> None:
+        """Add ``sum_i g_i / (count |g_i|)`` (or ``g_i / count``) of ``batch`` into ``sums``;
+        ``count`` is the task's size. With ``normalize``, the squared norms take a pass of
+        their own unless ``sq`` gives them."""
+        device = model_device(self.model)
+        n = int(batch["attention_mask"].shape[0])
+        weights = torch.full((n,), 1.0 / count, device=device)
+        if normalize:
+            norms = (sq.to(device) if sq is not None else self.sq_norms(batch)).sqrt()
+            # a zero gradient has no direction: it adds nothing (its cosine is 0)
+            weights = torch.where(norms > 0, weights / norms.clamp_min(1e-30), 0.0)
 
-            self._pass(batch, on_block)
-        return sums
+        def on_block(j: int, left: torch.Tensor, right: torch.Tensor) -> None:
+            sums[j].add_(weighted_grad_sum(left, right, weights))
+
+        self._pass(batch, on_block)
 
     def scoring(
         self, n: int, vectors: TargetVectors
@@ -183,6 +192,11 @@ class ExactScorer:
         hooked_pass(self.model, batch, [consumer])
         self.computed += n
         return out
+
+
+def stack_tasks(per_task: Sequence[list[torch.Tensor]]) -> TargetVectors:
+    """Per scored parameter, the tasks' vectors stacked: ``(K, rows, cols)``."""
+    return [torch.stack([t[j] for t in per_task]) for j in range(len(per_task[0]))]
 
 
 def cosine_or_dot(inner: torch.Tensor, sq: torch.Tensor, normalize: bool) -> torch.Tensor:

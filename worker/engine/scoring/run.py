@@ -31,14 +31,16 @@ from torch import nn
 from worker.engine.data import Example, collate, load_records, pad_token_id
 from worker.engine.errors import ConfigError
 from worker.engine.math.scores import CurvatureAccumulator, influence_direction, target_direction
-from worker.engine.progress import ProgressFn, report
+from worker.engine.progress import EventFn, ProgressFn, report
 from worker.engine.scoring.config import ScoreConfig
-from worker.engine.scoring.exact import ExactScorer, cosine_or_dot
+from worker.engine.scoring.exact import ExactScorer, cosine_or_dot, stack_tasks
 from worker.engine.scoring.features import (
     Features,
     ScoreStats,
     encode_records,
+    fitted_batches,
     length_order,
+    oom_retry,
     target_features,
     train_features,
 )
@@ -103,18 +105,35 @@ def projection_blocks(
     probes = encode_records(
         train, [records[i] for i in sorted(picked)], tokenizer, config.max_length
     )
-    batches = [b for _, b in _batches(probes, config.batch_size, pad_token_id(tokenizer))]
+    pad = pad_token_id(tokenizer)
+    ordered = length_order(probes)
+    batches = [
+        collate(ordered[i : i + config.batch_size], pad)
+        for i in range(0, len(ordered), config.batch_size)
+    ]
     bases = eigen_bases(side_covariances(model, config.layers, batches))
     return build_blocks(model, config.layers, config.proj_dim, config.seed, bases=bases)
 
 
-def _batches(
-    examples: Sequence[Example], batch_size: int, pad_id: int
-) -> Iterator[tuple[list[Example], dict[str, torch.Tensor]]]:
-    ordered = length_order(examples)
-    for start in range(0, len(ordered), batch_size):
-        chunk = ordered[start : start + batch_size]
-        yield chunk, collate(chunk, pad_id)
+def _task_vector(
+    scorer: ExactScorer,
+    task: Sequence[Example],
+    config: ScoreConfig,
+    pad: int,
+    events: EventFn | None,
+) -> list[torch.Tensor]:
+    """One task's exact vector. A batch that runs out of memory restarts the task at half the
+    batch size (a half-accumulated vector cannot be resumed; target sets are small)."""
+
+    def attempt(size: int) -> list[torch.Tensor]:
+        sums = scorer.task_sums()
+        ordered = length_order(task)
+        for start in range(0, len(ordered), size):
+            batch = collate(ordered[start : start + size], pad)
+            scorer.accumulate(sums, batch, len(task), config.normalize)
+        return sums
+
+    return oom_retry(config.batch_size, attempt, events)[1]
 
 
 def _exact_stream(
@@ -127,22 +146,26 @@ def _exact_stream(
     progress: ProgressFn | None,
     stats: ScoreStats,
     adam: AdamState | None,
+    events: EventFn | None,
 ) -> Iterator[TaskScoreBatch]:
     """Exact scores (see :mod:`worker.engine.scoring.exact`): the target tasks' vectors first,
     then the pool batch by batch."""
     pad = pad_token_id(tokenizer)
     scorer = ExactScorer(model, config.layers)
-    tasks = []
+    per_task = []
     for path in targets:
         task = encode_records(path, load_records(path), tokenizer, config.max_length)
-        tasks.append([b for _, b in _batches(task, config.batch_size, pad)])
+        per_task.append(_task_vector(scorer, task, config, pad, events))
         stats.target_computed += len(task)
-    vectors = scorer.target_vectors(tasks, config.normalize)
+    vectors = stack_tasks(per_task)
     train_scorer = scorer if adam is None else ExactScorer(model, config.layers, adam=adam)
     done = 0
-    for chunk, batch in _batches(examples, config.batch_size, pad):
+
+    def compute(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         inner, sq = train_scorer(batch, vectors)
-        scores = cosine_or_dot(inner, sq, config.normalize).cpu()
+        return cosine_or_dot(inner, sq, config.normalize).cpu()
+
+    for chunk, scores in fitted_batches(examples, config.batch_size, pad, compute, events):
         stats.train_computed += len(chunk)
         done += len(chunk)
         report(progress, "scoring", done, len(examples))
@@ -163,6 +186,7 @@ def score_stream(
     progress: ProgressFn | None = None,
     stats: ScoreStats | None = None,
     adam: AdamState | None = None,
+    events: EventFn | None = None,
 ) -> Iterator[ScoreBatch]:
     """Yield :class:`ScoreBatch` es covering ``indices`` of ``train`` (all when ``None``), each
     sample's score being its max over the target tasks.
@@ -182,6 +206,7 @@ def score_stream(
         progress=progress,
         stats=stats,
         adam=adam,
+        events=events,
     ):
         yield ScoreBatch(b.indices, b.ids, b.scores.max(dim=1).values.tolist())
 
@@ -199,8 +224,10 @@ def task_score_stream(
     progress: ProgressFn | None = None,
     stats: ScoreStats | None = None,
     adam: AdamState | None = None,
+    events: EventFn | None = None,
 ) -> Iterator[TaskScoreBatch]:
-    """Like :func:`score_stream`, with one score per target task (in ``targets`` order)."""
+    """Like :func:`score_stream`, with one score per target task (in ``targets`` order).
+    ``events`` hears of batches halved to fit the device's memory."""
     stats = stats if stats is not None else ScoreStats()
     if not targets:
         raise ConfigError("give at least one target-task file")
@@ -212,7 +239,7 @@ def task_score_stream(
             )
         examples, ids = _pool(train, tokenizer, config, indices)
         yield from _exact_stream(
-            model, tokenizer, examples, ids, targets, config, progress, stats, adam
+            model, tokenizer, examples, ids, targets, config, progress, stats, adam, events
         )
         return
     examples, ids = _pool(train, tokenizer, config, indices)
@@ -257,6 +284,7 @@ def task_score_stream(
             batch_size=config.batch_size,
             store=store,
             stats=stats,
+            events=events,
         )
         directions.append(target_direction(_vectors(unit, norms, config.normalize)))
 
@@ -270,6 +298,7 @@ def task_score_stream(
             store=store,
             stats=s,
             progress=prog,
+            events=events,
         )
 
     if config.scorer == "influence":
