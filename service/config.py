@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -68,6 +68,26 @@ class Settings(BaseSettings):
         default_factory=lambda: list(DEFAULT_PRESETS),
         description="Model preset names the API accepts as target_model.",
     )
+    allowed_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Glob patterns of Hugging Face hub ids the API accepts as target_model "
+        "(e.g. 'Qwen/*,meta-llama/Llama-3.2-*'); unset: only ids already in the hub cache.",
+    )
+    device: str = Field(
+        default="auto",
+        pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+        description="(worker) auto (CUDA when available, else the CPU), cpu, cuda or cuda:N.",
+    )
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        default="auto",
+        description="(worker) model dtype: auto is bfloat16 on CUDA and float32 on the CPU.",
+    )
+    model_cache_size: int = Field(
+        default=1,
+        ge=0,
+        description="(worker) loaded target models a worker process keeps between tasks "
+        "(the shards of a job); 0 loads the model for every task.",
+    )
     api_key: str | None = Field(
         default=None, description="Local API key of the embedded default (created when unset)."
     )
@@ -99,7 +119,7 @@ class Settings(BaseSettings):
     )
     queue: str = Field(default="iprox", description="Celery queue the worker consumes.")
 
-    @field_validator("data_roots", "model_roots", "presets", mode="before")
+    @field_validator("data_roots", "model_roots", "presets", "allowed_models", mode="before")
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return _split_paths(value)

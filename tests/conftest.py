@@ -10,6 +10,9 @@ from typing import Any
 
 import pytest
 
+# No test reaches the Hugging Face hub: hub ids resolve from fake caches the tests build.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 

@@ -2,11 +2,13 @@
 acks_late, prefetch 1, time limits) plus the task modules.
 
 Run with ``celery -A worker.celery_app worker -Q iprox``; ``iprox serve`` starts one for the
-embedded default.
+embedded default. ``IPROX_DEVICE`` / ``IPROX_DTYPE`` are resolved here, at start-up: a worker
+asked for a device that is not there exits with a message instead of failing its first job.
 """
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from typing import Any
 
@@ -20,6 +22,17 @@ try:
     _settings = get_settings()
 except ValidationError as exc:  # e.g. an artifact URL whose fsspec back end is not installed
     raise SystemExit(f"iprox worker: invalid configuration: {exc}") from None
+
+# The CUDA check goes through NVML, which leaves CUDA uninitialised in this (parent) process:
+# the prefork pool's child that runs the tasks can then use the GPU.
+os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+try:
+    from worker.engine.errors import EngineError
+    from worker.tasks.runtime import worker_runtime
+
+    RUNTIME = worker_runtime(_settings)
+except EngineError as exc:
+    raise SystemExit(f"iprox worker: {exc.message}") from None
 app = make_celery(_settings)
 app.conf.include = ["worker.tasks.jobs"]
 

@@ -32,6 +32,12 @@ class ProxySpec(BaseModel):
     ridge: float | None = Field(None, gt=0, description="Covariance ridge (relative).")
     max_length: int | None = Field(None, gt=0, description="Token budget per sequence.")
     seed: int | None = Field(None, ge=0)
+    checkpointing: bool | None = Field(
+        None, description="Recompute decoder layers' activations in backward (less memory)."
+    )
+    factor_dtype: Literal["float64", "float32"] | None = Field(
+        None, description="Precision of the IPSVD factorisation (float32 for slow-float64 GPUs)."
+    )
 
     @model_validator(mode="after")
     def _reuse_excludes_settings(self) -> ProxySpec:
@@ -111,7 +117,11 @@ class JobCreate(BaseModel):
 
     kind: JobKind = Field(description="select: score and rank; proxy_build: only build a proxy.")
     dataset_uri: str = Field(min_length=1, description="The pool (select) or probe data.")
-    target_model: str = Field(min_length=1, description="Preset name or a local model folder.")
+    target_model: str = Field(
+        min_length=1,
+        description="Preset name, a local model folder under the model roots, or a Hugging Face "
+        "hub id org/name[@revision] allowed by IPROX_ALLOWED_MODELS.",
+    )
     target_uri: str | list[str] | None = Field(None, description="Target-task set(s) (select).")
     proxy: ProxySpec = Field(default_factory=lambda: ProxySpec())
     scorer: ScorerSpec = Field(default_factory=lambda: ScorerSpec())

@@ -102,7 +102,10 @@ def validate(
         field = "target_uri" if body.target_uri is not None else "selection"
         raise ValidationFailed(f"a proxy_build job takes no {field}", field=field)
     model = resolve_target_model(
-        body.target_model, presets=settings.presets, model_roots=settings.model_roots
+        body.target_model,
+        presets=settings.presets,
+        model_roots=settings.model_roots,
+        allowed_models=settings.allowed_models,
     )
 
     def check(uri: str, field: str) -> None:

@@ -172,6 +172,9 @@ def test_proxy_build_then_select_reuses_it(
     assert built["status"] == "succeeded", built["error"]
     proxy_id = built["result"]["proxy_id"]
     assert [p["id"] for p in client.get("/proxies", headers=auth).json()["items"]] == [proxy_id]
+    events = client.get(f"/jobs/{build_id}/events", headers=auth).json()["items"]
+    (built_event,) = [e for e in events if e["message"] == "proxy built"]
+    assert built_event["data"]["probe_oom_halvings"] == 0  # nothing ran out of memory
     proxies_before = proxy_count()
     body = job_body()
     body["proxy"] = {"proxy_id": proxy_id}

@@ -40,6 +40,7 @@ from worker.tasks.configs import score_config, selection_config
 from worker.tasks.inputs import local_input
 from worker.tasks.proxies import ensure_proxy, local_proxy
 from worker.tasks.reporting import Reporter
+from worker.tasks.runtime import model_cache, worker_runtime
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +87,27 @@ def job_guard(job_id: str) -> Iterator[None]:
         with session_scope() as s:
             state.fail(s, job_id, "time_limit", "the task ran past its time limit")
     except Exception as exc:
+        if _out_of_memory(exc):
+            log.warning("job %s ran out of device memory: %s", job_id, exc)
+            with session_scope() as s:
+                state.fail(
+                    s,
+                    job_id,
+                    "out_of_memory",
+                    "the worker's device ran out of memory at the job's batch size (lower "
+                    f"proxy.batch_size or scorer.batch_size, or max_length): {exc}"[:2000],
+                )
+            return
         log.exception("job %s failed unexpectedly", job_id)
         with session_scope() as s:
             state.fail(s, job_id, "internal", f"{type(exc).__name__}: {exc}")
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """torch's device out-of-memory error (the worker has torch loaded by then)."""
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError)
 
 
 def _pick(d: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
@@ -209,6 +228,8 @@ def score_shard(job_id: str, shard_index: int, settings: Settings, enqueue: Enqu
             store_dir=store if config.features == "projected" else None,
             indices=range(start, stop),
             progress=reporter.progress,
+            runtime=worker_runtime(settings),
+            models=model_cache(settings),
             events=reporter.event,
         )
         for batch in batches:
@@ -265,9 +286,10 @@ def rank_job(job_id: str, settings: Settings) -> None:
     selection = selection_config(request["selection"])
     counts = None
     if selection.token_budget is not None:
-        from worker.engine.models import load_model
+        from worker.engine.pipeline import ModelCache
 
-        tokenizer = load_model(inputs.model).tokenizer
+        models = model_cache(settings) or ModelCache()
+        tokenizer = models.get(inputs.model, worker_runtime(settings)).tokenizer
         counts = token_counts(
             tokenizer, inputs.pool, score_config(request.get("scorer") or {}).max_length
         )

@@ -49,7 +49,8 @@ def tensor_fingerprint(module: torch.nn.Module) -> str:
     h = hashlib.sha256()
     for name, p in module.named_parameters():
         h.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
-        h.update(p.detach().contiguous().cpu().numpy().tobytes())
+        # Raw bytes via uint8: numpy has no bfloat16 (the same bytes as before for float32).
+        h.update(p.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
