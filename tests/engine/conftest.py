@@ -17,3 +17,14 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def fresh_target_cache() -> Iterator[None]:
+    """Each test starts with the process's target-vector cache empty (a worker's shards share it;
+    tests are not shards of one job)."""
+    from worker.engine.scoring.targets import TARGETS
+
+    TARGETS.clear()
+    yield
+    TARGETS.clear()

@@ -16,6 +16,7 @@ from worker.engine.errors import (
     NoResponseTokensError,
 )
 from worker.engine.scoring import ScoreConfig, ScoreStats, score_stream
+from worker.engine.scoring.targets import TARGETS
 
 
 def _scores(
@@ -60,6 +61,7 @@ def test_second_target_reuses_stored_training_gradients(model_and_tok, tmp_path)
     first, second = ScoreStats(), ScoreStats()
     _scores(model_and_tok, train, [t1], cfg, store_dir=tmp_path / "store", stats=first)
     fresh = _scores(model_and_tok, train, [t2], cfg)
+    TARGETS.clear()  # count t2's gradients below, not the worker's cached direction
     reused = _scores(model_and_tok, train, [t2], cfg, store_dir=tmp_path / "store", stats=second)
     assert (first.train_computed, first.target_computed) == (10, 2)
     assert (second.train_computed, second.train_loaded, second.target_computed) == (0, 10, 2)
@@ -182,3 +184,28 @@ def test_eigen_projection_is_the_same_for_every_shard_and_keys_the_store(
         stats=stats,
     )
     assert stats.train_loaded == 0 and stats.train_computed == 9
+
+
+@pytest.mark.parametrize("features", ["exact", "projected"])
+def test_target_vectors_are_kept_for_the_next_call_on_the_same_model(tmp_path, features) -> None:  # type: ignore[no-untyped-def]
+    from tests.tiny import tiny_model
+
+    train = write(tmp_path / "pool.jsonl", pool_rows(6))
+    target = write(tmp_path / "t.jsonl", target_rows(3))
+    cfg = ScoreConfig(features=features, proj_dim=256, max_length=64)
+    model = tiny_model("llama", seed=2)
+    first, second, other = ScoreStats(), ScoreStats(), ScoreStats()
+    a = _scores(model, train, [target], cfg, indices=[0, 1, 2], stats=first)
+    b = _scores(model, train, [target], cfg, indices=[3, 4, 5], stats=second)  # the next shard
+    assert (first.target_computed, first.target_loaded) == (3, 0)
+    assert (second.target_computed, second.target_loaded) == (0, 3)
+    TARGETS.clear()
+    whole = _scores(model, train, [target], cfg)
+    assert a | b == pytest.approx(whole, rel=1e-5, abs=1e-7)
+    # another model object, even of the same name and weights, computes its own
+    _scores(tiny_model("llama", seed=2), train, [target], cfg, stats=other)
+    assert other.target_computed == 3
+    # a different setting is a different entry
+    changed = ScoreStats()
+    _scores(model, train, [target], replace(cfg, max_length=48), stats=changed)
+    assert changed.target_computed == 3

@@ -53,6 +53,7 @@ from worker.engine.scoring.gradients import (
 )
 from worker.engine.scoring.precondition import AdamState
 from worker.engine.scoring.store import GradientStore, file_sha256
+from worker.engine.scoring.targets import TARGETS, CachedTask
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,7 @@ def _task_vector(
 
 def _exact_stream(
     model: nn.Module,
+    model_hash: str,
     tokenizer: Any,
     examples: Sequence[Example],
     ids: dict[int, str],
@@ -154,8 +156,15 @@ def _exact_stream(
     scorer = ExactScorer(model, config.layers)
     per_task = []
     for path in targets:
+        key = ("exact", model_hash, file_sha256(path), config.max_length, config.normalize)
+        hit = TARGETS.get(model, (*key, config.layers))
+        if hit is not None:
+            per_task.append(hit.value)
+            stats.target_loaded += hit.samples
+            continue
         task = encode_records(path, load_records(path), tokenizer, config.max_length)
         per_task.append(_task_vector(scorer, task, config, pad, events))
+        TARGETS.put(model, (*key, config.layers), CachedTask(per_task[-1], len(task)))
         stats.target_computed += len(task)
     vectors = stack_tasks(per_task)
     train_scorer = scorer if adam is None else ExactScorer(model, config.layers, adam=adam)
@@ -239,7 +248,17 @@ def task_score_stream(
             )
         examples, ids = _pool(train, tokenizer, config, indices)
         yield from _exact_stream(
-            model, tokenizer, examples, ids, targets, config, progress, stats, adam, events
+            model,
+            model_hash,
+            tokenizer,
+            examples,
+            ids,
+            targets,
+            config,
+            progress,
+            stats,
+            adam,
+            events,
         )
         return
     examples, ids = _pool(train, tokenizer, config, indices)
@@ -273,7 +292,16 @@ def task_score_stream(
         store = GradientStore(store_dir, key, featurizer.dim)
 
     directions = []
+    projection: tuple[Any, ...] = (config.proj_dim, config.seed, config.projection)
+    if config.projection == "eigen":  # the basis depends on the pool's probes
+        projection += (config.projection_samples, file_sha256(train))
     for path in targets:
+        task_key = ("projected", model_hash, file_sha256(path), config.max_length, config.normalize)
+        hit = TARGETS.get(model, (*task_key, config.layers, projection))
+        if hit is not None:
+            directions.append(hit.value[0])
+            stats.target_loaded += hit.samples
+            continue
         unit, norms = target_features(
             featurizer,
             tokenizer,
@@ -287,6 +315,8 @@ def task_score_stream(
             events=events,
         )
         directions.append(target_direction(_vectors(unit, norms, config.normalize)))
+        task = CachedTask([directions[-1]], int(unit.shape[0]))
+        TARGETS.put(model, (*task_key, config.layers, projection), task)
 
     def stream(s: ScoreStats, prog: ProgressFn | None) -> Iterator[Features]:
         return train_features(
