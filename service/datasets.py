@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlsplit
 import httpx
 
 from service.errors import ValidationFailed
+from service.outbound import OutboundPolicy, OutboundRefused, send_checked
 
 REMOTE_SCHEMES = ("http", "https", "s3", "gs")
 SUFFIXES = (".jsonl", ".json", ".csv")
@@ -156,16 +157,28 @@ def run_within(total_s: float, coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(bounded())
 
 
-def check_http(uri: str, field: str, *, max_bytes: int, timeout_s: float, total_s: float) -> None:
-    """HEAD the URL within ``total_s``: reachable, 2xx, and not larger than ``max_bytes`` when
-    it says its size."""
+def check_http(
+    uri: str,
+    field: str,
+    *,
+    max_bytes: int,
+    timeout_s: float,
+    total_s: float,
+    outbound: OutboundPolicy,
+) -> None:
+    """HEAD the URL within ``total_s``: a public address (or one ``outbound`` allows) at every
+    redirect hop, reachable, 2xx, and not larger than ``max_bytes`` when it says its size."""
 
     async def head() -> httpx.Response:
-        async with httpx.AsyncClient(follow_redirects=True, timeout=timeout_s) as client:
-            return await client.head(uri)
+        async with httpx.AsyncClient(follow_redirects=False, timeout=timeout_s) as client:
+            resp = await send_checked(client, "HEAD", uri, outbound)
+            await resp.aclose()
+            return resp
 
     try:
         resp = run_within(total_s, head())
+    except OutboundRefused as exc:
+        raise ValidationFailed(f"{uri!r} is refused: {exc}", field=field) from None
     except TimeoutError:
         raise ValidationFailed(
             f"{uri!r} did not answer within the limit of {total_s:g} s (IPROX_HTTP_TOTAL_TIMEOUT_S)",
@@ -227,6 +240,7 @@ def check_uri(
     http_max_bytes: int,
     http_timeout_s: float,
     http_total_timeout_s: float,
+    outbound: OutboundPolicy,
 ) -> None:
     """Refuse a dataset URI that cannot be read or does not look like data (422 on ``field``)."""
     scheme = urlsplit(uri).scheme
@@ -250,6 +264,7 @@ def check_uri(
             max_bytes=http_max_bytes,
             timeout_s=http_timeout_s,
             total_s=http_total_timeout_s,
+            outbound=outbound,
         )
     else:
         check_fsspec(uri, field, max_bytes=http_max_bytes)

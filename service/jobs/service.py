@@ -113,6 +113,7 @@ def validate(
             http_max_bytes=settings.http_max_bytes,
             http_timeout_s=settings.http_timeout_s,
             http_total_timeout_s=settings.http_total_timeout_s,
+            outbound=settings.outbound,
         )
 
     check(body.dataset_uri, "dataset_uri")
