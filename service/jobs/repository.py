@@ -23,6 +23,7 @@ from service.models import (
     ShardStatus,
 )
 from service.models.base import utcnow
+from service.text import unstorable
 
 
 def encode_cursor(created_at: datetime, row_id: str) -> str:
@@ -31,8 +32,10 @@ def encode_cursor(created_at: datetime, row_id: str) -> str:
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
     """Raises ValueError on anything that is not a cursor this API issued."""
+    if unstorable(cursor):
+        raise ValueError("not a cursor")
     stamp, _, row_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
-    if not row_id:
+    if not row_id or unstorable(row_id):
         raise ValueError("not a cursor")
     return datetime.fromisoformat(stamp), row_id
 
