@@ -93,11 +93,6 @@ class Settings(BaseSettings):
     task_time_limit_s: int = Field(
         default=6 * 3600 + 300, gt=0, description="Hard time limit: the worker kills the task."
     )
-    orphan_after_s: int = Field(
-        default=1800,
-        gt=0,
-        description="A running job whose heartbeat is older than this is failed as worker_lost.",
-    )
     queue: str = Field(default="iprox", description="Celery queue the worker consumes.")
     allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

@@ -7,7 +7,8 @@ embedded default.
 
 from __future__ import annotations
 
-from datetime import timedelta
+import contextlib
+import logging
 from typing import Any
 
 from celery.signals import worker_ready
@@ -22,12 +23,18 @@ except ValidationError as exc:  # e.g. an artifact URL whose fsspec back end is 
     raise SystemExit(f"iprox worker: invalid configuration: {exc}") from None
 app = make_celery(_settings)
 app.conf.include = ["worker.tasks.jobs"]
+log = logging.getLogger(__name__)
+with contextlib.suppress(OSError):  # where beat keeps its schedule (a worker's -B, or beat)
+    _settings.home.mkdir(parents=True, exist_ok=True)
 
 
 @worker_ready.connect
-def _reap_orphans(**_: Any) -> None:
-    """Jobs whose heartbeat stopped lost their worker (killed before it could record anything):
-    fail them rather than leave them running. ``run_job`` does the same for each new job."""
-    from worker.tasks.steps import reap_orphans
+def _reconcile_at_start(**_: Any) -> None:
+    """A worker that starts may replace one that died: look for stranded work at once rather
+    than at the next beat."""
+    from worker.tasks.jobs import reconcile
 
-    reap_orphans(timedelta(seconds=get_settings().orphan_after_s))
+    try:
+        reconcile()
+    except Exception:  # never keep a worker from starting
+        log.exception("reconciler: the start-up pass failed")
