@@ -33,8 +33,9 @@ def _stages() -> dict[str, list[str]]:
 def test_compose_has_the_services_in_order() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert set(services) == {"api", "worker", "postgres", "redis", "migrate"}
-    for name in ("api", "worker"):
+    assert set(services) == {"api", "worker", "beat", "postgres", "redis", "migrate"}
+    assert services["beat"]["command"][:4] == ["celery", "-A", "worker.celery_app", "beat"]
+    for name in ("api", "worker", "beat"):
         deps = services[name]["depends_on"]
         assert deps["migrate"]["condition"] == "service_completed_successfully"
         assert deps["redis"]["condition"] == "service_healthy"
@@ -49,7 +50,7 @@ def test_compose_has_the_services_in_order() -> None:
 def test_compose_environment_names_real_settings() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     known = {f"IPROX_{name.upper()}" for name in Settings.model_fields}
-    for name in ("api", "worker", "migrate"):
+    for name in ("api", "worker", "beat", "migrate"):
         env = compose["services"][name]["environment"]
         assert set(env) <= known, set(env) - known
         settings = Settings(**{k.removeprefix("IPROX_").lower(): v for k, v in env.items()})

@@ -248,3 +248,32 @@ def test_a_lost_shard_message_is_sent_again(
     queue.drain()
     assert job_row(job_id).status is JobStatus.SUCCEEDED
     assert _score_rows(job_id) == (len(POOL), len(POOL))
+
+
+def test_serve_runs_the_reconciler_on_a_timer(service_db: str, window: None) -> None:
+    import threading
+    import time
+
+    import redis
+
+    from tests.service.kit import REDIS_DB_SERVICE
+    from worker.commands.serve import start_reconciler
+
+    def queued() -> int:
+        return int(redis.Redis(db=REDIS_DB_SERVICE).llen(get_settings().queue))
+
+    job_id = make_job(JobStatus.QUEUED)  # its run message was lost
+    before = queued()
+    stop = threading.Event()
+    thread = start_reconciler(0.2, stop)
+    try:
+        deadline = time.monotonic() + 10
+        while queued() == before and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+    assert queued() > before and not thread.is_alive()
+    with session_scope() as s:
+        events = repository.list_events(s, job_id, after=0, limit=10)
+    assert [e.message for e in events if e.type == "recovery"] == ["run message sent again"]
