@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import get_settings
@@ -59,7 +59,10 @@ def make_engine(
         connect_args["connect_timeout"] = connect_timeout_s
     return create_engine(
         url,
-        pool_pre_ping=True,
+        # No pre-ping: it is a round trip per checkout. A connection found dead raises a
+        # disconnect error instead, which invalidates the whole pool (the next checkout
+        # connects afresh) and is answered 503 by the API / retried by a task.
+        pool_pre_ping=False,
         pool_size=pool_size,
         max_overflow=max_overflow,
         pool_timeout=pool_timeout_s,
@@ -100,3 +103,15 @@ def session_scope() -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+@contextmanager
+def read_connection() -> Iterator[Connection]:
+    """A connection for one read that needs no transaction (a key lookup): on a server
+    database in autocommit, so it costs no BEGIN/COMMIT round trips. SQLite keeps its usual
+    transactions (its BEGIN IMMEDIATE hook must be paired with an end)."""
+    engine = get_engine()
+    with engine.connect() as conn:
+        if engine.dialect.name != "sqlite":
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        yield conn

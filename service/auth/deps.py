@@ -8,7 +8,7 @@ from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.auth.keys import tenant_for_key
-from service.db import session_scope
+from service.db import read_connection
 from service.errors import Unauthorized
 from service.text import unstorable
 
@@ -18,14 +18,14 @@ _bearer = HTTPBearer(auto_error=False, description="API key: `Authorization: Bea
 def current_tenant(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str:
-    """The key's tenant. Its session ends here: holding it until the handler runs would keep a
-    pooled connection idle while the request waits for a worker thread."""
+    """The key's tenant. Its connection is returned here: holding it until the handler runs
+    would keep a pooled connection idle while the request waits for a worker thread."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("send 'Authorization: Bearer <API key>'")
     if unstorable(credentials.credentials):
         raise Unauthorized("the API key is unknown or revoked")
-    with session_scope() as session:
-        tenant = tenant_for_key(session, credentials.credentials)
+    with read_connection() as conn:
+        tenant = tenant_for_key(conn, credentials.credentials)
     if tenant is None:
         raise Unauthorized("the API key is unknown or revoked")
     return tenant
