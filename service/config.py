@@ -132,7 +132,7 @@ class Settings(BaseSettings):
         default=3, gt=0, description="Timeout of a new database connection, s (Postgres)."
     )
     api_max_inflight: int = Field(
-        default=64,
+        default=32,
         gt=0,
         description="Requests the API works on at once; more are answered 503 at once.",
     )

@@ -75,3 +75,10 @@ def test_dockerfile_copies_what_exists() -> None:
                 assert (ROOT / src).exists(), src
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ".venv" in ignored and "tests" in ignored
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## Configuration") : readme.index("## Command line")]
+    missing = [n for n in Settings.model_fields if f"`IPROX_{n.upper()}`" not in table]
+    assert missing == []
