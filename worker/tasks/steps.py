@@ -301,7 +301,8 @@ def rank_job(job_id: str, settings: Settings) -> None:
     ranked = rank(inputs.pool, scores, selection, token_counts=counts)
     out = settings.artifacts.workspace(*subset_parts(job_id))
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".jsonl.part")
+    # Named per delivery: a ranking re-queued by the reconciler may overlap a slow one.
+    tmp = out.with_suffix(f".{uuid.uuid4().hex[:8]}.part")
     with tmp.open("w", encoding="utf-8") as fh:
         for r in ranked:
             fh.write(json.dumps(dict(r.fields) | {"rank": r.rank, "score": r.score}) + "\n")
