@@ -176,6 +176,9 @@ def main(
                     server.wait()
     finally:
         drop()
+    from service.config import Settings
+
+    defaults = Settings.model_construct()  # the defaults the server ran with (no IPROX_*)
     cmd_line = "python scripts/bench_service.py " + " ".join(sys.argv[1:])
     table = [
         "| offered req/s | runs | sent | 2xx | 503 | other status | no answer | p50 ms | "
@@ -191,8 +194,10 @@ def main(
             f"Command: `{cmd_line.strip()}`. Machine: {os.cpu_count()}-core CPU shared with other "
             f"jobs (1-minute load average {load_before:.1f} at the start, "
             f"{os.getloadavg()[0]:.1f} at the end), {platform.python_implementation()} "
-            f"{platform.python_version()}; one uvicorn process (default settings: pool 10 + 10 "
-            "overflow, 64 requests in flight at most) and the load generator on the same cores, "
+            f"{platform.python_version()}; one uvicorn process (default settings: pool "
+            f"{defaults.db_pool_size} + {defaults.db_max_overflow} overflow, "
+            f"{defaults.api_max_inflight} requests in flight at most) and the load generator on "
+            "the same cores, "
             "local PostgreSQL, all on 127.0.0.1. Each run offers GET /jobs/{id} (API key check, "
             f"job row, labels) at a fixed rate for {duration:g} s; latency counts from when a "
             "request was due, so queueing shows; p50/p99 are over 2xx answers of all runs pooled.",
