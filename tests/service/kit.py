@@ -18,8 +18,10 @@ PG_ADMIN_URL = os.environ.get(
     "IPROX_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
-# Redis database numbers reserved for the test tiers, so a flush never touches anything else.
-REDIS_DB_SERVICE, REDIS_DB_INTEGRATION = 13, 14
+# Redis database numbers reserved for the test tiers (each run also has a queue of its own).
+# Not 13/14, which earlier versions of these tests flushed whole: a run of such a version in
+# another checkout must not wipe this run's messages.
+REDIS_DB_SERVICE, REDIS_DB_INTEGRATION = 10, 11
 
 
 def _reachable(host: str, port: int) -> bool:
