@@ -259,3 +259,60 @@ def test_api_refuses_loopback_dataset_uris(
         assert r.status_code == 422 and r.json()["errors"][0]["field"] == "target_uri"
         assert seen == []
     assert not net_guard.tried("127.0.0.1", port) and not net_guard.tried("::1", port)
+
+
+def test_https_is_pinned_with_the_name_in_sni_and_certificate_check(
+    tmp_path: Path, net_guard: ConnectLog
+) -> None:
+    """The connection goes to the checked address while TLS speaks to the name: SNI carries it
+    and the certificate is verified against it (a certificate for another name fails)."""
+    import asyncio
+    import shutil
+    import ssl
+    import subprocess
+
+    import httpx
+
+    from service.outbound import send_checked
+
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is needed to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=pool.test"),
+            *("-addext", "subjectAltName=DNS:pool.test"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    names: list[str | None] = []
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+    server_ctx.sni_callback = lambda sock, name, ctx: names.append(name)  # type: ignore[assignment,misc,return-value]
+    seen: list[tuple[str, str, str | None]] = []
+    handler = type("Site", (_Site,), {"routes": {}, "seen": seen})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.socket = server_ctx.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    policy = OutboundPolicy(["pool.test", "other.test"], resolver=lambda h, p: ["127.0.0.1"])
+
+    async def head(url: str) -> int:
+        client_ctx = ssl.create_default_context(cafile=str(cert))
+        async with httpx.AsyncClient(verify=client_ctx, timeout=5) as client:
+            resp = await send_checked(client, "HEAD", url, policy)
+            await resp.aclose()
+            return resp.status_code
+
+    try:
+        assert asyncio.run(head(f"https://pool.test:{port}/pool.jsonl")) == 200
+        with pytest.raises(httpx.ConnectError, match="certificate"):
+            asyncio.run(head(f"https://other.test:{port}/pool.jsonl"))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert names[:2] == ["pool.test", "other.test"]
+    assert seen == [("HEAD", "/pool.jsonl", f"pool.test:{port}")]
+    assert set(net_guard.attempts) == {("127.0.0.1", port)}
