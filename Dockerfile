@@ -24,7 +24,8 @@ RUN pip install .
 USER iprox
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz')"
-CMD ["uvicorn", "service.main:app", "--host", "0.0.0.0", "--port", "8000"]
+# SIGTERM: stop accepting, finish what is in flight for at most 10 s, exit.
+CMD ["uvicorn", "service.main:app", "--host", "0.0.0.0", "--port", "8000", "--timeout-graceful-shutdown", "10"]
 
 FROM base AS worker
 # torch from the CPU wheel index first, so the engine extra does not pull a CUDA build.

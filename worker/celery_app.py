@@ -8,8 +8,9 @@ asked for a device that is not there exits with a message instead of failing its
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
-from datetime import timedelta
 from typing import Any
 
 from celery.signals import worker_ready
@@ -35,12 +36,18 @@ except EngineError as exc:
     raise SystemExit(f"iprox worker: {exc.message}") from None
 app = make_celery(_settings)
 app.conf.include = ["worker.tasks.jobs"]
+log = logging.getLogger(__name__)
+with contextlib.suppress(OSError):  # where beat keeps its schedule (a worker's -B, or beat)
+    _settings.home.mkdir(parents=True, exist_ok=True)
 
 
 @worker_ready.connect
-def _reap_orphans(**_: Any) -> None:
-    """Jobs whose heartbeat stopped lost their worker (killed before it could record anything):
-    fail them rather than leave them running. ``run_job`` does the same for each new job."""
-    from worker.tasks.steps import reap_orphans
+def _reconcile_at_start(**_: Any) -> None:
+    """A worker that starts may replace one that died: look for stranded work at once rather
+    than at the next beat."""
+    from worker.tasks.jobs import reconcile
 
-    reap_orphans(timedelta(seconds=get_settings().orphan_after_s))
+    try:
+        reconcile()
+    except Exception:  # never keep a worker from starting
+        log.exception("reconciler: the start-up pass failed")

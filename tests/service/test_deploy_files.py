@@ -38,8 +38,9 @@ HF_VARS = {"HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE"}
 def test_compose_has_the_services_in_order() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert set(services) == {"api", "worker", "postgres", "redis", "migrate", *GPU_WORKERS}
-    for name in ("api", "worker", *GPU_WORKERS):
+    assert set(services) == {"api", "worker", "beat", "postgres", "redis", "migrate", *GPU_WORKERS}
+    assert services["beat"]["command"][:4] == ["celery", "-A", "worker.celery_app", "beat"]
+    for name in ("api", "worker", "beat", *GPU_WORKERS):
         deps = services[name]["depends_on"]
         assert deps["migrate"]["condition"] == "service_completed_successfully"
         assert deps["redis"]["condition"] == "service_healthy"
@@ -84,7 +85,7 @@ def test_compose_gpu_profile_runs_one_pinned_worker_per_gpu() -> None:
 def test_compose_environment_names_real_settings() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     known = {f"IPROX_{name.upper()}" for name in Settings.model_fields}
-    for name in ("api", "worker", "migrate", *GPU_WORKERS):
+    for name in ("api", "worker", "beat", "migrate", *GPU_WORKERS):
         env = compose["services"][name]["environment"]
         assert set(env) <= known | HF_VARS, set(env) - known - HF_VARS
         own = {k: v for k, v in env.items() if k.startswith("IPROX_")}
@@ -120,3 +121,10 @@ def test_dockerfile_copies_what_exists() -> None:
                 assert (ROOT / src).exists(), src
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ".venv" in ignored and "tests" in ignored
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## Configuration") : readme.index("## Command line")]
+    missing = [n for n in Settings.model_fields if f"`IPROX_{n.upper()}`" not in table]
+    assert missing == []
