@@ -102,7 +102,7 @@ class GradientStore:
             raise ValueError("shard shapes do not match its indices and the store's dimension")
         name = f"train-{len(self.shards):05d}.safetensors"
         tensors = {
-            "indices": torch.tensor(indices, dtype=torch.int64),
+            "indices": torch.tensor(indices, dtype=torch.int64, device="cpu"),  # written to disk
             "features": features.to(torch.float16).contiguous(),
             "norms": norms.float().contiguous(),
         }
