@@ -7,8 +7,16 @@ real Redis), GET /jobs (one page of 50) and GET /jobs/{id}/scores (one page of 1
 
 Writes a table into the ``bench:service`` section of docs/benchmarks.md.
 
+With ``--load``, instead: an open-loop load test of a real uvicorn process on 127.0.0.1
+against Postgres: GET /jobs/{id} offered at fixed rates (default 50/100/200/400 req/s, 10 s
+each, 3 runs), reporting p50/p99 latency (from when each request was due) and errors; then a
+probe at a low rate after the heaviest load (does it recover?), the connections left idle in
+transaction, and how long SIGTERM takes to end the server. Written to ``bench:service-load``.
+
     .venv/bin/python scripts/bench_service.py                 # sizes below, 3 repeats
     .venv/bin/python scripts/bench_service.py --quick         # smoke run, writes nothing
+    .venv/bin/python scripts/bench_service.py --load          # the load test (about 3 min)
+    .venv/bin/python scripts/bench_service.py --load --quick  # 2 s per rate, writes nothing
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 PG_ADMIN = os.environ.get(
     "IPROX_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -34,6 +43,18 @@ PG_ADMIN = os.environ.get(
 REDIS = os.environ.get("IPROX_BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
 DOC = ROOT / "docs" / "benchmarks.md"
 START, END = "<!-- bench:service:start -->", "<!-- bench:service:end -->"
+LOAD_START, LOAD_END = "<!-- bench:service-load:start -->", "<!-- bench:service-load:end -->"
+
+
+def _write_section(start: str, end: str, section: str) -> None:
+    text = DOC.read_text(encoding="utf-8")
+    if start in text:
+        a, b = text.index(start), text.index(end) + len(end)
+        text = text[:a] + section + text[b:]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    DOC.write_text(text, encoding="utf-8")
+    print(f"wrote the {start} section of {DOC}")
 
 
 def _median_ms(samples: list[float]) -> str:
@@ -143,7 +164,17 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=100, help="requests per API endpoint")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="tiny sizes; writes nothing")
+    ap.add_argument("--load", action="store_true", help="the open-loop load test instead")
+    ap.add_argument("--rates", default="50,100,200,400", help="offered req/s (--load)")
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds per run (--load)")
+    ap.add_argument("--runs", type=int, default=3, help="runs per rate (--load)")
     args = ap.parse_args()
+    if args.load:
+        from bench_load import main as load_main
+
+        return load_main(
+            args, _fresh_pg, lambda section: _write_section(LOAD_START, LOAD_END, section)
+        )
     if args.quick:
         args.samples, args.requests, args.repeats = 64, 5, 1
 
@@ -231,14 +262,7 @@ def main() -> int:
     )
     print("\n".join(table))
     if not args.quick:
-        text = DOC.read_text(encoding="utf-8")
-        if START in text:
-            a, b = text.index(START), text.index(END) + len(END)
-            text = text[:a] + section + text[b:]
-        else:
-            text = text.rstrip("\n") + "\n\n" + section + "\n"
-        DOC.write_text(text, encoding="utf-8")
-        print(f"wrote the bench:service section of {DOC}")
+        _write_section(START, END, section)
     return 0
 
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.artifacts import ArtifactRoot, is_url, require_backend
+from service.outbound import OutboundPolicy
 
 # The engine's presets, repeated here because the API may not import the engine; a test checks
 # that the two lists agree.
@@ -68,6 +69,26 @@ class Settings(BaseSettings):
         default_factory=lambda: list(DEFAULT_PRESETS),
         description="Model preset names the API accepts as target_model.",
     )
+    allowed_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Glob patterns of Hugging Face hub ids the API accepts as target_model "
+        "(e.g. 'Qwen/*,meta-llama/Llama-3.2-*'); unset: only ids already in the hub cache.",
+    )
+    device: str = Field(
+        default="auto",
+        pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+        description="(worker) auto (CUDA when available, else the CPU), cpu, cuda or cuda:N.",
+    )
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        default="auto",
+        description="(worker) model dtype: auto is bfloat16 on CUDA and float32 on the CPU.",
+    )
+    model_cache_size: int = Field(
+        default=1,
+        ge=0,
+        description="(worker) loaded target models a worker process keeps between tasks "
+        "(the shards of a job); 0 loads the model for every task.",
+    )
     api_key: str | None = Field(
         default=None, description="Local API key of the embedded default (created when unset)."
     )
@@ -92,17 +113,61 @@ class Settings(BaseSettings):
     task_time_limit_s: int = Field(
         default=6 * 3600 + 300, gt=0, description="Hard time limit: the worker kills the task."
     )
-    orphan_after_s: int = Field(
-        default=1800,
-        gt=0,
-        description="A running job whose heartbeat is older than this is failed as worker_lost.",
-    )
     queue: str = Field(default="iprox", description="Celery queue the worker consumes.")
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names or networks (CIDR) that outbound http(s) requests may reach "
+        "although they are not public addresses (',' separated), e.g. 10.0.0.0/8,files.lan.",
+    )
+    shard_stale_after_s: int = Field(
+        default=300,
+        gt=0,
+        description="A claimed shard (or planning/ranking step) with no heartbeat for this long, "
+        "or an unclaimed one queued this long ago, is re-queued by the reconciler.",
+    )
+    max_retries: int = Field(
+        default=3,
+        ge=0,
+        description="Times a job step whose worker went silent is re-queued before the job "
+        "fails (retries_exhausted).",
+    )
+    reconcile_interval_s: float = Field(
+        default=30.0, gt=0, description="How often the reconciler looks for stranded work, s."
+    )
+    transient_retries: int = Field(
+        default=8,
+        ge=0,
+        description="Retries (with backoff) of a task that hit a database or broker outage.",
+    )
+    db_pool_size: int = Field(default=10, gt=0, description="Database connections kept open.")
+    db_max_overflow: int = Field(
+        default=10, ge=0, description="Extra database connections allowed under load."
+    )
+    db_pool_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="Wait for a free database connection before answering 503, s.",
+    )
+    db_connect_timeout_s: int = Field(
+        default=3, gt=0, description="Timeout of a new database connection, s (Postgres)."
+    )
+    api_max_inflight: int = Field(
+        default=32,
+        gt=0,
+        description="Requests the API works on at once; more are answered 503 at once.",
+    )
 
-    @field_validator("data_roots", "model_roots", "presets", mode="before")
+    @field_validator("data_roots", "model_roots", "presets", "allowed_models", mode="before")
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return _split_paths(value)
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _hosts(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [p.strip() for p in value.split(",") if p.strip()]
+        return value
 
     @field_validator("artifact_root", mode="before")
     @classmethod
@@ -130,6 +195,11 @@ class Settings(BaseSettings):
         root = self.artifact_root or str(self.home / "artifacts")
         work = (self.work_dir or self.home / "work") if is_url(root) else Path(root)
         return ArtifactRoot(root, work)
+
+    @property
+    def outbound(self) -> OutboundPolicy:
+        """The address check every outbound http(s) request goes through."""
+        return OutboundPolicy(self.allowed_hosts)
 
     @property
     def broker_folder(self) -> Path:

@@ -13,12 +13,14 @@ import io
 import json
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import httpx
 
 from service.errors import ValidationFailed
+from service.outbound import OutboundPolicy, OutboundRefused, send_checked
+from service.text import unstorable
 
 REMOTE_SCHEMES = ("http", "https", "s3", "gs")
 SUFFIXES = (".jsonl", ".json", ".csv")
@@ -33,6 +35,9 @@ RECORD_KEYS: tuple[frozenset[str], ...] = (
     frozenset({"text"}),
 )
 _SNIFF_BYTES = 1 << 20
+# A local JSONL pool up to this size is counted (newlines, a cheap upper bound on its records)
+# so that a top_k it cannot meet is refused before queueing.
+COUNT_BYTES = 64 << 20
 T = TypeVar("T")
 
 
@@ -128,18 +133,66 @@ def sniff_text(head: str, suffix: str, where: str, field: str, complete: bool) -
         )
 
 
-def check_local(path: Path, uri: str, field: str) -> None:
-    """Sniff a local file (or a folder of MMLU CSVs)."""
+def read_head(fh: IO[bytes], suffix: str, cap: int) -> bytes:
+    """The start of a data file: 1 MiB, or for line formats (.jsonl, .csv) as much more as the
+    first non-blank line needs, up to ``cap`` bytes (the size limit of a dataset)."""
+    head = fh.read(min(_SNIFF_BYTES, cap))
+    if suffix not in (".jsonl", ".csv"):
+        return head
+    chunks, size = [head], len(head)
+    text_seen = bool(head.strip())
+    done = text_seen and b"\n" in head.lstrip()
+    while not done and size < cap:
+        chunk = fh.read(min(_SNIFF_BYTES, cap - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+        if text_seen:
+            done = b"\n" in chunk
+        elif chunk.strip():
+            text_seen, done = True, b"\n" in chunk.lstrip()
+    if not done and size >= cap:
+        raise ValueError(f"the first record is longer than the limit of {cap} bytes")
+    return b"".join(chunks)
+
+
+def _sniff_file(
+    fh: IO[bytes], uri: str, suffix: str, field: str, cap: int, size: int | None
+) -> None:
+    try:
+        head = read_head(fh, suffix, cap)
+    except ValueError as exc:
+        raise ValidationFailed(f"{uri}: {exc}", field=field) from None
+    complete = len(head) < _SNIFF_BYTES if size is None else size <= len(head)
+    sniff_text(head.decode("utf-8", errors="replace"), suffix, uri, field, complete=complete)
+
+
+def count_lines(path: Path) -> int:
+    """Newlines in ``path`` (plus an unterminated last line): at least its JSONL records."""
+    count, last = 0, b"\n"
+    with path.open("rb") as fh:
+        while chunk := fh.read(_SNIFF_BYTES):
+            count += chunk.count(b"\n")
+            last = chunk[-1:]
+    return count + (last != b"\n")
+
+
+def check_local(path: Path, uri: str, field: str, max_bytes: int) -> int | None:
+    """Sniff a local file (or a folder of MMLU CSVs). Returns an upper bound on a JSONL file's
+    records when it is small enough to count cheaply, else None."""
     if path.is_dir():
         csvs = sorted(path.glob("*.csv"))
         if not csvs:
             raise ValidationFailed(f"{uri!r}: a folder must hold .csv files", field=field)
         path = csvs[0]
     size = path.stat().st_size
+    suffix = path.suffix.lower()
     with path.open("rb") as fh:
-        head = fh.read(_SNIFF_BYTES)
-    text = head.decode("utf-8", errors="replace")
-    sniff_text(text, path.suffix.lower(), uri, field, complete=size <= _SNIFF_BYTES)
+        _sniff_file(fh, uri, suffix, field, max_bytes, size)
+    if suffix == ".jsonl" and size <= COUNT_BYTES:
+        return count_lines(path)
+    return None
 
 
 def run_within(total_s: float, coro: Coroutine[Any, Any, T]) -> T:
@@ -156,16 +209,28 @@ def run_within(total_s: float, coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(bounded())
 
 
-def check_http(uri: str, field: str, *, max_bytes: int, timeout_s: float, total_s: float) -> None:
-    """HEAD the URL within ``total_s``: reachable, 2xx, and not larger than ``max_bytes`` when
-    it says its size."""
+def check_http(
+    uri: str,
+    field: str,
+    *,
+    max_bytes: int,
+    timeout_s: float,
+    total_s: float,
+    outbound: OutboundPolicy,
+) -> None:
+    """HEAD the URL within ``total_s``: a public address (or one ``outbound`` allows) at every
+    redirect hop, reachable, 2xx, and not larger than ``max_bytes`` when it says its size."""
 
     async def head() -> httpx.Response:
-        async with httpx.AsyncClient(follow_redirects=True, timeout=timeout_s) as client:
-            return await client.head(uri)
+        async with httpx.AsyncClient(follow_redirects=False, timeout=timeout_s) as client:
+            resp = await send_checked(client, "HEAD", uri, outbound)
+            await resp.aclose()
+            return resp
 
     try:
         resp = run_within(total_s, head())
+    except OutboundRefused as exc:
+        raise ValidationFailed(f"{uri!r} is refused: {exc}", field=field) from None
     except TimeoutError:
         raise ValidationFailed(
             f"{uri!r} did not answer within the limit of {total_s:g} s (IPROX_HTTP_TOTAL_TIMEOUT_S)",
@@ -206,17 +271,15 @@ def check_fsspec(uri: str, field: str, *, max_bytes: int) -> None:
             raise ValidationFailed(
                 f"{uri!r} is {size} bytes, over the limit of {max_bytes}", field=field
             )
+        suffix = Path(path).suffix.lower()
         with fs.open(path, "rb") as fh:
-            head = fh.read(_SNIFF_BYTES)
+            _sniff_file(fh, uri, suffix, field, max_bytes, size)
     except FileNotFoundError:
         raise ValidationFailed(f"{uri!r}: no such object", field=field) from None
     except ValidationFailed:
         raise
     except Exception as exc:  # network or credential errors, whatever the back end raises
         raise ValidationFailed(f"{uri!r} is unreachable ({exc})", field=field) from None
-    complete = len(head) < _SNIFF_BYTES
-    suffix = Path(path).suffix.lower()
-    sniff_text(head.decode("utf-8", errors="replace"), suffix, uri, field, complete=complete)
 
 
 def check_uri(
@@ -227,13 +290,18 @@ def check_uri(
     http_max_bytes: int,
     http_timeout_s: float,
     http_total_timeout_s: float,
-) -> None:
-    """Refuse a dataset URI that cannot be read or does not look like data (422 on ``field``)."""
+    outbound: OutboundPolicy,
+) -> int | None:
+    """Refuse a dataset URI that cannot be read or does not look like data (422 on ``field``).
+    Returns an upper bound on its records when that is cheap to know (a local JSONL file up
+    to COUNT_BYTES), else None."""
+    unfit = unstorable(uri)
+    if unfit:
+        raise ValidationFailed(f"the URI {unfit}", field=field)
     scheme = urlsplit(uri).scheme
     suffix = Path(urlsplit(uri).path).suffix.lower()
     if scheme == "file":
-        check_local(resolve_file_uri(uri, data_roots, field), uri, field)
-        return
+        return check_local(resolve_file_uri(uri, data_roots, field), uri, field, http_max_bytes)
     if scheme not in REMOTE_SCHEMES:
         raise ValidationFailed(
             f"{uri!r}: unsupported scheme {scheme or '(none)'!r}; use file://, http(s)://, s3://, gs://",
@@ -250,6 +318,8 @@ def check_uri(
             max_bytes=http_max_bytes,
             timeout_s=http_timeout_s,
             total_s=http_total_timeout_s,
+            outbound=outbound,
         )
     else:
         check_fsspec(uri, field, max_bytes=http_max_bytes)
+    return None

@@ -10,8 +10,9 @@ from sqlalchemy import text
 
 from service.config import get_settings
 from service.db import get_engine
-from service.errors import Unavailable, install_error_handlers
+from service.errors import DatabaseUnavailable, Unavailable, install_error_handlers
 from service.jobs.router import router as jobs_router
+from service.limits import InflightLimit
 from service.proxies.router import router as proxies_router
 from service.queue import get_dispatcher
 
@@ -32,6 +33,7 @@ def create_app() -> FastAPI:
         lifespan=_lifespan,
     )
     install_error_handlers(app)
+    app.add_middleware(InflightLimit, limit=get_settings().api_max_inflight)
     app.include_router(jobs_router)
     app.include_router(proxies_router)
 
@@ -47,7 +49,7 @@ def create_app() -> FastAPI:
             with get_engine().connect() as conn:
                 conn.execute(text("SELECT 1"))
         except Exception as exc:
-            raise Unavailable(f"database unreachable ({type(exc).__name__})") from exc
+            raise DatabaseUnavailable(f"database unreachable ({type(exc).__name__})") from exc
         try:
             get_dispatcher().ping()
         except Exception as exc:

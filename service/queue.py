@@ -13,6 +13,7 @@ from service.config import Settings, get_settings
 TASK_RUN_JOB = "iprox.run_job"
 TASK_SCORE_SHARD = "iprox.score_shard"
 TASK_RANK_JOB = "iprox.rank_job"
+TASK_RECONCILE = "iprox.reconcile"
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -20,9 +21,10 @@ def make_celery(settings: Settings) -> Celery:
     app = Celery("iprox", broker=settings.resolved_broker_url)
     conf: dict[str, object] = dict(
         task_default_queue=settings.queue,
-        # Acknowledge after the task ran: a message whose worker node vanished is redelivered.
-        # A pool process that dies (OOM kill) is not retried, so one poisonous job cannot kill
-        # workers in a loop; its job is failed as worker_lost once its heartbeat goes stale.
+        # Acknowledge after the task ran. A pool process that dies (OOM kill) is not redelivered
+        # by Celery: the reconciler (service/jobs/recovery.py) finds its stale heartbeat and
+        # re-queues the work, up to IPROX_MAX_RETRIES, so one poisonous job cannot kill
+        # workers in a loop.
         task_acks_late=True,
         task_reject_on_worker_lost=False,
         worker_prefetch_multiplier=1,  # jobs are long: never hoard messages
@@ -33,6 +35,16 @@ def make_celery(settings: Settings) -> Celery:
         accept_content=["json"],
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
+        # Celery beat (``celery -A worker.celery_app beat``, or a worker's ``-B``) sends the
+        # reconciler; a tick that waits longer than an interval in the queue is dropped.
+        beat_schedule={
+            "iprox-reconcile": {
+                "task": TASK_RECONCILE,
+                "schedule": settings.reconcile_interval_s,
+                "options": {"expires": settings.reconcile_interval_s},
+            }
+        },
+        beat_schedule_filename=str(settings.home / "celerybeat-schedule"),
     )
     if settings.is_embedded_broker:
         folder = settings.broker_folder
@@ -49,7 +61,8 @@ def make_celery(settings: Settings) -> Celery:
         }
     else:
         # Redis redelivers an unacknowledged message after this long; keep it above the hard
-        # time limit or a long job would run twice.
+        # time limit or a long task would be delivered twice. Recovery does not wait for it:
+        # the reconciler re-queues stranded work from the database.
         conf["broker_transport_options"] = {"visibility_timeout": settings.task_time_limit_s + 600}
     app.conf.update(conf)
     return app

@@ -10,6 +10,10 @@ from typing import Any
 
 import pytest
 
+# No test reaches the Hugging Face hub: hub ids resolve from fake caches the tests build.
+os.environ["HF_HUB_OFFLINE"] = "1"
+from tests.netguard import ConnectLog, loopback_only
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
@@ -26,6 +30,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Iterator[Any]:
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"
         report.longrepr = f"skipped under CI=true, which must run everything: {reason}"
+
+
+@pytest.fixture(autouse=True)
+def net_guard() -> Iterator[ConnectLog]:
+    """No test connects outside the loopback range (the guard refuses before connecting)."""
+    with loopback_only() as log:
+        yield log
 
 
 @pytest.fixture

@@ -2,12 +2,15 @@
 acks_late, prefetch 1, time limits) plus the task modules.
 
 Run with ``celery -A worker.celery_app worker -Q iprox``; ``iprox serve`` starts one for the
-embedded default.
+embedded default. ``IPROX_DEVICE`` / ``IPROX_DTYPE`` are resolved here, at start-up: a worker
+asked for a device that is not there exits with a message instead of failing its first job.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+import contextlib
+import logging
+import os
 from typing import Any
 
 from celery.signals import worker_ready
@@ -20,14 +23,31 @@ try:
     _settings = get_settings()
 except ValidationError as exc:  # e.g. an artifact URL whose fsspec back end is not installed
     raise SystemExit(f"iprox worker: invalid configuration: {exc}") from None
+
+# The CUDA check goes through NVML, which leaves CUDA uninitialised in this (parent) process:
+# the prefork pool's child that runs the tasks can then use the GPU.
+os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+try:
+    from worker.engine.errors import EngineError
+    from worker.tasks.runtime import worker_runtime
+
+    RUNTIME = worker_runtime(_settings)
+except EngineError as exc:
+    raise SystemExit(f"iprox worker: {exc.message}") from None
 app = make_celery(_settings)
 app.conf.include = ["worker.tasks.jobs"]
+log = logging.getLogger(__name__)
+with contextlib.suppress(OSError):  # where beat keeps its schedule (a worker's -B, or beat)
+    _settings.home.mkdir(parents=True, exist_ok=True)
 
 
 @worker_ready.connect
-def _reap_orphans(**_: Any) -> None:
-    """Jobs whose heartbeat stopped lost their worker (killed before it could record anything):
-    fail them rather than leave them running. ``run_job`` does the same for each new job."""
-    from worker.tasks.steps import reap_orphans
+def _reconcile_at_start(**_: Any) -> None:
+    """A worker that starts may replace one that died: look for stranded work at once rather
+    than at the next beat."""
+    from worker.tasks.jobs import reconcile
 
-    reap_orphans(timedelta(seconds=get_settings().orphan_after_s))
+    try:
+        reconcile()
+    except Exception:  # never keep a worker from starting
+        log.exception("reconciler: the start-up pass failed")

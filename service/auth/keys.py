@@ -7,7 +7,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
 from service.errors import NotFound
@@ -62,12 +62,12 @@ def ensure_key(session: Session, tenant_name: str, key: str) -> CreatedKey:
     return create_key(session, tenant_name, key=key, name="local")
 
 
-def tenant_for_key(session: Session, key: str) -> str | None:
+def tenant_for_key(db: Session | Connection, key: str) -> str | None:
     """The tenant id owning an unrevoked ``key``, else None."""
-    row = session.scalar(
-        select(ApiKey).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
+    q = select(ApiKey.tenant_id).where(
+        ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None)
     )
-    return row.tenant_id if row is not None else None
+    return db.scalar(q)
 
 
 @dataclass(frozen=True)

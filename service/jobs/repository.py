@@ -17,12 +17,12 @@ from service.models import (
     JobEvent,
     JobLabel,
     JobShard,
-    JobStage,
     JobStatus,
     Score,
     ShardStatus,
 )
 from service.models.base import utcnow
+from service.text import unstorable
 
 
 def encode_cursor(created_at: datetime, row_id: str) -> str:
@@ -31,8 +31,10 @@ def encode_cursor(created_at: datetime, row_id: str) -> str:
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
     """Raises ValueError on anything that is not a cursor this API issued."""
+    if unstorable(cursor):
+        raise ValueError("not a cursor")
     stamp, _, row_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
-    if not row_id:
+    if not row_id or unstorable(row_id):
         raise ValueError("not a cursor")
     return datetime.fromisoformat(stamp), row_id
 
@@ -174,8 +176,9 @@ def create_shards(session: Session, job_id: str, bounds: Sequence[tuple[int, int
     existing = {
         s.shard_index for s in session.scalars(select(JobShard).where(JobShard.job_id == job_id))
     }
+    now = utcnow()
     session.add_all(
-        JobShard(job_id=job_id, shard_index=k, start=a, stop=b)
+        JobShard(job_id=job_id, shard_index=k, start=a, stop=b, queued_at=now)
         for k, (a, b) in enumerate(bounds)
         if k not in existing
     )
@@ -201,23 +204,29 @@ def shards_pending(session: Session, job_id: str) -> int:
     return int(session.scalar(q) or 0)
 
 
-def stale_running_jobs(session: Session, before: datetime) -> list[str]:
-    """Running jobs with no heartbeat since ``before`` that are not just waiting in the queue:
-    waiting means a shard no worker has taken yet, or every shard done and the ranking task
-    not yet started (the stage is still scoring)."""
-    shards = select(JobShard.job_id).where(JobShard.job_id == Job.id)
-    unstarted = shards.where(
-        JobShard.status == ShardStatus.PENDING, JobShard.started_at.is_(None)
-    ).exists()
-    pending = shards.where(JobShard.status == ShardStatus.PENDING).exists()
-    awaiting_rank = and_(Job.stage == JobStage.SCORING, shards.exists(), ~pending)
-    q = select(Job.id).where(
-        Job.status.in_((JobStatus.RUNNING, JobStatus.CANCELLING)),
-        Job.updated_at < before,
-        ~unstarted,
-        ~awaiting_rank,
+def stranded_candidates(session: Session, stale_before: datetime) -> list[str]:
+    """Unfinished jobs that may hold stranded work: untouched since ``stale_before``, or with
+    a pending shard whose claimant's heartbeat, or whose last message, is older than that.
+    The reconciler looks at each under its lock (state.recover)."""
+    shard = select(JobShard.job_id).where(
+        JobShard.job_id == Job.id,
+        JobShard.status == ShardStatus.PENDING,
+        or_(
+            and_(
+                JobShard.claim.is_not(None),
+                or_(JobShard.heartbeat_at.is_(None), JobShard.heartbeat_at < stale_before),
+            ),
+            and_(
+                JobShard.claim.is_(None),
+                or_(JobShard.queued_at.is_(None), JobShard.queued_at < stale_before),
+            ),
+        ),
     )
-    return list(session.scalars(q))
+    q = select(Job.id).where(
+        Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLING)),
+        or_(Job.updated_at < stale_before, shard.exists()),
+    )
+    return list(session.scalars(q.order_by(Job.created_at)))
 
 
 def touch(job: Job) -> None:

@@ -1,4 +1,8 @@
-"""HTTP routes of /jobs. Thin: parse, call the service, shape the response."""
+"""HTTP routes of /jobs. Thin: parse, call the service, shape the response.
+
+Each handler opens its session where it needs it and closes it before returning (service/db.py
+says why); nothing that waits on the network runs while a session is open.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,13 @@ from fastapi.responses import StreamingResponse
 
 from service.auth.deps import TenantDep
 from service.config import get_settings
-from service.db import SessionDep
+from service.db import session_scope
 from service.errors import Unavailable, ValidationFailed
 from service.jobs import service, state
 from service.jobs.schemas import EventPage, JobCreate, JobPage, JobRead, ScorePage
 from service.models import JobStatus
 from service.queue import TASK_RUN_JOB, get_dispatcher
+from service.text import unstorable
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -25,30 +30,39 @@ _METADATA_PREFIX = "metadata."
 @router.post("", status_code=202, response_model=JobRead)
 def create_job(
     body: JobCreate,
-    session: SessionDep,
     tenant: TenantDep,
     response: Response,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> JobRead:
     """Validate, store the job, commit, then queue it by task name with its id."""
-    job, created = service.create_job(session, get_settings(), tenant, body, idempotency_key)
-    read = service.read_job(session, job)
-    session.commit()  # the worker must find the row when the message arrives
-    if created:
-        try:
-            get_dispatcher().enqueue(TASK_RUN_JOB, job.id)
-        except Exception as exc:  # the broker is down: the job must not sit queued forever
-            state.fail(session, job.id, "broker_unavailable", f"could not queue the job: {exc}")
-            session.commit()
-            raise Unavailable(f"the job queue is unreachable ({type(exc).__name__})") from exc
-    response.headers["Location"] = f"/jobs/{job.id}"
+    settings = get_settings()
+    with session_scope() as session:
+        replayed = service.replayed_job(session, tenant, body, idempotency_key)
+        read = service.read_job(session, replayed) if replayed is not None else None
+    if read is None:
+        resolved = service.check_inputs(settings, body)  # files and URLs: no session open
+        with session_scope() as session:
+            job, created = service.create_job(
+                session, settings, tenant, body, idempotency_key, resolved
+            )
+            read = service.read_job(session, job)
+        # Committed: the worker must find the row when the message arrives.
+        if created:
+            try:
+                get_dispatcher().enqueue(TASK_RUN_JOB, job.id)
+            except Exception as exc:  # the broker is down: the job must not sit queued forever
+                with session_scope() as session:
+                    state.fail(
+                        session, job.id, "broker_unavailable", f"could not queue the job: {exc}"
+                    )
+                raise Unavailable(f"the job queue is unreachable ({type(exc).__name__})") from exc
+    response.headers["Location"] = f"/jobs/{read.id}"
     return read
 
 
 @router.get("", response_model=JobPage)
 def list_jobs(
     request: Request,
-    session: SessionDep,
     tenant: TenantDep,
     status: Annotated[list[JobStatus] | None, Query(description="Repeat to OR statuses.")] = None,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
@@ -64,43 +78,51 @@ def list_jobs(
         raise ValidationFailed(
             "metadata filters look like metadata.<key>=<value>", field="metadata"
         )
-    return service.list_jobs(
-        session, tenant, statuses=status or [], labels=labels, cursor=cursor, limit=limit
-    )
+    for key, value in labels.items():
+        if reason := unstorable(key):
+            raise ValidationFailed(f"a filter key {reason}", field="metadata")
+        if reason := unstorable(value):
+            raise ValidationFailed(f"the filter {reason}", field=f"{_METADATA_PREFIX}{key}")
+    with session_scope() as session:
+        return service.list_jobs(
+            session, tenant, statuses=status or [], labels=labels, cursor=cursor, limit=limit
+        )
 
 
 @router.get("/{job_id}", response_model=JobRead)
-def get_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobRead:
-    return service.read_job(session, service.get_job(session, tenant, job_id))
+def get_job(job_id: str, tenant: TenantDep) -> JobRead:
+    with session_scope() as session:
+        return service.read_job(session, service.get_job(session, tenant, job_id))
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobRead)
-def cancel_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobRead:
+def cancel_job(job_id: str, tenant: TenantDep) -> JobRead:
     """A queued job is cancelled at once; a running one stops at its next batch."""
-    return service.read_job(session, service.cancel(session, tenant, job_id))
+    with session_scope() as session:
+        return service.read_job(session, service.cancel(session, tenant, job_id))
 
 
 @router.get("/{job_id}/events", response_model=EventPage)
 def job_events(
     job_id: str,
-    session: SessionDep,
     tenant: TenantDep,
     after: Annotated[int, Query(ge=0, description="Only events with a larger id.")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> EventPage:
-    return service.events(session, tenant, job_id, after, limit)
+    with session_scope() as session:
+        return service.events(session, tenant, job_id, after, limit)
 
 
 @router.get("/{job_id}/scores", response_model=ScorePage)
 def job_scores(
     job_id: str,
-    session: SessionDep,
     tenant: TenantDep,
     cursor: Annotated[int, Query(ge=-1, description="next_cursor of the previous page.")] = -1,
     limit: Annotated[int, Query(ge=1, le=1000)] = 500,
 ) -> ScorePage:
     """Every scored sample by pool index; ``partial`` says whether scoring finished."""
-    return service.scores(session, tenant, job_id, cursor, limit)
+    with session_scope() as session:
+        return service.scores(session, tenant, job_id, cursor, limit)
 
 
 def _stream(fh: IO[bytes], top_k: int | None, fmt: str) -> Iterator[bytes]:
@@ -124,13 +146,14 @@ def _stream(fh: IO[bytes], top_k: int | None, fmt: str) -> Iterator[bytes]:
 )
 def job_subset(
     job_id: str,
-    session: SessionDep,
     tenant: TenantDep,
     top_k: Annotated[int | None, Query(ge=1, description="Only the best top_k records.")] = None,
     format: Annotated[Literal["jsonl", "json"], Query()] = "jsonl",
 ) -> StreamingResponse:
     """The ranked records, best first: original fields plus ``rank`` and ``score``."""
-    fh = service.open_subset(session, get_settings(), tenant, job_id)
+    with session_scope() as session:
+        location = service.subset_location(session, get_settings(), tenant, job_id)
+    fh = service.open_subset(location, job_id)  # a remote store may be slow: no session open
     media = "application/x-ndjson" if format == "jsonl" else "application/json"
     name = f"subset-{job_id}.{format}"
     return StreamingResponse(

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from service.models import JobKind, JobStage, JobStatus
+from service.text import StoredText, unstorable
 
 _STRICT = ConfigDict(extra="forbid")
 
@@ -21,7 +22,9 @@ class ProxySpec(BaseModel):
 
     model_config = _STRICT
 
-    proxy_id: str | None = Field(None, description="Reuse this built proxy instead of building.")
+    proxy_id: StoredText | None = Field(
+        None, description="Reuse this built proxy instead of building."
+    )
     method: Literal["ipsvd", "svd", "random"] | None = Field(None, description="Compression.")
     sparsity: float | None = Field(None, gt=0, lt=1, description="Fraction of parameters removed.")
     probe_samples: int | None = Field(None, gt=0, description="Probe sequences for IPSVD.")
@@ -32,6 +35,12 @@ class ProxySpec(BaseModel):
     ridge: float | None = Field(None, gt=0, description="Covariance ridge (relative).")
     max_length: int | None = Field(None, gt=0, description="Token budget per sequence.")
     seed: int | None = Field(None, ge=0)
+    checkpointing: bool | None = Field(
+        None, description="Recompute decoder layers' activations in backward (less memory)."
+    )
+    factor_dtype: Literal["float64", "float32"] | None = Field(
+        None, description="Precision of the IPSVD factorisation (float32 for slow-float64 GPUs)."
+    )
 
     @model_validator(mode="after")
     def _reuse_excludes_settings(self) -> ProxySpec:
@@ -87,10 +96,11 @@ class SelectionSpec(BaseModel):
 
     model_config = _STRICT
 
-    top_k: int | None = Field(None, gt=0)
+    # A pool's size is counted in 32-bit columns: a larger top_k can never be met.
+    top_k: int | None = Field(None, gt=0, le=2**31 - 1)
     fraction: float | None = Field(None, gt=0, le=1)
     token_budget: int | None = Field(None, gt=0)
-    quota_field: str | None = Field(None, min_length=1, description="Field to balance on.")
+    quota_field: StoredText | None = Field(None, min_length=1, description="Field to balance on.")
     quota: float | None = Field(None, gt=0, le=1, description="Largest share of one value.")
 
     @model_validator(mode="after")
@@ -110,13 +120,29 @@ class JobCreate(BaseModel):
     model_config = _STRICT
 
     kind: JobKind = Field(description="select: score and rank; proxy_build: only build a proxy.")
-    dataset_uri: str = Field(min_length=1, description="The pool (select) or probe data.")
-    target_model: str = Field(min_length=1, description="Preset name or a local model folder.")
+    dataset_uri: StoredText = Field(min_length=1, description="The pool (select) or probe data.")
+    target_model: StoredText = Field(
+        min_length=1,
+        description="Preset name, a local model folder under the model roots, or a Hugging Face "
+        "hub id org/name[@revision] allowed by IPROX_ALLOWED_MODELS.",
+    )
     target_uri: str | list[str] | None = Field(None, description="Target-task set(s) (select).")
     proxy: ProxySpec = Field(default_factory=lambda: ProxySpec())
     scorer: ScorerSpec = Field(default_factory=lambda: ScorerSpec())
     selection: SelectionSpec | None = Field(None, description="The budget (select).")
-    metadata: dict[str, str] = Field(default_factory=dict, description="Free labels.")
+    metadata: dict[StoredText, StoredText] = Field(default_factory=dict, description="Free labels.")
+
+    @field_validator("target_uri")
+    @classmethod
+    def _storable_targets(cls, value: str | list[str] | None) -> str | list[str] | None:
+        # Checked here rather than by StoredText: inside the union, pydantic would name the
+        # field after its union branches.
+        for k, uri in enumerate([value] if isinstance(value, str) else value or []):
+            reason = unstorable(uri)
+            if reason:
+                where = "" if isinstance(value, str) else f"item {k} "
+                raise ValueError(f"{where}{reason}")
+        return value
 
     @field_validator("metadata")
     @classmethod

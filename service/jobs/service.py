@@ -30,6 +30,7 @@ from service.jobs.schemas import (
 from service.models import Job, JobKind, JobStatus
 from service.proxies import repository as proxy_repo
 from service.targets import resolve_target_model
+from service.text import unstorable
 
 
 def request_hash(body: JobCreate) -> str:
@@ -85,10 +86,10 @@ def read_job(session: Session, job: Job) -> JobRead:
     return to_read(job, repo.labels_of(session, [job.id])[job.id])
 
 
-def validate(
-    session: Session, settings: Settings, tenant_id: str, body: JobCreate
-) -> dict[str, str]:
-    """Every check that can fail before queueing; returns resolved references. Raises 422."""
+def check_inputs(settings: Settings, body: JobCreate) -> dict[str, str]:
+    """Every check of the request that needs no database: its shape, the model, the dataset
+    files and URLs (which may wait on the network, so no session may be open). Returns the
+    resolved references. Raises 422."""
     if body.kind is JobKind.SELECT:
         if not body.target_uris():
             raise ValidationFailed("target_uri is required for a select job", field="target_uri")
@@ -102,34 +103,63 @@ def validate(
         field = "target_uri" if body.target_uri is not None else "selection"
         raise ValidationFailed(f"a proxy_build job takes no {field}", field=field)
     model = resolve_target_model(
-        body.target_model, presets=settings.presets, model_roots=settings.model_roots
+        body.target_model,
+        presets=settings.presets,
+        model_roots=settings.model_roots,
+        allowed_models=settings.allowed_models,
     )
 
-    def check(uri: str, field: str) -> None:
-        check_uri(
+    def check(uri: str, field: str) -> int | None:
+        return check_uri(
             uri,
             field,
             data_roots=settings.data_roots,
             http_max_bytes=settings.http_max_bytes,
             http_timeout_s=settings.http_timeout_s,
             http_total_timeout_s=settings.http_total_timeout_s,
+            outbound=settings.outbound,
         )
 
-    check(body.dataset_uri, "dataset_uri")
+    pool_size = check(body.dataset_uri, "dataset_uri")
+    top_k = body.selection.top_k if body.selection is not None else None
+    if top_k is not None and pool_size is not None and top_k > pool_size:
+        raise ValidationFailed(
+            f"top_k is {top_k} but the pool holds {pool_size} records", field="selection.top_k"
+        )
     for k, uri in enumerate(body.target_uris()):
         check(uri, "target_uri" if isinstance(body.target_uri, str) else f"target_uri.{k}")
-    if body.proxy.proxy_id is not None:
-        proxy = proxy_repo.get_proxy(session, tenant_id, body.proxy.proxy_id)
-        if proxy is None:
-            raise ValidationFailed(
-                f"no proxy {body.proxy.proxy_id!r} for this API key", field="proxy.proxy_id"
-            )
-        if proxy.target_model != model:
-            raise ValidationFailed(
-                f"proxy {proxy.id} was built from {proxy.target_model!r}, not {model!r}",
-                field="proxy.proxy_id",
-            )
     return {"target_model": model}
+
+
+def check_proxy(session: Session, tenant_id: str, body: JobCreate, model: str) -> None:
+    """A reused proxy must be the tenant's and built from the same model. Raises 422."""
+    if body.proxy.proxy_id is None:
+        return
+    proxy = proxy_repo.get_proxy(session, tenant_id, body.proxy.proxy_id)
+    if proxy is None:
+        raise ValidationFailed(
+            f"no proxy {body.proxy.proxy_id!r} for this API key", field="proxy.proxy_id"
+        )
+    if proxy.target_model != model:
+        raise ValidationFailed(
+            f"proxy {proxy.id} was built from {proxy.target_model!r}, not {model!r}",
+            field="proxy.proxy_id",
+        )
+
+
+def replayed_job(
+    session: Session, tenant_id: str, body: JobCreate, idempotency_key: str | None
+) -> Job | None:
+    """The job an earlier request with this Idempotency-Key created, if any; the same key
+    with another body is a 422."""
+    if idempotency_key is None:
+        return None
+    if not 0 < len(idempotency_key) <= 255 or unstorable(idempotency_key):
+        raise ValidationFailed(
+            "must be 1 to 255 characters the database can store", field="Idempotency-Key"
+        )
+    existing = repo.find_by_idempotency_key(session, tenant_id, idempotency_key)
+    return _replay(existing, request_hash(body)) if existing is not None else None
 
 
 def create_job(
@@ -138,17 +168,16 @@ def create_job(
     tenant_id: str,
     body: JobCreate,
     idempotency_key: str | None,
+    resolved: dict[str, str],
 ) -> tuple[Job, bool]:
-    """Validate and insert a queued job; returns (job, created). A replayed key returns the
-    original job (created False); the same key with another body is a 422."""
+    """Insert a queued job whose inputs :func:`check_inputs` passed; returns (job, created).
+    A replayed key returns the original job (created False)."""
+    check_proxy(session, tenant_id, body, resolved["target_model"])
     digest = request_hash(body)
     if idempotency_key is not None:
-        if not 0 < len(idempotency_key) <= 255:
-            raise ValidationFailed("must be 1 to 255 characters", field="Idempotency-Key")
-        existing = repo.find_by_idempotency_key(session, tenant_id, idempotency_key)
-        if existing is not None:
-            return _replay(existing, digest), False
-    resolved = validate(session, settings, tenant_id, body)
+        existing = replayed_job(session, tenant_id, body, idempotency_key)
+        if existing is not None:  # a request with the key won while this one was checking
+            return existing, False
     request = body.model_dump(mode="json") | {"resolved": resolved}
     job = Job(
         tenant_id=tenant_id,
@@ -184,8 +213,9 @@ def _replay(existing: Job, digest: str) -> Job:
 
 
 def get_job(session: Session, tenant_id: str, job_id: str) -> Job:
-    """The tenant's job; another tenant's id is indistinguishable from a missing one."""
-    job = repo.get_job(session, tenant_id, job_id)
+    """The tenant's job; another tenant's id is indistinguishable from a missing one (and so is
+    an id no job can have, such as one holding a NUL)."""
+    job = repo.get_job(session, tenant_id, job_id) if not unstorable(job_id) else None
     if job is None:
         raise NotFound(f"no job {job_id}")
     return job
@@ -249,15 +279,19 @@ def scores(session: Session, tenant_id: str, job_id: str, after: int, limit: int
     )
 
 
-def open_subset(session: Session, settings: Settings, tenant_id: str, job_id: str) -> IO[bytes]:
-    """The job's subset file, open for reading from the artifact root (a folder or a URL)."""
+def subset_location(session: Session, settings: Settings, tenant_id: str, job_id: str) -> str:
+    """Where the job's subset file lies under the artifact root (a folder or a URL)."""
     job = get_job(session, tenant_id, job_id)
     if job.kind is not JobKind.SELECT:
         raise Conflict(f"job {job_id} is a {job.kind.value} job; it selects nothing")
     if job.status is not JobStatus.SUCCEEDED:
         hint = " (its partial scores are at /scores)" if job.partial else ""
         raise Conflict(f"job {job_id} is {job.status.value}; no subset{hint}")
-    location = settings.artifacts.location(*subset_parts(job_id))
+    return settings.artifacts.location(*subset_parts(job_id))
+
+
+def open_subset(location: str, job_id: str) -> IO[bytes]:
+    """The subset file at ``location``, open for reading."""
     try:
         return open_binary(location)
     except FileNotFoundError:

@@ -1,20 +1,23 @@
 """Job state transitions. Each locks the job row, checks the move is legal, writes an event.
 
-The API uses :func:`request_cancel`; the worker uses the rest. A transition that no longer
+The API uses :func:`request_cancel`; the worker uses the rest, and the reconciler
+(service/jobs/recovery.py) :func:`recover`. A transition that no longer
 applies (the job was cancelled meanwhile, or a redelivered task finds it finished) returns
 None or False instead of raising, so that tasks stay idempotent.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from service.errors import Conflict
 from service.jobs import repository as repo
-from service.models import Job, JobStage, JobStatus
+from service.models import Job, JobStage, JobStatus, ShardStatus
 from service.models.base import utcnow
+from service.queue import TASK_RANK_JOB, TASK_RUN_JOB, TASK_SCORE_SHARD
 
 
 class JobGone(LookupError):
@@ -139,3 +142,160 @@ def fail(session: Session, job_id: str, code: str, message: str) -> None:
         return
     job.error_code, job.error_message = code, message[:4000]
     _finish(session, job, JobStatus.FAILED, f"failed: {code}", code=code)
+
+
+def claim_shard(
+    session: Session, job_id: str, index: int, claim: str, stale_before: datetime
+) -> ShardStatus | None:
+    """A delivery of shard ``index`` takes it. Returns PENDING when the caller now holds the
+    shard (``claim`` recorded, heartbeat beaten) and must score it; DONE or STOPPED when the
+    caller must only settle it that way and re-check the barrier (it settled already, or the
+    job is being cancelled); None when there is nothing to do: the job ended, or another
+    delivery holds the shard with a fresh heartbeat (two writers must not share its gradient
+    store). A claim whose heartbeat went stale is taken over and counted as an attempt."""
+    job = repo.lock_job(session, job_id)
+    shard = repo.get_shard(session, job_id, index)
+    if job is None or shard is None or job.status.is_terminal():
+        return None
+    if shard.status is not ShardStatus.PENDING:
+        return shard.status
+    if job.status is JobStatus.CANCELLING:
+        return ShardStatus.STOPPED
+    if shard.claim is not None and shard.claim != claim:
+        if shard.heartbeat_at is not None and shard.heartbeat_at >= stale_before:
+            return None
+        shard.attempts += 1
+    now = utcnow()
+    shard.claim, shard.started_at, shard.heartbeat_at = claim, now, now
+    repo.touch(job)
+    return ShardStatus.PENDING
+
+
+def beat_shard(session: Session, job_id: str, index: int, claim: str) -> bool:
+    """The claimant's heartbeat (every batch). False when its claim was taken over: the
+    reconciler gave the shard to another delivery, and this one must stop."""
+    job = repo.lock_job(session, job_id)
+    shard = repo.get_shard(session, job_id, index)
+    if job is None or shard is None or shard.claim != claim:
+        return False
+    shard.heartbeat_at = utcnow()
+    if not job.status.is_terminal():
+        repo.touch(job)
+    return True
+
+
+Requeue = tuple[str, tuple[Any, ...]]
+"""A message to send again: (task name, args)."""
+
+
+def _retry_job_step(
+    session: Session, job: Job, task: str, max_retries: int, what: str
+) -> list[Requeue]:
+    """The job's own step (planning or ranking) lost its worker: send it again, or fail the
+    job once the retry budget is spent."""
+    if job.attempts >= max_retries:
+        fail(
+            session,
+            job.id,
+            "retries_exhausted",
+            f"{what} stopped responding {job.attempts + 1} times",
+        )
+        return []
+    job.attempts += 1
+    repo.touch(job)
+    repo.add_event(
+        session,
+        job.id,
+        "recovery",
+        f"{what} re-queued",
+        stage=job.stage,
+        data={"attempt": job.attempts},
+    )
+    return [(task, (job.id,))]
+
+
+def recover(
+    session: Session, job_id: str, stale_before: datetime, max_retries: int
+) -> list[Requeue]:
+    """The reconciler's look at one unfinished job, under its row lock: what to send again.
+
+    - queued, untouched since ``stale_before``: its run message may be lost; send it again.
+    - planning (no shards yet) or ranking, no heartbeat since then: the step's worker died;
+      send the step again (counted against ``max_retries``).
+    - a claimed shard with a stale heartbeat: its worker died; release the claim and send the
+      shard again (counted); an unclaimed shard queued before then: its message may be lost;
+      send it again (not counted: it may only be waiting behind other work).
+    - every shard settled but no ranking under way: send the ranking.
+    - a cancelling job whose remaining work has nobody on it: stop it, keeping what was scored.
+    Sending twice is harmless: every step finds its work done, or claimed by a live delivery.
+    """
+    job = repo.lock_job(session, job_id)
+    if job is None or job.status.is_terminal():
+        return []
+    stale = job.updated_at < stale_before
+    cancelling = job.status is JobStatus.CANCELLING
+    if job.status is JobStatus.QUEUED:
+        if not stale:
+            return []
+        repo.touch(job)
+        repo.add_event(session, job.id, "recovery", "run message sent again")
+        return [(TASK_RUN_JOB, (job.id,))]
+    shards = repo.shards_of(session, job_id)
+    planning = not shards or job.stage not in (JobStage.SCORING, JobStage.RANKING)
+    if planning or job.stage is JobStage.RANKING:
+        if not stale:
+            return []
+        if cancelling:
+            cancelled(session, job_id, {"scored": repo.count_scores(session, job_id)})
+            return []
+        task, what = (TASK_RUN_JOB, "planning") if planning else (TASK_RANK_JOB, "ranking")
+        return _retry_job_step(session, job, task, max_retries, what)
+    out: list[Requeue] = []
+    now = utcnow()
+    for shard in shards:
+        if shard.status is not ShardStatus.PENDING:
+            continue
+        beat = shard.heartbeat_at or shard.started_at
+        lost_worker = shard.claim is not None and (beat is None or beat < stale_before)
+        lost_message = shard.claim is None and (
+            shard.queued_at is None or shard.queued_at < stale_before
+        )
+        if not (lost_worker or lost_message):
+            continue
+        if cancelling:
+            shard.status = ShardStatus.STOPPED  # nobody is left to stop it at a batch
+            continue
+        if lost_worker:
+            if shard.attempts >= max_retries:
+                fail(
+                    session,
+                    job_id,
+                    "retries_exhausted",
+                    f"shard {shard.shard_index} lost its worker {shard.attempts + 1} times",
+                )
+                return []
+            shard.attempts += 1
+            shard.claim, shard.heartbeat_at = None, None
+            repo.add_event(
+                session,
+                job_id,
+                "recovery",
+                f"shard {shard.shard_index} re-queued (its worker stopped responding)",
+                stage=job.stage,
+                data={"shard": shard.shard_index, "attempt": shard.attempts},
+            )
+        shard.queued_at = now
+        out.append((TASK_SCORE_SHARD, (job_id, shard.shard_index)))
+    session.flush()
+    if repo.shards_pending(session, job_id) or not stale:
+        return out
+    # Every shard settled, yet nothing ranked since: the last shard's message to rank was
+    # lost, or its worker died between settling and sending it.
+    stopped = any(sh.status is ShardStatus.STOPPED for sh in shards)
+    if cancelling or stopped:
+        scored = repo.count_scores(session, job_id)
+        cancelled(session, job_id, {"pool_size": job.progress_total, "scored": scored})
+        return out
+    repo.touch(job)
+    repo.add_event(session, job_id, "recovery", "ranking sent again", stage=job.stage)
+    return [*out, (TASK_RANK_JOB, (job_id,))]

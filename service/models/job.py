@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -93,6 +94,9 @@ class Job(Base):
     error_code: Mapped[str | None] = mapped_column(String(64), default=None)
     error_message: Mapped[str | None] = mapped_column(Text, default=None)
     shards_total: Mapped[int] = mapped_column(Integer, default=0)
+    # Times the reconciler re-queued this job's own steps (planning, ranking) after their
+    # worker went silent; past IPROX_MAX_RETRIES the job fails.
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
@@ -133,9 +137,18 @@ class JobShard(Base):
     start: Mapped[int] = mapped_column(Integer)
     stop: Mapped[int] = mapped_column(Integer)
     status: Mapped[ShardStatus] = mapped_column(_enum(ShardStatus), default=ShardStatus.PENDING)
-    # Set when a worker takes the shard: a pending shard without it is still waiting in the
-    # queue, so its job is not an orphan however old its heartbeat.
+    # Set when a worker takes the shard.
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    # The delivery at work on the shard (its Celery task id, kept across retries); None while
+    # the shard waits in the queue. A worker whose claim was taken over stops.
+    claim: Mapped[str | None] = mapped_column(String(64), default=None)
+    # Beaten by the claimant every batch: a claim without a fresh heartbeat lost its worker.
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    # When a message for the shard was last sent: an unclaimed shard queued longer ago than
+    # the stale window may have lost its message, and is sent again.
+    queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    # Times the shard was re-queued after its claimant went silent (IPROX_MAX_RETRIES).
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
 
 
 class Score(Base):

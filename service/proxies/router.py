@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from service.auth.deps import TenantDep
-from service.db import SessionDep
+from service.db import session_scope
 from service.proxies import service
 from service.proxies.schemas import ProxyPage, ProxyRead
 
@@ -16,15 +16,16 @@ router = APIRouter(prefix="/proxies", tags=["proxies"])
 
 @router.get("", response_model=ProxyPage)
 def list_proxies(
-    session: SessionDep,
     tenant: TenantDep,
     cursor: Annotated[str | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 ) -> ProxyPage:
-    return service.list_proxies(session, tenant, cursor, limit)
+    with session_scope() as session:
+        return service.list_proxies(session, tenant, cursor, limit)
 
 
 @router.get("/{proxy_id}", response_model=ProxyRead)
-def get_proxy(proxy_id: str, session: SessionDep, tenant: TenantDep) -> ProxyRead:
+def get_proxy(proxy_id: str, tenant: TenantDep) -> ProxyRead:
     """A built proxy with its manifest; pass its id as ``proxy.proxy_id`` to reuse it."""
-    return service.get_proxy(session, tenant, proxy_id)
+    with session_scope() as session:
+        return service.get_proxy(session, tenant, proxy_id)

@@ -9,6 +9,7 @@ from service.jobs.repository import decode_cursor, encode_cursor
 from service.models import Proxy
 from service.proxies import repository as repo
 from service.proxies.schemas import ProxyPage, ProxyRead
+from service.text import unstorable
 
 
 def to_read(p: Proxy) -> ProxyRead:
@@ -25,7 +26,7 @@ def to_read(p: Proxy) -> ProxyRead:
 
 
 def get_proxy(session: Session, tenant_id: str, proxy_id: str) -> ProxyRead:
-    proxy = repo.get_proxy(session, tenant_id, proxy_id)
+    proxy = repo.get_proxy(session, tenant_id, proxy_id) if not unstorable(proxy_id) else None
     if proxy is None:
         raise NotFound(f"no proxy {proxy_id}")
     return to_read(proxy)

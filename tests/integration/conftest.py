@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 
 from tests.service.kit import (
     REDIS_DB_INTEGRATION,
-    flush_redis,
+    drop_queue,
     fresh_postgres,
     redis_url,
     require_redis,
@@ -71,7 +71,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     for p in (home, data, models):
         p.mkdir()
     model = save_tiny_model(models / "tiny-llama", "llama")
-    flush_redis(REDIS_DB_INTEGRATION)
     with fresh_postgres() as url:
         env = service_env(url, redis_url(REDIS_DB_INTEGRATION), home, data, models) | {
             "IPROX_ARTIFACT_ROOT": (base / "artifacts").as_uri(),
@@ -83,7 +82,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         with service_environ(env):
             log = base / "worker.log"
             cmd = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker"]
-            cmd += ["-Q", "iprox", "--concurrency", "2", "--without-gossip", "--without-mingle"]
+            cmd += ["-Q", env["IPROX_QUEUE"], "--concurrency", "2"]
+            cmd += ["--without-gossip", "--without-mingle"]
             cmd += ["--loglevel", "INFO", "--logfile", str(log)]
             child_env = os.environ | {"PYTHONPATH": str(ROOT)}
             proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env, start_new_session=True)
@@ -99,7 +99,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 )
             finally:
                 stop(proc)
-        flush_redis(REDIS_DB_INTEGRATION)
+        drop_queue(REDIS_DB_INTEGRATION, env["IPROX_QUEUE"])
 
 
 @pytest.fixture

@@ -18,8 +18,10 @@ PG_ADMIN_URL = os.environ.get(
     "IPROX_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
-# Redis database numbers reserved for the test tiers, so a flush never touches anything else.
-REDIS_DB_SERVICE, REDIS_DB_INTEGRATION = 13, 14
+# Redis database numbers reserved for the test tiers (each run also has a queue of its own).
+# Not 13/14, which earlier versions of these tests flushed whole: a run of such a version in
+# another checkout must not wipe this run's messages.
+REDIS_DB_SERVICE, REDIS_DB_INTEGRATION = 10, 11
 
 
 def _reachable(host: str, port: int) -> bool:
@@ -71,6 +73,14 @@ def flush_redis(db: int) -> None:
     redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db).flushdb()
 
 
+def drop_queue(db: int, queue: str) -> None:
+    """Delete one queue's messages and routing from a Redis database, leaving other queues
+    (another checkout's test run may share the database) alone."""
+    import redis
+
+    redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db).delete(queue, f"_kombu.binding.{queue}")
+
+
 def reset_caches() -> None:
     """Forget the process-wide settings, engine and dispatcher (after changing IPROX_* env)."""
     from service.config import get_settings
@@ -104,6 +114,9 @@ def service_env(
     database_url: str, broker_url: str, home: Path, data_root: Path, model_root: Path
 ) -> dict[str, str]:
     return {
+        # A queue of its own: test runs of several checkouts may share one Redis database, and
+        # a worker must never take another run's messages.
+        "IPROX_QUEUE": f"iprox-test-{uuid.uuid4().hex[:8]}",
         "IPROX_DATABASE_URL": database_url,
         "IPROX_BROKER_URL": broker_url,
         "IPROX_HOME": str(home),

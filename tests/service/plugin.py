@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from tests.service.kit import (
     REDIS_DB_SERVICE,
-    flush_redis,
+    drop_queue,
     fresh_postgres,
     redis_url,
     require_redis,
@@ -44,11 +44,10 @@ def service_db(svc_roots: dict[str, Path]) -> Iterator[str]:
             svc_roots["models"],
         )
         with service_environ(env):
-            flush_redis(REDIS_DB_SERVICE)
             try:
                 yield url
             finally:
-                flush_redis(REDIS_DB_SERVICE)
+                drop_queue(REDIS_DB_SERVICE, env["IPROX_QUEUE"])
 
 
 @pytest.fixture

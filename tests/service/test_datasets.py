@@ -13,6 +13,7 @@ import pytest
 
 from service.datasets import check_uri, resolve_file_uri
 from service.errors import ValidationFailed
+from service.outbound import OutboundPolicy
 from service.targets import resolve_target_model
 from tests.service.object_store import memory_object_stores
 from tests.service.slow_http import trickling_server
@@ -32,6 +33,7 @@ def _check(
         http_max_bytes=max_bytes,
         http_timeout_s=5,
         http_total_timeout_s=total_s,
+        outbound=OutboundPolicy(["127.0.0.1"]),  # the local test servers
     )
 
 

@@ -50,3 +50,26 @@ def test_worker_refuses_to_start_with_an_unusable_artifact_root(tmp_path: Path) 
     assert proc.returncode == 1
     assert proc.stderr.startswith("iprox worker: invalid configuration")
     assert "IPROX_ARTIFACT_ROOT='nosuchfs://bucket/artifacts' needs fsspec" in proc.stderr
+
+
+def test_worker_asked_for_missing_cuda_refuses_to_start(tmp_path: Path) -> None:
+    """IPROX_DEVICE=cuda on a machine without CUDA: the worker exits at start-up, naming it."""
+    import torch
+
+    if torch.cuda.is_available():
+        import pytest
+
+        pytest.skip("this machine has CUDA: the refusal cannot be shown here")
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IPROX_")}
+    env |= {"IPROX_HOME": str(tmp_path), "IPROX_DEVICE": "cuda", "PYTHONPATH": str(root)}
+    proc = subprocess.run(
+        [sys.executable, "-c", "import worker.celery_app"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert "iprox worker: IPROX_DEVICE: 'cuda' asks for CUDA" in proc.stderr

@@ -27,6 +27,8 @@ def test_proxy_spec_fields_exist_in_proxy_config() -> None:
     cfg = proxy_config(spec)
     assert (cfg.method, cfg.sparsity, cfg.align_steps) == ("svd", 0.3, 0)
     assert cfg.lr == ProxyConfig().lr  # unset fields keep the engine's defaults
+    memory = proxy_config(ProxySpec(checkpointing=True, factor_dtype="float32").model_dump())
+    assert (memory.checkpointing, memory.factor_dtype) == (True, "float32")
 
 
 def test_scorer_and_selection_specs_map_onto_engine_configs() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from celery.exceptions import SoftTimeLimitExceeded
 
 from service.auth.keys import get_or_create_tenant
@@ -29,6 +30,11 @@ def _running_job(service_db: str) -> str:
         (DataFormatError("pool.jsonl:3: not valid JSON"), "failed", "data_format"),
         (SoftTimeLimitExceeded(), "failed", "time_limit"),
         (RuntimeError("boom"), "failed", "internal"),
+        (
+            torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+            "failed",
+            "out_of_memory",
+        ),
         (Cancelled("cancelled during aligning"), "cancelled", None),
     ],
 )

@@ -34,7 +34,7 @@ def http_root(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 def test_http_download_is_cached_and_capped(http_root: tuple[str, Path], tmp_path: Path) -> None:
     base, root = http_root
     (root / "pool.jsonl").write_text('{"text": "a"}\n' * 10)
-    settings = Settings(home=tmp_path, http_max_bytes=1000)
+    settings = Settings(home=tmp_path, http_max_bytes=1000, allowed_hosts=["127.0.0.1"])
     got = local_input(f"{base}/pool.jsonl", "dataset_uri", tmp_path / "job", settings)
     assert got.read_text() == '{"text": "a"}\n' * 10
     (root / "pool.jsonl").unlink()  # a redelivered task reuses the download
@@ -59,7 +59,9 @@ def test_file_uri_is_rechecked_against_the_roots(tmp_path: Path) -> None:
 
 def test_http_download_has_a_total_deadline(tmp_path: Path) -> None:
     # Every byte comes well within the 5 s read timeout; only the 0.3 s deadline can stop it.
-    settings = Settings(home=tmp_path, http_timeout_s=5, http_total_timeout_s=0.3)
+    settings = Settings(
+        home=tmp_path, http_timeout_s=5, http_total_timeout_s=0.3, allowed_hosts=["127.0.0.1"]
+    )
     job = tmp_path / "job"
     with trickling_server() as base:
         started = time.monotonic()

@@ -15,6 +15,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from worker.commands.runtime import add_runtime_args, runtime_of
 from worker.engine.proxy.config import METHODS, ProxyConfig
 
 # Config fields exposed as flags (flag name = field name with dashes), with their parsers.
@@ -54,7 +55,11 @@ def register(subparsers: Any) -> None:
         description=__doc__,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    build.add_argument("--model", required=True, help="preset name, local HF directory or .gguf")
+    build.add_argument(
+        "--model",
+        required=True,
+        help="preset name, local HF directory, .gguf file or hub id org/name[@revision]",
+    )
     build.add_argument(
         "--data", type=Path, required=True, help="records to probe and align with (any format)"
     )
@@ -67,6 +72,13 @@ def register(subparsers: Any) -> None:
             "--" + name.replace("_", "-"), type=parse, default=_default(name), help=_help(name)
         )
     build.add_argument(
+        "--factor-dtype",
+        choices=("float64", "float32"),
+        default=_default("factor_dtype"),
+        help=_help("factor_dtype"),
+    )
+    build.add_argument("--checkpointing", action="store_true", help=_help("checkpointing"))
+    build.add_argument(
         "--target-modules",
         default=",".join(_default("target_modules")),
         help="comma-separated layer-name suffixes to compress",
@@ -77,6 +89,7 @@ def register(subparsers: Any) -> None:
         help="store the whole proxy (config, tokenizer, all weights), not just the factors",
     )
     build.add_argument("--cache-dir", type=Path, default=None, help="model cache directory")
+    add_runtime_args(build)
     build.set_defaults(func=_build)
 
 
@@ -98,12 +111,19 @@ def _build(args: argparse.Namespace) -> int:
     from worker.engine.models import load_model
     from worker.engine.proxy import build_proxy, save_proxy
 
+    runtime = runtime_of(args)  # before anything is loaded
     values = {name: getattr(args, name) for name in _FLAGS}
     modules = tuple(m.strip() for m in args.target_modules.split(",") if m.strip())
-    config = ProxyConfig(method=args.method, target_modules=modules, **values)
+    config = ProxyConfig(
+        method=args.method,
+        target_modules=modules,
+        factor_dtype=args.factor_dtype,
+        checkpointing=args.checkpointing,
+        **values,
+    )
     records = load_records(args.data)
     print(f"iprox proxy: loading {args.model}", file=sys.stderr, flush=True)
-    target = load_model(args.model, cache_dir=args.cache_dir)
+    target = load_model(args.model, cache_dir=args.cache_dir, runtime=runtime)
     proxy = build_proxy(target, records, config, progress=_stderr_progress())
     path = save_proxy(proxy, args.out, storage="standalone" if args.standalone else "factors")
     m = proxy.manifest
@@ -116,6 +136,7 @@ def _build(args: argparse.Namespace) -> int:
         "compressed_layers": m["compressed_layers"],
         "alignment": m["alignment"]["last"],
         "timings_s": m["timings_s"],
+        "runtime": runtime.describe(),
     }
     print(json.dumps(summary, indent=2))
     return 0

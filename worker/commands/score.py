@@ -13,6 +13,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from worker.commands.runtime import add_runtime_args, runtime_of
 from worker.engine.scoring.config import ScoreConfig
 
 _METHODS = ("ipsvd", "svd", "random", "none")
@@ -28,7 +29,12 @@ def _help(name: str) -> str:
 
 
 def _add_scoring(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="preset name, local HF directory or .gguf file")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="preset name, local HF directory, .gguf file or hub id org/name[@revision]",
+    )
+    add_runtime_args(p)
     p.add_argument("--train", type=Path, required=True, help="the pool to score (any format)")
     p.add_argument(
         "--target",
@@ -178,6 +184,7 @@ def _score(args: argparse.Namespace) -> int:
     from worker.engine.scoring.output import write_scores
 
     config = _config(args)
+    runtime = runtime_of(args)
     bars, stats = _Bars(), ScoreStats()
     scores: dict[int, float] = {}
     ids: dict[int, str] = {}
@@ -194,6 +201,7 @@ def _score(args: argparse.Namespace) -> int:
             stats=stats,
             checkpoints=args.checkpoints,
             adam=args.adam,
+            runtime=runtime,
         ):
             scores.update(zip(batch.indices, batch.scores, strict=True))
             ids.update(zip(batch.indices, batch.ids, strict=True))
@@ -207,6 +215,7 @@ def _score(args: argparse.Namespace) -> int:
         "checkpoints": str(args.checkpoints) if args.checkpoints else None,
         "adam": args.adam,
         "gradients": vars(stats),
+        "runtime": runtime.describe(),
         "seconds": round(time.perf_counter() - start, 2),
     }
     print(json.dumps(summary, indent=2))
@@ -220,6 +229,7 @@ def _select(args: argparse.Namespace) -> int:
     from worker.engine.proxy import ProxyConfig
     from worker.engine.scoring.output import write_scores, write_selection
 
+    runtime = runtime_of(args)
     selection = SelectionConfig(
         top_k=args.top_k,
         fraction=args.fraction,
@@ -247,6 +257,7 @@ def _select(args: argparse.Namespace) -> int:
             progress=bars,
             checkpoints=args.checkpoints,
             adam=args.adam,
+            runtime=runtime,
         )
     finally:
         bars.close()

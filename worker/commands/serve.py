@@ -1,7 +1,8 @@
 """``iprox serve``: the embedded default. One command, no external servers.
 
 It applies the migrations (a start-up step), makes sure a local API key exists, starts a Celery
-worker process beside the API and serves the API with uvicorn. With no ``IPROX_*`` settings the
+worker process beside the API, runs the reconciler on a timer thread (stranded work is
+re-queued; production uses Celery beat) and serves the API with uvicorn. With no ``IPROX_*`` settings the
 state lives under ``IPROX_HOME`` (default ``~/.iprox``): a SQLite database, a filesystem message
 queue and the artifacts. Set ``IPROX_DATABASE_URL``/``IPROX_BROKER_URL`` to serve against
 Postgres/Redis instead (then run further workers with ``celery -A worker.celery_app worker``).
@@ -101,6 +102,25 @@ def stop_worker(worker: subprocess.Popen[bytes], timeout: float = 20) -> None:
 _stopping = threading.Event()
 
 
+def start_reconciler(interval_s: float, stop: threading.Event) -> threading.Thread:
+    """Every ``interval_s``, re-queue stranded work (service/jobs/recovery.py). A thread of
+    this process rather than a task, so that it runs even while every worker slot is busy."""
+    from service.config import get_settings
+    from service.jobs.recovery import reconcile
+    from service.queue import get_dispatcher
+
+    def loop() -> None:
+        while not stop.wait(interval_s):
+            try:
+                reconcile(get_settings(), get_dispatcher().enqueue)
+            except Exception as exc:  # an outage: the next pass tries again
+                print(f"iprox serve: reconciler pass failed: {exc}", file=sys.stderr, flush=True)
+
+    thread = threading.Thread(target=loop, name="iprox-reconciler", daemon=True)
+    thread.start()
+    return thread
+
+
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal: with the default
     # handler that would end the process before ``run``'s ``finally`` stops the worker.
@@ -150,9 +170,16 @@ def run(args: argparse.Namespace) -> int:
     worker = None if args.no_worker else start_worker(args.concurrency, settings.queue)
     if worker is not None:
         threading.Thread(target=_watch, args=(worker,), daemon=True).start()
+    start_reconciler(settings.reconcile_interval_s, _stopping)
     try:
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
-        uvicorn.run("service.main:app", host=args.host, port=args.port, log_level="info")
+        uvicorn.run(
+            "service.main:app",
+            host=args.host,
+            port=args.port,
+            log_level="info",
+            timeout_graceful_shutdown=10,  # SIGTERM always ends it, in-flight requests or not
+        )
     finally:
         if worker is not None:
             _stopping.set()

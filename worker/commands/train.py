@@ -12,6 +12,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from worker.commands.runtime import add_runtime_args, runtime_of
 from worker.engine.train.config import FinetuneConfig
 
 
@@ -33,9 +34,11 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         required=True,
-        help="preset name, local Hugging Face directory (e.g. a fine-tuning output), or .gguf file",
+        help="preset name, local Hugging Face directory (e.g. a fine-tuning output), .gguf file, "
+        "or hub id org/name[@revision]",
     )
     p.add_argument("--cache-dir", type=Path, default=None, help="model cache (GGUF conversions)")
+    add_runtime_args(p)
 
 
 def _add_training(p: argparse.ArgumentParser, epochs: float) -> None:
@@ -80,7 +83,7 @@ def register(subparsers: Any) -> None:
     ft = subparsers.add_parser(
         "finetune",
         help="fine-tune a model (full or LoRA) on a record file, saving checkpoints",
-        description="Full or LoRA fine-tuning on the CPU with the loss on response tokens only. "
+        description="Full or LoRA fine-tuning (on --device) with the loss on response tokens only. "
         "The merged final model is written into --out (loadable with --model OUT); "
         "checkpoints go to OUT/checkpoints/, the manifest to OUT/finetune.json.",
     )
@@ -173,9 +176,10 @@ def _finetune(args: argparse.Namespace) -> int:
     from worker.engine.models import load_model
     from worker.engine.train import finetune
 
+    runtime = runtime_of(args)
     config = _config(args, args.save_steps)
     records = load_records(args.data)
-    target = load_model(args.model, cache_dir=args.cache_dir)
+    target = load_model(args.model, cache_dir=args.cache_dir, runtime=runtime)
     result = finetune(target, records, config, args.out, progress=_progress)
     print(json.dumps(_summary(result.manifest, args.out), indent=2))
     return 0
@@ -186,9 +190,10 @@ def _warmup(args: argparse.Namespace) -> int:
     from worker.engine.models import load_model
     from worker.engine.train import warmup
 
+    runtime = runtime_of(args)
     config = _config(args)
     pool = load_records(args.data)
-    target = load_model(args.model, cache_dir=args.cache_dir)
+    target = load_model(args.model, cache_dir=args.cache_dir, runtime=runtime)
     result = warmup(
         target,
         pool,
@@ -208,13 +213,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     from worker.engine.models import load_model
     from worker.engine.train import evaluate, sample_records
 
+    runtime = runtime_of(args)
     records = load_records(args.task)
     if args.sample is not None:
         if args.sample < 1:
             raise ConfigError(f"--sample must be >= 1, got {args.sample}")
         if args.sample < len(records):
             records = sample_records(records, args.sample, args.seed)
-    loaded = load_model(args.model, cache_dir=args.cache_dir)
+    loaded = load_model(args.model, cache_dir=args.cache_dir, runtime=runtime)
     report = evaluate(
         loaded.model,
         loaded.tokenizer,
@@ -225,7 +231,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         choice_scoring=args.choice_scoring,
         progress=_progress,
     )
-    summary = {"model": loaded.identity, "sha256": loaded.sha256, "task": str(args.task)}
+    summary = {
+        "model": loaded.identity,
+        "sha256": loaded.sha256,
+        "task": str(args.task),
+        "runtime": runtime.describe(),
+    }
     summary.update(report.to_dict(with_examples=False))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,14 @@
-"""Loading target models: named presets, local Hugging Face directories and GGUF files.
+"""Loading target models: named presets, local Hugging Face directories, GGUF files and
+Hugging Face hub ids.
 
-Every model comes back as float32, in eval mode, on the CPU, with a sha256 that identifies its
-weights (the GGUF file, or the directory's safetensors files), so artifacts built from it can say
-exactly which model they came from.
+Every model comes back in eval mode on the runtime's device in its dtype (default: float32 on
+the CPU), with a sha256 that identifies its weights (the GGUF file, or the directory's
+safetensors files), so artifacts built from it can say exactly which model they came from.
+
+Hub ids (``org/name``, optionally ``org/name@revision``) are resolved through
+``huggingface_hub``'s cache (``HF_HOME`` / ``HF_HUB_CACHE``): only configs, tokenizer files and
+``*.safetensors`` are fetched, and with ``HF_HUB_OFFLINE=1`` only what the cache already holds is
+used. A local path that exists always wins over a hub id of the same spelling.
 
 GGUF files are dequantised by transformers, which takes tens of seconds for a 100 MB file; the
 first load therefore writes a safetensors copy (model + tokenizer) into a cache keyed by the
@@ -21,6 +27,7 @@ import importlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -37,6 +44,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from worker.engine.device import CPU, Runtime
 from worker.engine.errors import ModelNotFoundError
 
 CACHE_ENV = "IPROX_CACHE_DIR"
@@ -47,9 +55,10 @@ _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 class LoadedModel:
     """A target model ready for the engine.
 
-    ``model`` is float32, eval mode, on the CPU, with ``requires_grad`` as loaded. ``ref`` is what
-    the caller passed; ``identity`` the preset name or the resolved absolute path; ``sha256``
-    identifies the weights (GGUF file, or the safetensors files of a directory).
+    ``model`` is in eval mode on ``runtime``'s device and dtype, with ``requires_grad`` as
+    loaded. ``ref`` is what the caller passed; ``identity`` the preset name, the resolved
+    absolute path, or ``hf:org/name@commit``; ``sha256`` identifies the weights (GGUF file, or
+    the safetensors files of a directory).
     """
 
     model: PreTrainedModel
@@ -57,6 +66,7 @@ class LoadedModel:
     ref: str
     identity: str
     sha256: str
+    runtime: Runtime = CPU
 
 
 # --------------------------------------------------------------------------------------------
@@ -134,7 +144,7 @@ class ModelSource:
     """
 
     ref: str
-    kind: Literal["preset", "hf_dir", "gguf"]
+    kind: Literal["preset", "hf_dir", "gguf", "hub"]
     identity: str
     path: Path | None = None
     preset: Preset | None = None
@@ -144,7 +154,7 @@ def _accepted_forms() -> str:
     names = ", ".join(sorted(PRESETS))
     return (
         f"a preset name ({names}), a local Hugging Face model directory (config.json + "
-        "*.safetensors), or a path to a .gguf file"
+        "*.safetensors), a path to a .gguf file, or a Hugging Face hub id (org/name[@revision])"
     )
 
 
@@ -188,6 +198,9 @@ def resolve_model(ref: str, *, model_roots: Sequence[Path] | None = None) -> Mod
         return ModelSource(ref=ref, kind="preset", identity=ref, preset=preset)
     path = Path(ref).expanduser()
     if not path.exists():
+        hub = parse_hub_id(ref)
+        if hub is not None:
+            return _resolve_hub(ref, *hub)
         raise ModelNotFoundError(f"unknown model '{ref}': expected {_accepted_forms()}")
     resolved = _confine(path, model_roots, ref)
     if resolved.is_file():
@@ -198,6 +211,75 @@ def resolve_model(ref: str, *, model_roots: Sequence[Path] | None = None) -> Mod
         return ModelSource(ref=ref, kind="gguf", identity=str(resolved), path=resolved)
     _check_hf_dir(resolved)
     return ModelSource(ref=ref, kind="hf_dir", identity=str(resolved), path=resolved)
+
+
+# --------------------------------------------------------------------------------------------
+# Hugging Face hub ids
+
+# org/name as the hub spells them (letters, digits, '-', '_', '.'), then an optional @revision.
+_HUB_ID = re.compile(r"^([A-Za-z0-9][\w.-]{0,95})/([A-Za-z0-9][\w.-]{0,95})(?:@([\w./-]{1,200}))?$")
+_HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "tokenizer*"]
+
+
+def parse_hub_id(ref: str) -> tuple[str, str | None] | None:
+    """``("org/name", revision or None)`` when ``ref`` is spelled as a hub id, else ``None``."""
+    m = _HUB_ID.match(ref.strip())
+    if m is None or ".." in ref or m.group(1).endswith(".") or m.group(2).endswith("."):
+        return None
+    return f"{m.group(1)}/{m.group(2)}", m.group(3)
+
+
+def hub_cache_dir() -> Path:
+    """``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub`` (read now,
+    not when ``huggingface_hub`` was imported)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME")
+    return (Path(home).expanduser() if home else Path.home() / ".cache" / "huggingface") / "hub"
+
+
+def hub_offline() -> bool:
+    """``HF_HUB_OFFLINE`` is set to a true value: use the cache only, never the network."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def _resolve_hub(ref: str, repo_id: str, revision: str | None) -> ModelSource:
+    """The cached (or, when online, downloaded) snapshot of ``repo_id`` at ``revision``."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    offline = hub_offline()
+    try:
+        folder = snapshot_download(
+            repo_id,
+            revision=revision,
+            cache_dir=hub_cache_dir(),
+            local_files_only=offline,
+            allow_patterns=_HUB_PATTERNS,
+        )
+    except LocalEntryNotFoundError:
+        where = "HF_HUB_OFFLINE is set and" if offline else "the hub is unreachable and"
+        raise ModelNotFoundError(
+            f"hub model '{ref}': {where} the cache {hub_cache_dir()} holds no snapshot of it"
+            + (f" at revision {revision!r}" if revision else "")
+        ) from None
+    except (RepositoryNotFoundError, GatedRepoError) as exc:
+        raise ModelNotFoundError(
+            f"hub model '{ref}': repository not found or not accessible ({type(exc).__name__})"
+        ) from None
+    except RevisionNotFoundError:
+        raise ModelNotFoundError(f"hub model '{ref}': no revision {revision!r}") from None
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        raise ModelNotFoundError(f"hub model '{ref}': cannot fetch it ({exc})") from None
+    path = Path(folder)
+    _check_hf_dir(path)
+    return ModelSource(ref=ref, kind="hub", identity=f"hf:{repo_id}@{path.name}", path=path)
 
 
 def _check_hf_dir(path: Path) -> None:
@@ -273,12 +355,14 @@ def dir_sha256(path: Path, cache_root: Path | None = None) -> str:
     return digest.hexdigest()
 
 
-def _from_dir(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def _from_dir(
+    path: Path, dtype: torch.dtype = torch.float32
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     # transformers reports unusable directories with assorted exception types and messages about
     # the Hub; name the directory and the part that failed instead.
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=torch.float32, use_safetensors=True, trust_remote_code=False
+            path, dtype=dtype, use_safetensors=True, trust_remote_code=False
         )
     except (OSError, ValueError, KeyError) as exc:
         raise ModelNotFoundError(f"model directory {path}: cannot load the model ({exc})") from exc
@@ -329,13 +413,13 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
 
 
 def _load_gguf(
-    gguf: Path, cache_root: Path
+    gguf: Path, cache_root: Path, dtype: torch.dtype
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
     sha = file_sha256(gguf, cache_root)
     entry = cache_root / "gguf-converted" / sha
     if not (entry / "config.json").is_file():
         _convert_gguf(gguf, entry)
-    model, tokenizer = _from_dir(entry)
+    model, tokenizer = _from_dir(entry, dtype)
     return model, tokenizer, sha
 
 
@@ -344,17 +428,19 @@ def load_model(
     *,
     cache_dir: Path | None = None,
     model_roots: Sequence[Path] | None = None,
+    runtime: Runtime = CPU,
 ) -> LoadedModel:
-    """Load ``ref`` (preset name, local HF directory or ``.gguf`` path) as float32, eval mode.
+    """Load ``ref`` (preset name, local HF directory, ``.gguf`` path or hub id) in eval mode,
+    on ``runtime.device`` in ``runtime.dtype`` (default: float32 on the CPU).
 
     ``cache_dir`` holds GGUF conversions and file hashes (default: :func:`default_cache_dir`).
     Raises :class:`ModelNotFoundError` as :func:`resolve_model` does.
     """
     source = resolve_model(ref, model_roots=model_roots)
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    if source.kind == "hf_dir":
+    if source.kind in ("hf_dir", "hub"):
         assert source.path is not None
-        model, tokenizer = _from_dir(source.path)
+        model, tokenizer = _from_dir(source.path, runtime.dtype)
         sha = dir_sha256(source.path, cache_root)
     else:
         if source.kind == "preset":
@@ -363,6 +449,8 @@ def load_model(
         else:
             assert source.path is not None
             gguf = source.path
-        model, tokenizer, sha = _load_gguf(gguf, cache_root)
-    model = model.float().eval()
-    return LoadedModel(model, tokenizer, ref=ref, identity=source.identity, sha256=sha)
+        model, tokenizer, sha = _load_gguf(gguf, cache_root, runtime.dtype)
+    model = model.to(runtime.device, runtime.dtype).eval()  # type: ignore[arg-type]
+    return LoadedModel(
+        model, tokenizer, ref=ref, identity=source.identity, sha256=sha, runtime=runtime
+    )

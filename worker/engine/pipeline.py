@@ -11,11 +11,17 @@ given) and a sample's score for a target task is ``sum_c mean_lr_c * score_c``, 
 being the mean learning rate of the steps that checkpoint ends; the max over target tasks comes
 last. With ``adam=True`` the training gradients are preconditioned with each checkpoint's saved
 Adam moments (LESS).
+
+Every function takes a resolved :class:`~worker.engine.device.Runtime` (device and model dtype;
+default float32 on the CPU) and, optionally, a :class:`ModelCache`: a worker scoring the shards
+of one job passes the same cache to each call, so the target is loaded once per process rather
+than once per shard.
 """
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from worker.engine.data import encode, load_records
+from worker.engine.device import CPU, Runtime
 from worker.engine.errors import ArtifactError, ConfigError, NoResponseTokensError
 from worker.engine.progress import EventFn, ProgressFn, StopFn, check_stop, report
 from worker.engine.scoring import (
@@ -41,6 +48,7 @@ if TYPE_CHECKING:
     from worker.engine.proxy import ProxyConfig
 
 __all__ = [
+    "ModelCache",
     "RankedRecord",
     "ScoreBatch",
     "ScoreConfig",
@@ -55,11 +63,70 @@ __all__ = [
 ]
 
 
-def _load(model_ref: str, progress: ProgressFn | None) -> LoadedModel:
+def _weights_signature(path: Path | None) -> tuple[tuple[str, int, int], ...]:
+    """Names, sizes and mtimes of the weight files at ``path``: changes when they are rewritten."""
+    if path is None:
+        return ()
+    files = [path] if path.is_file() else sorted(path.glob("*.safetensors"))
+    out = []
+    for f in files:
+        st = f.stat()
+        out.append((f.name, st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
+class ModelCache:
+    """Targets loaded in this process, kept for later calls; at most ``max_models`` (least
+    recently used goes first).
+
+    Keyed by the model reference, device and dtype; an entry is used only while the reference
+    still resolves to the same identity and the same weight files (name, size, mtime), so a
+    model directory rewritten in place is loaded again. Callers must not modify the model
+    (the engine's stages copy it before changing weights).
+    """
+
+    def __init__(self, max_models: int = 1) -> None:
+        if max_models < 1:
+            raise ConfigError(f"max_models must be >= 1, got {max_models}")
+        self.max_models = max_models
+        self._entries: OrderedDict[tuple[str, str, str], tuple[Any, LoadedModel]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, model_ref: str, runtime: Runtime = CPU) -> LoadedModel:
+        """The loaded ``model_ref`` on ``runtime``, from the cache when still current."""
+        from worker.engine.models import load_model, resolve_model
+
+        source = resolve_model(model_ref)
+        fingerprint = (source.identity, _weights_signature(source.path))
+        key = (model_ref, str(runtime.device), runtime.dtype_name)
+        hit = self._entries.get(key)
+        if hit is not None and hit[0] == fingerprint:
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return hit[1]
+        self._entries.pop(key, None)
+        while len(self._entries) >= self.max_models:  # free memory before the next load
+            self._entries.popitem(last=False)
+        loaded = load_model(model_ref, runtime=runtime)
+        self._entries[key] = (fingerprint, loaded)
+        self.misses += 1
+        return loaded
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+def _load(
+    model_ref: str,
+    progress: ProgressFn | None,
+    runtime: Runtime = CPU,
+    models: ModelCache | None = None,
+) -> LoadedModel:
     from worker.engine.models import load_model
 
     report(progress, "loading", 0, 1)
-    target = load_model(model_ref)
+    target = models.get(model_ref, runtime) if models else load_model(model_ref, runtime=runtime)
     report(progress, "loading", 1, 1)
     return target
 
@@ -72,12 +139,14 @@ def build_proxy_from_files(
     *,
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
+    runtime: Runtime = CPU,
+    models: ModelCache | None = None,
 ) -> dict[str, Any]:
-    """Build a proxy of ``model_ref`` from the records of ``data``, save it to ``out_dir`` and
-    return its manifest."""
+    """Build a proxy of ``model_ref`` from the records of ``data`` on ``runtime``, save it to
+    ``out_dir`` and return its manifest."""
     from worker.engine.proxy import build_proxy, save_proxy
 
-    target = _load(model_ref, progress)
+    target = _load(model_ref, progress, runtime, models)
     records = load_records(data)
     proxy = build_proxy(target, records, config, progress=progress, should_stop=should_stop)
     save_proxy(proxy, Path(out_dir))
@@ -248,6 +317,8 @@ def iter_scores(
     stats: ScoreStats | None = None,
     checkpoints: Path | None = None,
     adam: bool = False,
+    runtime: Runtime = CPU,
+    models: ModelCache | None = None,
     events: EventFn | None = None,
 ) -> Iterator[ScoreBatch]:
     """Scores of the pool ``train`` (or its ``indices``) against the target-task files.
@@ -257,9 +328,10 @@ def iter_scores(
     baseline). ``checkpoints``: a fine-tuning/warm-up run directory whose checkpoints are summed
     with learning-rate weights; ``adam``: precondition with their Adam moments. ``stats``
     (optional) is filled with how many gradients were computed and how many came from the store;
-    ``events`` hears of batches halved to fit the device's memory.
+    ``events`` hears of batches halved to fit the device's memory. ``runtime`` places the model;
+    ``models`` keeps it loaded between calls.
     """
-    target = _load(model_ref, progress)
+    target = _load(model_ref, progress, runtime, models)
     scorers = _scorers(target, proxy, Path(train), checkpoints, adam, progress, None)
     yield from _weighted_scores(
         scorers,
@@ -320,6 +392,8 @@ def run_selection(
     should_stop: StopFn | None = None,
     checkpoints: Path | None = None,
     adam: bool = False,
+    runtime: Runtime = CPU,
+    models: ModelCache | None = None,
     events: EventFn | None = None,
 ) -> SelectionResult:
     """The whole pipeline: load the target, build a proxy from the pool (``proxy=None``: score
@@ -331,7 +405,7 @@ def run_selection(
     """
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    target = _load(model_ref, progress)
+    target = _load(model_ref, progress, runtime, models)
     timings["loading"] = time.perf_counter() - t
     proxy_info: dict[str, Any] | None = None
     stats = ScoreStats()
@@ -371,6 +445,7 @@ def run_selection(
     timings["ranking"] = time.perf_counter() - t
     summary = {
         "model": target.identity,
+        "runtime": runtime.describe(),
         "samples": len(scores),
         "selected": len(ranked),
         "targets": [str(p) for p in targets],

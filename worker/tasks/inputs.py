@@ -1,7 +1,8 @@
 """Turning a job's dataset URIs into local files the engine can stream.
 
 ``file://`` URIs are re-checked against the data roots (the file may have changed since the API
-accepted it); ``http(s)://`` is downloaded with a size cap, per-operation timeouts and a deadline over the
+accepted it); ``http(s)://`` goes through the outbound address check (service/outbound.py, at
+every redirect hop) and is downloaded with a size cap, per-operation timeouts and a deadline over the
 whole download; ``s3://`` and ``gs://``
 go through fsspec. Downloads land in the job's artifact folder and are reused on redelivery.
 """
@@ -19,6 +20,7 @@ import httpx
 from service.config import Settings
 from service.datasets import resolve_file_uri, run_within
 from service.errors import ValidationFailed
+from service.outbound import OutboundRefused, send_checked
 from worker.engine.errors import EngineError
 
 _CHUNK = 1 << 20
@@ -36,21 +38,25 @@ def _download_http(uri: str, field: str, dest: Path, settings: Settings) -> None
     tmp = dest.with_suffix(dest.suffix + ".part")
     max_bytes = settings.http_max_bytes
 
+    async def save(resp: httpx.Response) -> None:
+        if resp.status_code >= 400:
+            raise InputError(f"{field}: {uri}: HTTP {resp.status_code}")
+        size = 0
+        with tmp.open("wb") as fh:
+            # Chunks as they arrive (not gathered to a size): the cap acts on every read.
+            async for chunk in resp.aiter_bytes():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise InputError(f"{field}: {uri}: larger than the limit of {max_bytes} bytes")
+                fh.write(chunk)
+
     async def get() -> None:
-        client = httpx.AsyncClient(follow_redirects=True, timeout=settings.http_timeout_s)
-        async with client, client.stream("GET", uri) as resp:
-            if resp.status_code >= 400:
-                raise InputError(f"{field}: {uri}: HTTP {resp.status_code}")
-            size = 0
-            with tmp.open("wb") as fh:
-                # Chunks as they arrive (not gathered to a size): the cap acts on every read.
-                async for chunk in resp.aiter_bytes():
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise InputError(
-                            f"{field}: {uri}: larger than the limit of {max_bytes} bytes"
-                        )
-                    fh.write(chunk)
+        async with httpx.AsyncClient(follow_redirects=False, timeout=settings.http_timeout_s) as c:
+            resp = await send_checked(c, "GET", uri, settings.outbound)
+            try:
+                await save(resp)
+            finally:
+                await resp.aclose()
 
     total_s = settings.http_total_timeout_s
     try:
@@ -61,6 +67,8 @@ def _download_http(uri: str, field: str, dest: Path, settings: Settings) -> None
                 f"{field}: {uri}: not downloaded within the limit of {total_s:g} s "
                 "(IPROX_HTTP_TOTAL_TIMEOUT_S)"
             ) from None
+        except OutboundRefused as exc:
+            raise InputError(f"{field}: {uri}: refused: {exc}") from None
         except httpx.HTTPError as exc:
             raise InputError(
                 f"{field}: {uri}: download failed ({type(exc).__name__}: {exc})"

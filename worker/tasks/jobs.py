@@ -1,34 +1,79 @@
-"""Celery tasks: thin wrappers that take a job id and run one step under the failure guard."""
+"""Celery tasks: thin wrappers that take a job id and run one step under the failure guard.
+
+A step that hits an outage (steps.is_transient: database or broker unreachable) is retried
+with backoff rather than acknowledged as a failure; once IPROX_TRANSIENT_RETRIES are spent the
+message is dropped and the reconciler re-queues the work when its heartbeat goes stale.
+"""
 
 from __future__ import annotations
 
-from datetime import timedelta
+import logging
+import random
+from collections.abc import Callable
+from typing import Any
+
+from celery import Task
 
 from service.config import get_settings
-from service.queue import TASK_RANK_JOB, TASK_RUN_JOB, TASK_SCORE_SHARD
+from service.jobs.recovery import reconcile as reconcile_once
+from service.queue import TASK_RANK_JOB, TASK_RECONCILE, TASK_RUN_JOB, TASK_SCORE_SHARD
 from worker.celery_app import app
 from worker.tasks import steps
+
+log = logging.getLogger(__name__)
 
 
 def _send(task_name: str, *args: object) -> None:
     app.send_task(task_name, args=list(args))
 
 
-@app.task(name=TASK_RUN_JOB)
-def run_job(job_id: str) -> None:
-    settings = get_settings()
-    steps.reap_orphans(timedelta(seconds=settings.orphan_after_s))
-    with steps.job_guard(job_id):
-        steps.run_job(job_id, get_settings(), _send)
+def backoff_s(retries: int) -> float:
+    """1, 2, 4, ... seconds, at most 30, with jitter so that a fleet does not retry at once."""
+    return min(2.0**retries, 30.0) * random.uniform(0.8, 1.2)
 
 
-@app.task(name=TASK_SCORE_SHARD)
-def score_shard(job_id: str, shard_index: int) -> None:
-    with steps.job_guard(job_id):
-        steps.score_shard(job_id, shard_index, get_settings(), _send)
+def _with_retries(task: Task, job_id: str, step: Callable[[], None]) -> None:
+    try:
+        with steps.job_guard(job_id):
+            step()
+    except Exception as exc:
+        if not steps.is_transient(exc):
+            raise
+        retries = task.request.retries
+        log.warning("job %s: %s (retry %d): %s", job_id, task.name, retries + 1, exc)
+        raise task.retry(
+            exc=exc, countdown=backoff_s(retries), max_retries=get_settings().transient_retries
+        ) from exc
 
 
-@app.task(name=TASK_RANK_JOB)
-def rank_job(job_id: str) -> None:
-    with steps.job_guard(job_id):
-        steps.rank_job(job_id, get_settings())
+@app.task(name=TASK_RUN_JOB, bind=True)
+def run_job(self: Task, job_id: str) -> None:
+    _with_retries(self, job_id, lambda: steps.run_job(job_id, get_settings(), _send))
+
+
+@app.task(name=TASK_SCORE_SHARD, bind=True)
+def score_shard(self: Task, job_id: str, shard_index: int) -> None:
+    # The task id names this delivery's claim on the shard; a retry keeps it.
+    claim = self.request.id
+
+    def step() -> None:
+        steps.score_shard(job_id, shard_index, get_settings(), _send, claim=claim)
+
+    _with_retries(self, job_id, step)
+
+
+@app.task(name=TASK_RANK_JOB, bind=True)
+def rank_job(self: Task, job_id: str) -> None:
+    _with_retries(self, job_id, lambda: steps.rank_job(job_id, get_settings()))
+
+
+@app.task(name=TASK_RECONCILE)
+def reconcile(**_: Any) -> int:
+    """Sent by Celery beat: re-queue stranded work (service/jobs/recovery.py)."""
+    try:
+        return len(reconcile_once(get_settings(), _send))
+    except Exception as exc:
+        if not steps.is_transient(exc):
+            raise
+        log.warning("reconciler: skipped this pass (%s); the next one will try again", exc)
+        return 0

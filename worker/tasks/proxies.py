@@ -18,6 +18,7 @@ from service.proxies import repository as proxy_repo
 from worker.engine.errors import ArtifactError
 from worker.tasks.configs import proxy_config
 from worker.tasks.reporting import Reporter
+from worker.tasks.runtime import model_cache, worker_runtime
 
 PROXY_NAMESPACE = uuid.UUID("6f1d3c56-0c8e-4d8e-9a3e-2f4b8d1e7a10")
 
@@ -44,6 +45,8 @@ def ensure_proxy(job: dict[str, Any], model: str, pool: Path, settings: Settings
         config,
         progress=reporter.progress,
         should_stop=reporter.should_stop,
+        runtime=worker_runtime(settings),
+        models=model_cache(settings),
     )
     manifest_file = out_dir / "proxy.json"
     manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
@@ -65,6 +68,9 @@ def ensure_proxy(job: dict[str, Any], model: str, pool: Path, settings: Settings
         )
         keys = ("target_params", "proxy_params", "param_ratio", "achieved_sparsity")
         sizes = {k: manifest[k] for k in keys if k in manifest}
+        # Probe batches split because the device ran out of memory (0 when none was).
+        halvings = (manifest.get("probe") or {}).get("oom_halvings", 0)
+        sizes["probe_oom_halvings"] = halvings
         state.metric(s, job_id, "proxy built", {"proxy_id": proxy_id} | sizes)
     return proxy
 

@@ -19,9 +19,17 @@ class Reporter:
     """``progress(stage, done, total)`` and ``should_stop()`` for the engine, writing at most
     every ``interval_s`` seconds (stage changes and completions are always written)."""
 
-    def __init__(self, job_id: str, *, stages: bool, interval_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        job_id: str,
+        *,
+        stages: bool,
+        interval_s: float = 1.0,
+        shard: tuple[int, str] | None = None,
+    ) -> None:
         self.job_id = job_id
         self.stages = stages
+        self.shard = shard  # (index, claim): beat that shard's heartbeat too
         self.interval_s = interval_s
         self._stage: str | None = None
         self._last = 0.0
@@ -37,6 +45,8 @@ class Reporter:
                 if changed:
                     state.set_stage(session, self.job_id, _STAGES[stage], total=total)
                 state.report_progress(session, self.job_id, done, total)
+            elif self.shard is not None:
+                state.beat_shard(session, self.job_id, *self.shard)
             else:
                 job = repo.lock_job(session, self.job_id)
                 if job is not None and not job.status.is_terminal():

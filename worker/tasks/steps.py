@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,7 +24,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import redis.exceptions as redis_exc
 from celery.exceptions import SoftTimeLimitExceeded
+from kombu import exceptions as kombu_exc
+from sqlalchemy import exc as sa_exc
 
 from service.artifacts import sha256_file
 from service.config import Settings
@@ -40,6 +44,7 @@ from worker.tasks.configs import score_config, selection_config
 from worker.tasks.inputs import local_input
 from worker.tasks.proxies import ensure_proxy, local_proxy
 from worker.tasks.reporting import Reporter
+from worker.tasks.runtime import model_cache, worker_runtime
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +75,29 @@ def _inputs(request: dict[str, Any], job_id: str, settings: Settings) -> Inputs:
     )
 
 
+def is_transient(exc: BaseException) -> bool:
+    """An outage rather than a fault of the job: the database or the broker unreachable, or
+    no pooled connection free. Such a step is retried, never failed."""
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(
+        exc,
+        (
+            sa_exc.OperationalError,
+            sa_exc.InterfaceError,
+            sa_exc.TimeoutError,
+            kombu_exc.OperationalError,
+            redis_exc.ConnectionError,
+            redis_exc.TimeoutError,
+        ),
+    )
+
+
 @contextmanager
 def job_guard(job_id: str) -> Iterator[None]:
-    """Whatever escapes a step ends the job: cancelled, or failed with a code; never running."""
+    """Whatever escapes a step ends the job: cancelled, or failed with a code; never running.
+    Transient errors (is_transient) pass through for the task to retry, even when they strike
+    while the failure is being recorded."""
     try:
         yield
     except Cancelled:
@@ -86,9 +111,29 @@ def job_guard(job_id: str) -> Iterator[None]:
         with session_scope() as s:
             state.fail(s, job_id, "time_limit", "the task ran past its time limit")
     except Exception as exc:
+        if is_transient(exc):
+            raise
+        if _out_of_memory(exc):
+            log.warning("job %s ran out of device memory: %s", job_id, exc)
+            with session_scope() as s:
+                state.fail(
+                    s,
+                    job_id,
+                    "out_of_memory",
+                    "the worker's device ran out of memory at the job's batch size (lower "
+                    f"proxy.batch_size or scorer.batch_size, or max_length): {exc}"[:2000],
+                )
+            return
         log.exception("job %s failed unexpectedly", job_id)
         with session_scope() as s:
             state.fail(s, job_id, "internal", f"{type(exc).__name__}: {exc}")
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """torch's device out-of-memory error (the worker has torch loaded by then)."""
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError)
 
 
 def _pick(d: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
@@ -155,37 +200,38 @@ def _plan_shards(
         job.progress_total = size
         job.progress_done = repo.count_scores(s, job_id)
         state.metric(s, job_id, "pool planned", {"pool_size": size, "shards": len(bounds)})
-        pending = [
-            sh.shard_index for sh in repo.shards_of(s, job_id) if sh.status is ShardStatus.PENDING
-        ]
+        pending = []
+        for sh in repo.shards_of(s, job_id):
+            if sh.status is ShardStatus.PENDING and sh.claim is None:
+                sh.queued_at = utcnow()
+                pending.append(sh.shard_index)
     for k in pending:
         enqueue(TASK_SCORE_SHARD, job_id, k)
 
 
-def score_shard(job_id: str, shard_index: int, settings: Settings, enqueue: Enqueue) -> None:
-    """Score one slice of the pool, persisting each batch; stop early when cancelled."""
+def score_shard(
+    job_id: str,
+    shard_index: int,
+    settings: Settings,
+    enqueue: Enqueue,
+    claim: str | None = None,
+) -> None:
+    """Score one slice of the pool, persisting each batch; stop early when cancelled.
+
+    ``claim`` names this delivery (the Celery task id, which a retry keeps): the shard is
+    claimed under it, its heartbeat beaten every batch, and the work stops at the next batch
+    if the reconciler gave the shard to another delivery meanwhile."""
     from worker.engine.pipeline import iter_scores
 
+    claim = claim or uuid.uuid4().hex
+    stale_before = utcnow() - timedelta(seconds=settings.shard_stale_after_s)
     with session_scope() as s:
+        outcome = state.claim_shard(s, job_id, shard_index, claim, stale_before)
+        if outcome is None:
+            return
         row = repo.get_job_any_tenant(s, job_id)
         shard = repo.get_shard(s, job_id, shard_index)
-        if row is None or shard is None or row.status.is_terminal():
-            return
-        outcome: ShardStatus
-        fresh = row.updated_at > utcnow() - timedelta(seconds=settings.orphan_after_s)
-        if shard.status is not ShardStatus.PENDING:
-            outcome = shard.status  # redelivered after it settled: only re-check the barrier
-        elif shard.started_at is not None and fresh:
-            # Another delivery of this shard is at work (the job's heartbeat is fresh): two
-            # writers must not share the shard's gradient store. Were that worker dead, the
-            # job fails as worker_lost once its heartbeat goes stale.
-            return
-        elif row.status is JobStatus.CANCELLING:
-            outcome = ShardStatus.STOPPED
-        else:
-            outcome = ShardStatus.PENDING
-        if outcome is ShardStatus.PENDING:
-            shard.started_at = utcnow()
+        assert row is not None and shard is not None  # claim_shard saw both under the lock
         job = _snapshot(row)
         proxy = proxy_repo.get_proxy_any_tenant(s, row.proxy_id) if row.proxy_id else None
         saved = (proxy.id, proxy.path, proxy.sha256) if proxy is not None else None
@@ -193,7 +239,7 @@ def score_shard(job_id: str, shard_index: int, settings: Settings, enqueue: Enqu
     if outcome is ShardStatus.PENDING:
         inputs = _inputs(job["request"], job_id, settings)
         proxy_path = local_proxy(*saved, settings) if saved is not None else None
-        reporter = Reporter(job_id, stages=False, interval_s=5.0)
+        reporter = Reporter(job_id, stages=False, interval_s=5.0, shard=(shard_index, claim))
         outcome = ShardStatus.DONE
         config = score_config(job["request"].get("scorer") or {})
         # One store per shard: the store's manifest and shard names are not safe for two
@@ -209,21 +255,29 @@ def score_shard(job_id: str, shard_index: int, settings: Settings, enqueue: Enqu
             store_dir=store if config.features == "projected" else None,
             indices=range(start, stop),
             progress=reporter.progress,
+            runtime=worker_runtime(settings),
+            models=model_cache(settings),
             events=reporter.event,
         )
         for batch in batches:
             with session_scope() as s:
+                if not state.beat_shard(s, job_id, shard_index, claim):
+                    log.info("job %s shard %d: claim taken over; stopping", job_id, shard_index)
+                    return
                 rows = list(zip(batch.indices, batch.ids, batch.scores, strict=True))
                 status = state.record_scores(s, job_id, rows)
             if status is not JobStatus.RUNNING:
                 outcome = ShardStatus.STOPPED
                 break
-    _settle_shard(job_id, shard_index, outcome, enqueue)
+    _settle_shard(job_id, shard_index, outcome, enqueue, claim)
 
 
-def _settle_shard(job_id: str, shard_index: int, outcome: ShardStatus, enqueue: Enqueue) -> None:
+def _settle_shard(
+    job_id: str, shard_index: int, outcome: ShardStatus, enqueue: Enqueue, claim: str
+) -> None:
     """Record the shard's end; the last shard to settle decides what happens next. The job row
-    is locked first, so two shards finishing together cannot both see 'none pending'."""
+    is locked first, so two shards finishing together cannot both see 'none pending'. A
+    delivery whose claim was taken over settles nothing: the new claimant will."""
     rank = False
     with session_scope() as s:
         job = repo.lock_job(s, job_id)
@@ -231,6 +285,8 @@ def _settle_shard(job_id: str, shard_index: int, outcome: ShardStatus, enqueue: 
         if job is None or shard is None or job.status.is_terminal():
             return
         if shard.status is ShardStatus.PENDING:
+            if outcome is ShardStatus.DONE and shard.claim != claim:
+                return
             shard.status = outcome
             s.flush()
         if repo.shards_pending(s, job_id):
@@ -265,16 +321,18 @@ def rank_job(job_id: str, settings: Settings) -> None:
     selection = selection_config(request["selection"])
     counts = None
     if selection.token_budget is not None:
-        from worker.engine.models import load_model
+        from worker.engine.pipeline import ModelCache
 
-        tokenizer = load_model(inputs.model).tokenizer
+        models = model_cache(settings) or ModelCache()
+        tokenizer = models.get(inputs.model, worker_runtime(settings)).tokenizer
         counts = token_counts(
             tokenizer, inputs.pool, score_config(request.get("scorer") or {}).max_length
         )
     ranked = rank(inputs.pool, scores, selection, token_counts=counts)
     out = settings.artifacts.workspace(*subset_parts(job_id))
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".jsonl.part")
+    # Named per delivery: a ranking re-queued by the reconciler may overlap a slow one.
+    tmp = out.with_suffix(f".{uuid.uuid4().hex[:8]}.part")
     with tmp.open("w", encoding="utf-8") as fh:
         for r in ranked:
             fh.write(json.dumps(dict(r.fields) | {"rank": r.rank, "score": r.score}) + "\n")
@@ -295,12 +353,3 @@ def rank_job(job_id: str, settings: Settings) -> None:
     }
     with session_scope() as s:
         state.succeed(s, job_id, result)
-
-
-def reap_orphans(older_than: timedelta) -> list[str]:
-    """Fail running jobs whose heartbeat stopped ``older_than`` ago (their worker died)."""
-    with session_scope() as s:
-        ids = repo.stale_running_jobs(s, utcnow() - older_than)
-        for job_id in ids:
-            state.fail(s, job_id, "worker_lost", "the worker running this job stopped responding")
-    return ids

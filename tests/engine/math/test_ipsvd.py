@@ -197,3 +197,51 @@ def test_float32_weights_keep_their_dtype() -> None:
     A, B = ipsvd_factors(W, H, Delta, 3, ridge=1e-2)
     assert A.dtype == B.dtype == torch.float32
     assert A.shape == (6, 3) and B.shape == (3, 8)
+
+
+def _realistic_probes(
+    out_f: int, in_f: int, n: int, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A weight and float32 probes shaped like a SmolLM2 layer's: activations with a decaying
+    spectrum and a few large directions, output gradients ~1e-4 of their scale."""
+    decay = torch.arange(1, in_f + 1, dtype=torch.float32) ** -0.7
+    H = torch.randn(in_f, n, generator=gen) * decay[torch.randperm(in_f, generator=gen)][:, None]
+    H[:4] *= 20.0  # outlier features, as real activations have
+    dec_d = torch.arange(1, out_f + 1, dtype=torch.float32) ** -1.0
+    Delta = 1e-4 * torch.randn(out_f, n, generator=gen) * dec_d[:, None]
+    W = torch.randn(out_f, in_f, generator=gen) / in_f**0.5
+    return W, H, Delta
+
+
+# At the default ridge (0.1) float32 stays within 1e-4; a ridge ten times smaller makes the
+# inverse roots' large complement weights amplify float32 rounding (measured up to ~4e-4).
+@pytest.mark.parametrize(("ridge", "tolerance"), [(0.1, 1e-4), (0.01, 1e-3)])
+@pytest.mark.parametrize(("out_f", "in_f"), [(576, 576), (192, 576), (1536, 576), (576, 1536)])
+def test_float32_factorisation_matches_float64(
+    out_f: int, in_f: int, ridge: float, tolerance: float
+) -> None:
+    """The float32 mode (for GPUs with slow float64) against the float64 default, on SmolLM2's
+    layer shapes with 768 probe columns at the rho 0.5 rank; the error is measured in float64."""
+    gen = torch.Generator(device="cpu").manual_seed(out_f + in_f)
+    W, H, Delta = _realistic_probes(out_f, in_f, 768, gen)
+    rank = (out_f * in_f) // (2 * (out_f + in_f))
+    errors = {}
+    for dtype in (torch.float64, torch.float32):
+        res = ipsvd(W, H, Delta, rank, ridge, dtype=dtype)
+        assert res.A.dtype == res.B.dtype == torch.float32  # W's dtype either way
+        errors[dtype] = weighted_error(W, res.A @ res.B, H, Delta, ridge)
+        assert abs(res.weighted_error - errors[dtype]) < 1e-3 * errors[dtype] + 1e-6
+    assert 0.01 < errors[torch.float64] < 0.9
+    assert abs(errors[torch.float32] - errors[torch.float64]) <= tolerance * errors[torch.float64]
+
+
+def test_float32_baselines_match_float64() -> None:
+    gen = torch.Generator(device="cpu").manual_seed(5)
+    W = torch.randn(96, 64, generator=gen)
+    A64, B64 = svd_factors(W, 16)
+    A32, B32 = svd_factors(W, 16, dtype=torch.float32)
+    torch.testing.assert_close(A32 @ B32, A64 @ B64, rtol=1e-4, atol=1e-4)
+    g1, g2 = (torch.Generator(device="cpu").manual_seed(3) for _ in range(2))
+    A64, B64 = random_factors(W, 16, g1)
+    A32, B32 = random_factors(W, 16, g2, dtype=torch.float32)
+    torch.testing.assert_close(A32 @ B32, A64 @ B64, rtol=1e-4, atol=1e-4)  # same seed, same Q

@@ -13,6 +13,7 @@ import torch
 from tests.engine.tiny_gguf import write_tiny_llama_gguf
 from tests.tiny import save_tiny_model
 from worker.cli import main
+from worker.engine.device import resolve_runtime
 from worker.engine.models import load_model
 from worker.engine.proxy import load_proxy
 
@@ -62,6 +63,30 @@ def test_build_writes_manifest_and_weights(
     ids = torch.tensor([[5, 6, 7, 8]])
     with torch.no_grad():
         assert torch.equal(again.model(input_ids=ids).logits, proxy.model(input_ids=ids).logits)
+
+
+def test_build_in_bf16_with_a_float32_factorisation(
+    tmp_path: Path,
+    write_jsonl: Callable[[list[dict[str, Any]], str], Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    model_dir = save_tiny_model(tmp_path / "tiny", "llama")
+    data = write_jsonl(_rows(12), "pool.jsonl")
+    out = tmp_path / "proxy"
+    argv = [
+        "proxy", "build", "--model", str(model_dir), "--data", str(data), "--out", str(out),
+        "--probe-samples", "4", "--align-steps", "1", "--max-length", "48",
+        "--device", "cpu", "--dtype", "bfloat16", "--factor-dtype", "float32", "--checkpointing",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["runtime"] == {"device": "cpu", "dtype": "bfloat16"}
+    manifest = json.loads((out / "proxy.json").read_text())
+    assert manifest["config"]["factor_dtype"] == "float32"
+    assert manifest["config"]["checkpointing"] is True
+    target = load_model(str(model_dir), runtime=resolve_runtime("cpu", "bfloat16"))
+    proxy = load_proxy(out, target)
+    assert {p.dtype for p in proxy.model.parameters()} == {torch.bfloat16}
 
 
 def test_bad_arguments_exit_non_zero_with_the_field_named(

@@ -105,3 +105,40 @@ def test_positions_per_sequence_caps_columns(
     )
     assert probes.columns == 6 * 4
     assert all(g.shape[1] == 24 for g in probes.grads.values())
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_a_batch_out_of_memory_is_halved_and_gives_the_smaller_batches_probes(
+    arch: str, make_target: Callable[..., LoadedModel], records: list[Record]
+) -> None:
+    """Passes over more than 2 sequences fail in the last decoder layer (after the first layer's
+    hooks captured): the batch of 4 splits into the two batches of 2 a batch size of 2 makes."""
+    target = make_target(arch)
+    layers = select_layers(target.model, SUFFIXES)
+    examples = encode_all(records[:8], target.tokenizer, 48)
+    kw = dict(pad_id=pad_token_id(target.tokenizer), positions_per_sequence=6, seed=3)
+    small = collect_probes(target.model, layers, examples, batch_size=2, **kw)  # type: ignore[arg-type]
+    last = target.model.model.layers[-1]
+
+    def too_big(_m: torch.nn.Module, args: tuple[torch.Tensor, ...], kwargs: dict) -> None:  # type: ignore[type-arg]
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if hidden.shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    handle = last.register_forward_pre_hook(too_big, with_kwargs=True)
+    try:
+        halved = collect_probes(target.model, layers, examples, batch_size=4, **kw)  # type: ignore[arg-type]
+        assert halved.halvings == 2  # each batch of 4 split once
+        for name in layers:
+            assert torch.equal(halved.inputs[name], small.inputs[name]), name
+            assert torch.equal(halved.grads[name], small.grads[name]), name
+        handle.remove()
+
+        def always(_m: torch.nn.Module, _a: tuple[torch.Tensor, ...], _k: dict) -> None:  # type: ignore[type-arg]
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+        handle = last.register_forward_pre_hook(always, with_kwargs=True)
+        with pytest.raises(torch.OutOfMemoryError):  # at one sequence, the error stands
+            collect_probes(target.model, layers, examples[:2], batch_size=2, **kw)  # type: ignore[arg-type]
+    finally:
+        handle.remove()

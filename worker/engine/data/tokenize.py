@@ -109,18 +109,23 @@ def pad_token_id(tokenizer: Any) -> int:
     return int(pid) if pid is not None else 0
 
 
-def collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a batch: ``input_ids``, ``attention_mask``, ``labels`` all (batch, max_len)."""
+def collate(
+    examples: Sequence[Example], pad_id: int, device: torch.device | str = "cpu"
+) -> dict[str, torch.Tensor]:
+    """Right-pad a batch: ``input_ids``, ``attention_mask``, ``labels`` all (batch, max_len),
+    made on ``device`` (one host-to-device copy per tensor)."""
     width = max(len(e.input_ids) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for i, e in enumerate(examples):
-        n = len(e.input_ids)
-        ids[i, :n] = torch.tensor(e.input_ids)
-        labels[i, :n] = torch.tensor(e.labels)
-        mask[i, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    ids, labels, mask = [], [], []
+    for e in examples:
+        pad = width - len(e.input_ids)
+        ids.append(e.input_ids + [pad_id] * pad)
+        labels.append(e.labels + [IGNORE_INDEX] * pad)
+        mask.append([1] * len(e.input_ids) + [0] * pad)
+    return {
+        "input_ids": torch.tensor(ids, dtype=torch.long, device=device),
+        "attention_mask": torch.tensor(mask, dtype=torch.long, device=device),
+        "labels": torch.tensor(labels, dtype=torch.long, device=device),
+    }
 
 
 def batches(examples: Sequence[Example], batch_size: int) -> Iterable[Sequence[Example]]:

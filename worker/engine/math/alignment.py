@@ -12,12 +12,19 @@ from collections.abc import Sequence
 import torch
 
 
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in at least float32 (bfloat16/float16 are widened; float64 stays)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def factor_space_targets(
     grad_W: torch.Tensor, A: torch.Tensor, B: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(grad_W B^T, A^T grad_W)``: ``grad_W: (out, in)``, ``A: (out, r)``, ``B: (r, in)`` ->
-    ``(out, r)`` and ``(r, in)``. Factors are detached: targets carry no gradient."""
-    return grad_W @ B.detach().T, A.detach().T @ grad_W
+    ``(out, r)`` and ``(r, in)``, in at least float32 whatever the inputs' dtype. Factors are
+    detached: targets carry no gradient."""
+    g = _wide(grad_W)
+    return g @ _wide(B.detach()).T, _wide(A.detach()).T @ g
 
 
 def factor_cosine(
@@ -28,7 +35,9 @@ def factor_cosine(
     eps: float = 1e-12,
 ) -> torch.Tensor:
     """Cosine between ``(grad_A, grad_B)`` and ``(target_A, target_B)``, each pair flattened and
-    concatenated into one vector; a scalar tensor, differentiable in the ``grad_*`` arguments."""
+    concatenated into one vector; a scalar tensor in at least float32 (bfloat16 gradients are
+    summed in float32), differentiable in the ``grad_*`` arguments."""
+    grad_A, grad_B, target_A, target_B = map(_wide, (grad_A, grad_B, target_A, target_B))
     dot = (grad_A * target_A).sum() + (grad_B * target_B).sum()
     norm_g = (grad_A.square().sum() + grad_B.square().sum()).sqrt()
     norm_t = (target_A.square().sum() + target_B.square().sum()).sqrt()

@@ -36,7 +36,8 @@ def gaussian_projection(rows: int, cols: int, seed: int) -> torch.Tensor:
     if rows < 1 or cols < 1:
         raise ValueError(f"projection shape must be positive, got ({rows}, {cols})")
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    return torch.randn(rows, cols, generator=gen, dtype=torch.float32) / math.sqrt(rows)
+    draw = torch.randn(rows, cols, generator=gen, dtype=torch.float32, device="cpu")
+    return draw / math.sqrt(rows)
 
 
 def kron_project(

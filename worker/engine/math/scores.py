@@ -46,7 +46,7 @@ def tracin_scores(
     """
     if not (len(train) == len(direction) == len(lrs)) or not train:
         raise ValueError("need the same positive number of checkpoints for train, target and lrs")
-    out = torch.zeros(train[0].shape[0], dtype=torch.float32)
+    out = torch.zeros(train[0].shape[0], dtype=torch.float32, device=train[0].device)
     for g, v, lr in zip(train, direction, lrs, strict=True):
         out += float(lr) * (g.float() @ v.float())
     return out
@@ -55,7 +55,7 @@ def tracin_scores(
 def blockwise_max(train: torch.Tensor, target: torch.Tensor, block: int = 1024) -> torch.Tensor:
     """``max_j <g_i, t_j>`` for rows ``g_i`` of ``train: (n, d)`` over rows of ``target: (m, d)``,
     visiting ``target`` in blocks of ``block`` rows so memory stays ``O(n * block)``."""
-    best = torch.full((train.shape[0],), -torch.inf)
+    best = torch.full((train.shape[0],), -torch.inf, device=train.device)
     for start in range(0, target.shape[0], block):
         s = train.float() @ target[start : start + block].float().T
         best = torch.maximum(best, s.max(dim=1).values)
@@ -65,8 +65,8 @@ def blockwise_max(train: torch.Tensor, target: torch.Tensor, block: int = 1024) 
 class CurvatureAccumulator:
     """Streams ``F = G^T G / n`` over blocks of the pool's features ``G: (n, d)``."""
 
-    def __init__(self, dim: int) -> None:
-        self.gram = torch.zeros(dim, dim, dtype=torch.float64)
+    def __init__(self, dim: int, device: torch.device | str = "cpu") -> None:
+        self.gram = torch.zeros(dim, dim, dtype=torch.float64, device=device)
         self.count = 0
 
     def add(self, G: torch.Tensor) -> None:
@@ -90,7 +90,7 @@ def influence_direction(F: torch.Tensor, v: torch.Tensor, damping: float) -> tor
     """
     if damping <= 0:
         raise ValueError(f"damping must be positive, got {damping}")
-    eye = torch.eye(F.shape[0], dtype=torch.float64)
+    eye = torch.eye(F.shape[0], dtype=torch.float64, device=F.device)
     chol = torch.linalg.cholesky(F.double() + damping * eye)
     return torch.cholesky_solve(v.double().unsqueeze(1), chol).squeeze(1).float()
 
@@ -101,7 +101,7 @@ def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
         raise ValueError("need two score vectors of the same length >= 2")
     rx = torch.empty_like(x, dtype=torch.float64)
     ry = torch.empty_like(y, dtype=torch.float64)
-    ar = torch.arange(x.numel(), dtype=torch.float64)
+    ar = torch.arange(x.numel(), dtype=torch.float64, device=x.device)
     rx[torch.argsort(x, stable=True)] = ar
     ry[torch.argsort(y, stable=True)] = ar
     rx -= rx.mean()

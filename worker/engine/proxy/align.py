@@ -20,7 +20,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from worker.engine.checkpointing import checkpointed_layers
 from worker.engine.data import Example, collate
+from worker.engine.device import model_device
 from worker.engine.lowrank import LowRankLinear
 from worker.engine.math.alignment import (
     factor_cosine,
@@ -133,9 +135,9 @@ def lr_factor(step: int, total: int, warmup_fraction: float) -> float:
 def _batches(examples: Sequence[Example], size: int, seed: int) -> Iterator[Sequence[Example]]:
     """Endless shuffled passes over ``examples`` in batches of ``size`` (last short one dropped
     unless the set is smaller than a batch)."""
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device="cpu").manual_seed(seed)
     while True:
-        order = torch.randperm(len(examples), generator=generator).tolist()
+        order = torch.randperm(len(examples), generator=generator, device="cpu").tolist()
         full = max(1, len(order) // size)
         for b in range(full):
             yield [examples[i] for i in order[b * size : (b + 1) * size]]
@@ -163,7 +165,11 @@ def align(
     )
     stream = _batches(examples, config.align_batch_size, config.seed + 1)
     history: list[dict[str, float]] = []
-    with eager_attention(proxy):
+    with (
+        eager_attention(proxy),
+        checkpointed_layers(proxy, config.checkpointing),
+        checkpointed_layers(target, config.checkpointing),
+    ):
         for step in range(config.align_steps):
             check_stop(should_stop, "aligning")
             _step(target, proxy, next(stream), config, pad_id, params, optimizer, history)
@@ -185,7 +191,7 @@ def _step(
     history: list[dict[str, float]],
 ) -> None:
     """One optimiser step on one batch; appends its losses to ``history``."""
-    batch = collate(chunk, pad_id)
+    batch = collate(chunk, pad_id, model_device(proxy))
     losses = alignment_losses(target, proxy, batch, config, create_graph=True)
     optimizer.zero_grad(set_to_none=True)
     losses.total.backward()  # type: ignore[no-untyped-call]

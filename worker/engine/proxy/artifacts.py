@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
+from worker.engine.device import CPU, Runtime
 from worker.engine.errors import ArtifactError
 from worker.engine.lowrank import LowRankLinear
 from worker.engine.models import LoadedModel
@@ -115,8 +116,9 @@ def _lowrank_shell(model: nn.Module, manifest: dict[str, Any]) -> None:
             entry["in_features"],
         ):
             raise ArtifactError(f"manifest layer {name!r} does not match the model's layer")
-        A = torch.zeros(dense.out_features, rank, dtype=dense.weight.dtype)
-        B = torch.zeros(rank, dense.in_features, dtype=dense.weight.dtype)
+        dtype, device = dense.weight.dtype, dense.weight.device
+        A = torch.zeros(dense.out_features, rank, dtype=dtype, device=device)
+        B = torch.zeros(rank, dense.in_features, dtype=dtype, device=device)
         bias = dense.bias.detach() if dense.bias is not None else None
         replace_layer(model, name, LowRankLinear(A, B, bias))
 
@@ -130,20 +132,20 @@ def _freeze_all_but_factors(model: nn.Module) -> None:
 
 
 def _load_factors(
-    out_dir: Path, manifest: dict[str, Any], target: LoadedModel | None
+    out_dir: Path, manifest: dict[str, Any], target: LoadedModel | None, runtime: Runtime
 ) -> tuple[nn.Module, Any]:
     expected = manifest["target"]
     if target is None:
         from worker.engine.models import load_model
 
-        target = load_model(str(expected["identity"]))
+        target = load_model(str(expected["identity"]), runtime=runtime)
     if target.sha256 != expected.get("sha256"):
         raise ArtifactError(
             f"{out_dir}: proxy was built from {expected.get('identity')} (sha256 "
             f"{str(expected.get('sha256'))[:12]}...), but the given target {target.identity} has "
             f"sha256 {target.sha256[:12]}..."
         )
-    tensors = load_file(str(_weights_path(out_dir, manifest)))
+    tensors = load_file(str(_weights_path(out_dir, manifest)), device=str(target.runtime.device))
     model = copy.deepcopy(target.model)
     _lowrank_shell(model, manifest)
     modules = factor_modules(model)
@@ -166,14 +168,17 @@ def _load_factors(
     return model, target.tokenizer
 
 
-def _load_standalone(out_dir: Path, manifest: dict[str, Any]) -> tuple[nn.Module, Any]:
+def _load_standalone(
+    out_dir: Path, manifest: dict[str, Any], runtime: Runtime
+) -> tuple[nn.Module, Any]:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     weights = _weights_path(out_dir, manifest)
     config = AutoConfig.from_pretrained(out_dir / "model", trust_remote_code=False)
-    model = AutoModelForCausalLM.from_config(config, trust_remote_code=False).float()
+    model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    model = model.to(device=runtime.device, dtype=runtime.dtype)
     _lowrank_shell(model, manifest)
-    missing, unexpected = load_model(model, str(weights), strict=False)
+    missing, unexpected = load_model(model, str(weights), strict=False, device=str(runtime.device))
     if missing or unexpected:
         raise ArtifactError(
             f"{weights}: tensors do not match the model (missing {sorted(missing)[:3]}, "
@@ -183,20 +188,26 @@ def _load_standalone(out_dir: Path, manifest: dict[str, Any]) -> tuple[nn.Module
     return model, tokenizer
 
 
-def load_proxy(out_dir: Path, target: LoadedModel | None = None) -> Proxy:
-    """Load a proxy saved by :func:`save_proxy`; outputs are bit-identical to the saved one.
+def load_proxy(
+    out_dir: Path, target: LoadedModel | None = None, runtime: Runtime | None = None
+) -> Proxy:
+    """Load a proxy saved by :func:`save_proxy`; outputs are bit-identical to the saved one
+    (when loaded in the dtype it was saved in).
 
     For the ``factors`` layout the target is needed: pass it, or it is loaded from the
-    manifest's identity. ``ArtifactError`` when files are missing, corrupt, or the target's
-    sha256 differs from the one the proxy was built from.
+    manifest's identity. The proxy lands on ``runtime`` (default: the target's, else float32 on
+    the CPU); factors saved in another dtype are cast. ``ArtifactError`` when files are
+    missing, corrupt, or the target's sha256 differs from the one the proxy was built from.
     """
     out_dir = Path(out_dir)
     manifest = read_manifest(out_dir)
     kind = manifest["storage"].get("kind")
+    if runtime is None:
+        runtime = target.runtime if target is not None else CPU
     if kind == "factors":
-        model, tokenizer = _load_factors(out_dir, manifest, target)
+        model, tokenizer = _load_factors(out_dir, manifest, target, runtime)
     elif kind == "standalone":
-        model, tokenizer = _load_standalone(out_dir, manifest)
+        model, tokenizer = _load_standalone(out_dir, manifest, runtime)
     else:
         raise ArtifactError(f"{out_dir / MANIFEST}: unknown storage kind {kind!r}")
     _freeze_all_but_factors(model)

@@ -48,7 +48,8 @@ def split_records(
     small for both, the alignment set reuses records from the probe set rather than shrinking
     the probe set (probing is what the factorisation rests on).
     """
-    order = torch.randperm(len(records), generator=torch.Generator().manual_seed(config.seed))
+    generator = torch.Generator(device="cpu").manual_seed(config.seed)
+    order = torch.randperm(len(records), generator=generator, device="cpu")
     shuffled = [records[i] for i in order.tolist()]
     n_probe = min(config.probe_samples, len(shuffled)) if config.method == "ipsvd" else 0
     n_align = 0
@@ -114,6 +115,7 @@ def build_proxy(
             seed=config.seed,
             progress=progress,
             should_stop=should_stop,
+            checkpointing=config.checkpointing,
         )
     t_probe = time.perf_counter() - t0
     probe_columns = probes.columns if probes is not None else 0
@@ -160,6 +162,7 @@ def build_proxy(
             "columns_per_layer": probe_columns,
             "positions_per_sequence": config.probe_positions,
             "ridge": config.ridge,
+            "oom_halvings": probes.halvings if probes is not None else 0,
         },
         "alignment": {
             "records": len(align_records) if config.align_steps > 0 else 0,

@@ -42,14 +42,15 @@ def factorise(
 ) -> tuple[torch.Tensor, torch.Tensor, float | None]:
     """Factors ``A: (out, r)``, ``B: (r, in)`` of ``W: (out, in)`` by the config's method, and
     the relative influence-weighted error they leave (IPSVD only, else ``None``)."""
+    dtype = torch.float64 if config.factor_dtype == "float64" else torch.float32
     if config.method == "ipsvd":
         if probes is None:
             raise ValueError("ipsvd needs probes (H, Delta)")
-        result = ipsvd(W, probes[0], probes[1], rank, config.ridge)
+        result = ipsvd(W, probes[0], probes[1], rank, config.ridge, dtype)
         return result.A, result.B, result.weighted_error
     if config.method == "svd":
-        return (*svd_factors(W, rank), None)
-    return (*random_factors(W, rank, generator), None)
+        return (*svd_factors(W, rank, dtype), None)
+    return (*random_factors(W, rank, generator, dtype), None)
 
 
 def replace_layer(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -76,7 +77,7 @@ def compress(
     proxy = copy.deepcopy(target)
     for p in proxy.parameters():
         p.requires_grad_(False)
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator(device="cpu").manual_seed(config.seed)  # same draws everywhere
     ranks = layer_ranks(layers, config)
     reports: list[dict[str, Any]] = []
     for i, (name, mod) in enumerate(layers.items()):

@@ -54,6 +54,10 @@ def temperature_kl(
 
 
 def forward_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """``model(input_ids, attention_mask).logits``: (batch, seq, vocab)."""
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    """``model(input_ids, attention_mask).logits``: (batch, seq, vocab). No key/value cache: a
+    whole sequence is scored at once, and a checkpointed layer recomputing its forward must not
+    append to a cache a second time."""
+    out = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+    )
     return out.logits

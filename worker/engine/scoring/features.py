@@ -182,7 +182,7 @@ def train_features(
             keep = [k for k, i in enumerate(idx) if i in wanted and i not in have]
             if not keep:
                 continue
-            sel = torch.tensor(keep)
+            sel = torch.tensor(keep, device=feats.device)
             ids = [idx[k] for k in keep]
             have.update(ids)
             stats.train_loaded += len(ids)

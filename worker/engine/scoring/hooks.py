@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from worker.engine.data import IGNORE_INDEX
+from worker.engine.device import model_device
 from worker.engine.errors import ConfigError, NoResponseTokensError
 from worker.engine.lowrank import LowRankLinear
 
@@ -83,11 +84,6 @@ def sides(
         A: torch.Tensor = module.A  # type: ignore[assignment]
         return delta @ A.detach().float(), h
     return delta, h
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter (where every scoring tensor is created)."""
-    return next(model.parameters()).device
 
 
 @contextmanager

@@ -49,7 +49,8 @@ def tensor_fingerprint(module: torch.nn.Module) -> str:
     h = hashlib.sha256()
     for name, p in module.named_parameters():
         h.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
-        h.update(p.detach().contiguous().cpu().numpy().tobytes())
+        # Raw bytes via uint8: numpy has no bfloat16 (the same bytes as before for float32).
+        h.update(p.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
@@ -101,7 +102,7 @@ class GradientStore:
             raise ValueError("shard shapes do not match its indices and the store's dimension")
         name = f"train-{len(self.shards):05d}.safetensors"
         tensors = {
-            "indices": torch.tensor(indices, dtype=torch.int64),
+            "indices": torch.tensor(indices, dtype=torch.int64, device="cpu"),  # written to disk
             "features": features.to(torch.float16).contiguous(),
             "norms": norms.float().contiguous(),
         }

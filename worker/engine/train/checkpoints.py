@@ -24,6 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+
+from worker.engine.device import Runtime
 from worker.engine.errors import ArtifactError
 from worker.engine.models import LoadedModel, dir_sha256, load_model
 
@@ -98,19 +101,25 @@ def list_checkpoints(run_dir: Path) -> list[Checkpoint]:
 
 
 def load_checkpoint(
-    checkpoint: Checkpoint, base: LoadedModel | None = None, cache_dir: Path | None = None
+    checkpoint: Checkpoint,
+    base: LoadedModel | None = None,
+    cache_dir: Path | None = None,
+    runtime: Runtime | None = None,
 ) -> LoadedModel:
     """A checkpoint as a full model (LoRA adapters merged into a copy of the base).
 
     ``base`` is the run's base model; when ``None`` it is loaded from the reference in the run
-    manifest. Raises :class:`ArtifactError` when the given base is not the one the run used.
+    manifest. ``runtime`` (default: the base's, else float32 on the CPU) places the model.
+    Raises :class:`ArtifactError` when the given base is not the one the run used.
     """
+    if runtime is None:
+        runtime = base.runtime if base is not None else Runtime(torch.device("cpu"), torch.float32)
     if checkpoint.kind == "full":
-        return load_model(str(checkpoint.path), cache_dir=cache_dir)
+        return load_model(str(checkpoint.path), cache_dir=cache_dir, runtime=runtime)
     run_dir = checkpoint.path.parent.parent
     recorded = read_manifest(run_dir)["base"]
     if base is None:
-        base = load_model(recorded["ref"], cache_dir=cache_dir)
+        base = load_model(recorded["ref"], cache_dir=cache_dir, runtime=runtime)
     if base.sha256 != recorded["sha256"]:
         raise ArtifactError(
             f"{checkpoint.path}: the adapter was trained on weights {recorded['sha256'][:12]}… "
@@ -127,4 +136,5 @@ def load_checkpoint(
         identity=str(checkpoint.path.resolve()),
         # The merged weights are determined by base + adapter: hash the pair.
         sha256=hashlib.sha256(f"{base.sha256}+{dir_sha256(checkpoint.path)}".encode()).hexdigest(),
+        runtime=base.runtime,
     )

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from worker.engine.data import Example, Record, collate, encode, pad_token_id
+from worker.engine.device import model_device
 from worker.engine.errors import ArtifactError, EmptyDatasetError, NoResponseTokensError
 from worker.engine.math.nll import token_mean_loss
 from worker.engine.models import LoadedModel
@@ -81,10 +82,10 @@ def _with_lora(model: nn.Module, config: FinetuneConfig) -> nn.Module:
 
 def _batch_order(n: int, batch_size: int, total_steps: int, seed: int) -> list[list[int]]:
     """Index batches for ``total_steps`` steps: a fresh seeded permutation every epoch."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
     order: list[list[int]] = []
     while len(order) < total_steps:
-        perm = torch.randperm(n, generator=gen).tolist()
+        perm = torch.randperm(n, generator=gen, device="cpu").tolist()
         order.extend(perm[i : i + batch_size] for i in range(0, n, batch_size))
     return order[:total_steps]
 
@@ -134,6 +135,7 @@ def finetune(
     params = [p for p in model.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     pad = pad_token_id(tokenizer)
+    device = model_device(model)
 
     losses: list[float] = []
     checkpoints: list[dict[str, Any]] = []
@@ -143,7 +145,7 @@ def finetune(
         lr = lr_at(step, total, config.lr, warm, config.schedule)
         for group in optim.param_groups:
             group["lr"] = lr
-        batch = collate([examples[i] for i in idx], pad)
+        batch = collate([examples[i] for i in idx], pad, device)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         loss = token_mean_loss(logits, batch["labels"])
         optim.zero_grad(set_to_none=True)

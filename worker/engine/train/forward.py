@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from worker.engine.data import IGNORE_INDEX, Example, collate
+from worker.engine.device import model_device
 from worker.engine.math.nll import sequence_nll
 
 
@@ -36,10 +37,11 @@ def score_examples(
     every real position's logits exactly as an unpadded forward gives them (up to float noise).
     """
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+    device = model_device(model)
     out: dict[int, Scored] = {}
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        batch = collate([examples[i] for i in idx], pad_id)
+        batch = collate([examples[i] for i in idx], pad_id, device)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         sums, counts = sequence_nll(logits, batch["labels"])
         for row, i in enumerate(idx):
@@ -47,5 +49,7 @@ def score_examples(
             if first_logprobs:
                 pos = next(t for t, y in enumerate(examples[i].labels) if y != IGNORE_INDEX)
                 first = torch.log_softmax(logits[row, pos - 1].float(), dim=-1) if pos else None
-            out[i] = Scored(float(sums[row]), int(counts[row]), first)
+            out[i] = Scored(
+                float(sums[row]), int(counts[row]), first.cpu() if first is not None else None
+            )
     return [out[i] for i in range(len(examples))]

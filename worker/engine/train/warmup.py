@@ -27,8 +27,8 @@ def sample_records(records: Sequence[Record], k: int, seed: int) -> list[Record]
     """``k`` records drawn without replacement (seeded), kept in their original order."""
     if not 1 <= k <= len(records):
         raise ConfigError(f"cannot draw {k} records from {len(records)}")
-    gen = torch.Generator().manual_seed(seed)
-    picked = sorted(torch.randperm(len(records), generator=gen)[:k].tolist())
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    picked = sorted(torch.randperm(len(records), generator=gen, device="cpu")[:k].tolist())
     return [records[i] for i in picked]
 
 
