@@ -17,6 +17,7 @@ transaction, and how long SIGTERM takes to end the server. Written to ``bench:se
     .venv/bin/python scripts/bench_service.py --quick         # smoke run, writes nothing
     .venv/bin/python scripts/bench_service.py --load          # the load test (about 3 min)
     .venv/bin/python scripts/bench_service.py --load --quick  # 2 s per rate, writes nothing
+    .venv/bin/python scripts/bench_service.py --load --baseline /tmp/old  # before/after
 """
 
 from __future__ import annotations
@@ -168,6 +169,22 @@ def main() -> int:
     ap.add_argument("--rates", default="50,100,200,400", help="offered req/s (--load)")
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per run (--load)")
     ap.add_argument("--runs", type=int, default=3, help="runs per rate (--load)")
+    ap.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="(--load) also serve another checkout (e.g. `git archive REF | tar -x -C DIR`), "
+        "alternating runs with this one so both meet the same machine load",
+    )
+    ap.add_argument(
+        "--baseline-label", default="baseline", help="(--load) how the baseline's rows are named"
+    )
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="IPROX_NAME=VALUE",
+        help="(--load) a setting for the servers, repeatable (e.g. IPROX_API_MAX_INFLIGHT=64)",
+    )
     args = ap.parse_args()
     if args.load:
         from bench_load import main as load_main

@@ -151,6 +151,12 @@ class Settings(BaseSettings):
     db_connect_timeout_s: int = Field(
         default=3, gt=0, description="Timeout of a new database connection, s (Postgres)."
     )
+    api_key_cache_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="Seconds an API process trusts a key it found valid without looking it up "
+        "again: a key revoked elsewhere stops working within this time (0: look up every time).",
+    )
     api_max_inflight: int = Field(
         default=32,
         gt=0,

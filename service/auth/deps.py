@@ -6,8 +6,9 @@ from typing import Annotated
 
 from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
-from service.auth.keys import tenant_for_key
+from service.auth.keys import hash_key, key_cache, tenant_for_hash
 from service.db import read_connection
 from service.errors import Unauthorized
 from service.text import unstorable
@@ -15,19 +16,31 @@ from service.text import unstorable
 _bearer = HTTPBearer(auto_error=False, description="API key: `Authorization: Bearer iprox_...`")
 
 
-def current_tenant(
+def _lookup(key_hash: str) -> str | None:
+    # Opened and returned in the one worker thread: holding the connection until the handler
+    # runs would keep a pooled connection idle while the request waits for a worker thread.
+    with read_connection() as conn:
+        return tenant_for_hash(conn, key_hash)
+
+
+async def current_tenant(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str:
-    """The key's tenant. Its connection is returned here: holding it until the handler runs
-    would keep a pooled connection idle while the request waits for a worker thread."""
+    """The key's tenant. On the event loop when the key was checked in the last
+    ``IPROX_API_KEY_CACHE_S`` seconds (service.auth.keys.KeyCache); else one lookup in a
+    worker thread."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("send 'Authorization: Bearer <API key>'")
     if unstorable(credentials.credentials):
         raise Unauthorized("the API key is unknown or revoked")
-    with read_connection() as conn:
-        tenant = tenant_for_key(conn, credentials.credentials)
+    key_hash = hash_key(credentials.credentials)
+    cache = key_cache()
+    tenant = cache.get(key_hash)
     if tenant is None:
-        raise Unauthorized("the API key is unknown or revoked")
+        tenant = await run_in_threadpool(_lookup, key_hash)
+        if tenant is None:
+            raise Unauthorized("the API key is unknown or revoked")
+        cache.put(key_hash, tenant)
     return tenant
 
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
+from service.config import get_settings
 from service.errors import NotFound
 from service.models import ApiKey, Tenant
 from service.models.base import utcnow
@@ -64,10 +67,79 @@ def ensure_key(session: Session, tenant_name: str, key: str) -> CreatedKey:
 
 def tenant_for_key(db: Session | Connection, key: str) -> str | None:
     """The tenant id owning an unrevoked ``key``, else None."""
-    q = select(ApiKey.tenant_id).where(
-        ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None)
-    )
+    return tenant_for_hash(db, hash_key(key))
+
+
+def tenant_for_hash(db: Session | Connection, key_hash: str) -> str | None:
+    """The tenant id owning the unrevoked key whose hash is ``key_hash``, else None."""
+    q = select(ApiKey.tenant_id).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
     return db.scalar(q)
+
+
+class KeyCache:
+    """Tenants of keys found valid in the last ``ttl_s`` seconds, by key hash (never the key).
+
+    It spares the key lookup (a pooled connection and a round trip) on most requests. The
+    price is bounded: a key revoked by another process (``iprox keys revoke``, another API
+    replica) keeps working here for at most ``ttl_s`` seconds after its last lookup; a key
+    revoked through :func:`revoke_key` in this process stops at once. Unknown and revoked keys
+    are never cached, so a new key works at once. ``ttl_s`` 0 turns the cache off.
+
+    Entries are replaced whole (one dict assignment), so the event loop and the threads that
+    fill it need no lock; past ``max_entries`` it starts afresh rather than grow.
+    """
+
+    def __init__(
+        self,
+        ttl_s: float,
+        *,
+        max_entries: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self.clock = clock
+        self._entries: dict[str, tuple[str, float]] = {}
+
+    def get(self, key_hash: str) -> str | None:
+        entry = self._entries.get(key_hash)
+        if entry is None:
+            return None
+        tenant, expires = entry
+        if self.clock() >= expires:
+            self._entries.pop(key_hash, None)
+            return None
+        return tenant
+
+    def put(self, key_hash: str, tenant: str) -> None:
+        if self.ttl_s <= 0:
+            return
+        if len(self._entries) >= self.max_entries:
+            self._entries = {}
+        self._entries[key_hash] = (tenant, self.clock() + self.ttl_s)
+
+    def forget(self, key_hash: str) -> None:
+        self._entries.pop(key_hash, None)
+
+    def clear(self) -> None:
+        self._entries = {}
+
+
+_key_cache: KeyCache | None = None
+
+
+def key_cache() -> KeyCache:
+    """The process-wide cache, with the TTL of ``IPROX_API_KEY_CACHE_S`` (read once)."""
+    global _key_cache
+    if _key_cache is None:
+        _key_cache = KeyCache(get_settings().api_key_cache_s)
+    return _key_cache
+
+
+def reset_key_cache() -> None:
+    """Forget the cache and its TTL (after the settings changed)."""
+    global _key_cache
+    _key_cache = None
 
 
 @dataclass(frozen=True)
@@ -110,4 +182,6 @@ def revoke_key(session: Session, key_id: str) -> tuple[KeyInfo, bool]:
     if newly:
         row.revoked_at = utcnow()
         session.flush()
+    # Only this process's cache can be reached from here; others expire theirs (KeyCache).
+    key_cache().forget(row.key_hash)
     return _info(row, tenant), newly

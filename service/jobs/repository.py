@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import Connection, Row, and_, bindparam, func, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -42,6 +42,26 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 def get_job(session: Session, tenant_id: str, job_id: str) -> Job | None:
     """The tenant's job, or None (another tenant's id looks missing)."""
     return session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id))
+
+
+# Built once: the hot path pays neither the statement's construction nor its cache key.
+_JOB_WITH_LABELS = (
+    select(Job.__table__, JobLabel.key.label("label_key"), JobLabel.value)
+    .outerjoin(JobLabel, JobLabel.job_id == Job.id)
+    .where(Job.id == bindparam("job_id"), Job.tenant_id == bindparam("tenant_id"))
+)
+
+
+def read_job_row(
+    conn: Connection, tenant_id: str, job_id: str
+) -> tuple[Row[Any], dict[str, str]] | None:
+    """The tenant's job row and its labels in one Core query (one round trip, no ORM objects):
+    the hot path of GET /jobs/{id}. None when the tenant has no such job."""
+    rows = conn.execute(_JOB_WITH_LABELS, {"job_id": job_id, "tenant_id": tenant_id}).all()
+    if not rows:
+        return None
+    labels = {r.label_key: r.value for r in rows if r.label_key is not None}
+    return rows[0], labels
 
 
 def get_job_any_tenant(session: Session, job_id: str) -> Job | None:

@@ -14,7 +14,7 @@ from fastapi.responses import StreamingResponse
 
 from service.auth.deps import TenantDep
 from service.config import get_settings
-from service.db import session_scope
+from service.db import read_connection, session_scope
 from service.errors import Unavailable, ValidationFailed
 from service.jobs import service, state
 from service.jobs.schemas import EventPage, JobCreate, JobPage, JobRead, ScorePage
@@ -91,8 +91,9 @@ def list_jobs(
 
 @router.get("/{job_id}", response_model=JobRead)
 def get_job(job_id: str, tenant: TenantDep) -> JobRead:
-    with session_scope() as session:
-        return service.read_job(session, service.get_job(session, tenant, job_id))
+    # A read needs no transaction: an autocommit connection, one query (the hot path).
+    with read_connection() as conn:
+        return service.read_job_by_id(conn, tenant, job_id)
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobRead)

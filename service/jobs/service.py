@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from typing import IO
+from typing import IO, Any
 
+from sqlalchemy import Connection, Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -58,7 +59,8 @@ def links(job_id: str) -> dict[str, str]:
     }
 
 
-def to_read(job: Job, labels: dict[str, str]) -> JobRead:
+def to_read(job: Job | Row[Any], labels: dict[str, str]) -> JobRead:
+    """The API's view of a job, from its ORM object or from a Core row of the jobs table."""
     error = (
         ErrorInfo(code=job.error_code, message=job.error_message or "") if job.error_code else None
     )
@@ -84,6 +86,14 @@ def to_read(job: Job, labels: dict[str, str]) -> JobRead:
 
 def read_job(session: Session, job: Job) -> JobRead:
     return to_read(job, repo.labels_of(session, [job.id])[job.id])
+
+
+def read_job_by_id(conn: Connection, tenant_id: str, job_id: str) -> JobRead:
+    """GET /jobs/{id}: the same answer as ``read_job(get_job(...))``, in one query."""
+    found = repo.read_job_row(conn, tenant_id, job_id) if not unstorable(job_id) else None
+    if found is None:
+        raise NotFound(f"no job {job_id}")
+    return to_read(*found)
 
 
 def check_inputs(settings: Settings, body: JobCreate) -> dict[str, str]:

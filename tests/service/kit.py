@@ -83,6 +83,7 @@ def drop_queue(db: int, queue: str) -> None:
 
 def reset_caches() -> None:
     """Forget the process-wide settings, engine and dispatcher (after changing IPROX_* env)."""
+    from service.auth.keys import reset_key_cache
     from service.config import get_settings
     from service.db import get_engine, get_sessionmaker
     from service.queue import get_dispatcher
@@ -91,6 +92,7 @@ def reset_caches() -> None:
         get_engine().dispose()
     for cached in (get_settings, get_engine, get_sessionmaker, get_dispatcher):
         cached.cache_clear()
+    reset_key_cache()
 
 
 @contextmanager

@@ -56,21 +56,34 @@ def test_database_outage_is_a_503_with_retry_after(
     served: str, proxied_db: TcpProxy, net_guard: ConnectLog
 ) -> None:
     auth = {"Authorization": f"Bearer {new_key()}"}
+    # Never used before the outage, so not in the API's key cache: its check needs the database.
+    unchecked = {"Authorization": f"Bearer {new_key()}"}
+    # A well-formed job with an Idempotency-Key: POST /jobs gets past validation (422) and
+    # looks the key up first, in the database.
+    job = {
+        "kind": "select",
+        "dataset_uri": "file:///nowhere/pool.jsonl",
+        "target_uri": "file:///nowhere/target.jsonl",
+        "target_model": "m",
+        "selection": {"top_k": 1},
+    }
     port = int(served.rsplit(":", 1)[1])
     with httpx.Client(base_url=served, timeout=30) as http:
         assert http.get("/jobs", headers=auth).status_code == 200
         proxied_db.stop()
-        for method, path in [
-            ("GET", "/jobs"),
-            ("GET", "/jobs/some-id"),
-            ("GET", "/jobs/some-id/scores"),
-            ("POST", "/jobs/some-id/cancel"),
-            ("GET", "/proxies"),
-            ("POST", "/jobs"),
-            ("GET", "/readyz"),
+        for method, path, headers in [
+            ("GET", "/jobs", auth),
+            ("GET", "/jobs", unchecked),
+            ("GET", "/jobs/some-id", auth),
+            ("GET", "/jobs/some-id/scores", auth),
+            ("POST", "/jobs/some-id/cancel", auth),
+            ("GET", "/proxies", auth),
+            ("POST", "/jobs", auth | {"Idempotency-Key": "outage"}),
+            ("GET", "/readyz", auth),
         ]:
             started = time.monotonic()
-            r = http.request(method, path, headers=auth, json={} if method == "POST" else None)
+            body = job if path == "/jobs" and method == "POST" else None
+            r = http.request(method, path, headers=headers, json=body)
             took = time.monotonic() - started
             assert r.status_code == 503, (path, r.status_code, r.text)
             assert r.headers["content-type"] == "application/problem+json"

@@ -48,6 +48,22 @@ def test_submit_returns_202_location_and_queues_one_message(
     assert got["id"] == job["id"] and got["request"]["selection"]["top_k"] == 2
 
 
+def test_get_by_id_answers_what_the_create_and_list_answers_say(
+    client: TestClient, auth: dict[str, str], select_body: dict[str, Any]
+) -> None:
+    # GET /jobs/{id} reads with one Core query (job row joined to its labels); POST and the
+    # list read through the ORM. Several labels: one joined row each, one job.
+    body = select_body | {"metadata": {"team": "nlp", "run": "7", "owner": "ana"}}
+    created = client.post("/jobs", json=body, headers=auth).json()
+    got = client.get(f"/jobs/{created['id']}", headers=auth)
+    assert got.status_code == 200 and got.headers["content-type"] == "application/json"
+    listed = client.get("/jobs", headers=auth).json()["items"]
+    assert got.json() == created == next(j for j in listed if j["id"] == created["id"])
+    assert got.json()["metadata"] == {"team": "nlp", "run": "7", "owner": "ana"}
+    plain = client.post("/jobs", json=select_body | {"metadata": {}}, headers=auth).json()
+    assert client.get(f"/jobs/{plain['id']}", headers=auth).json()["metadata"] == {}
+
+
 def _assert_problem(r: Any, field: str) -> None:
     assert r.status_code == 422, r.text
     assert r.headers["content-type"].startswith(PROBLEM)
