@@ -4,7 +4,7 @@ taken down. A worker killed with SIGKILL mid-scoring, the broker flushed mid-job
 database gone for 20 s: each job still succeeds, with exactly one score row per sample.
 
 The stale window is 8 s and the reconciler runs every 2 s, so each recovery takes seconds;
-the pool is 16 records in shards of 2 on the tiny model.
+the pool is 16 records in shards of 4, scored one sample per batch, on the tiny model.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ pytestmark = pytest.mark.integration
 REDIS_DB_RECOVERY = 15  # its own database: these tests flush it
 STALE_S = 8
 N = 16
+SHARD = 4  # samples per shard, scored one per batch: a shard is in flight for 4 batches
 POOL = [{"id": f"r{i}", "prompt": f"Add {i} and {i}.", "completion": f"{2 * i}."} for i in range(N)]
 
 
@@ -101,7 +102,7 @@ def recovery(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recovery]:
         proxied = db.set(host="127.0.0.1", port=db_proxy.port)
         env = service_env(url, redis_url(REDIS_DB_RECOVERY), home, data, models) | {
             "IPROX_QUEUE": f"iprox-recovery-{uuid.uuid4().hex[:6]}",
-            "IPROX_SHARD_SIZE": "2",
+            "IPROX_SHARD_SIZE": str(SHARD),
             "IPROX_SHARD_STALE_AFTER_S": str(STALE_S),
             "IPROX_RECONCILE_INTERVAL_S": "2",
             "IPROX_TASK_SOFT_TIME_LIMIT_S": "300",
@@ -180,7 +181,7 @@ def _submit(api: TestClient, recovery: Recovery, auth: dict[str, str]) -> str:
         "target_uri": _file(recovery, TARGET),
         "target_model": str(recovery.model),
         "proxy": proxy,
-        "scorer": FAST_SCORER,
+        "scorer": dict(FAST_SCORER, batch_size=1),
         "selection": {"top_k": 4},
     }
     r = api.post("/jobs", json=body, headers=auth)
@@ -226,7 +227,14 @@ def test_worker_killed_mid_scoring(
     auth = recovery.auth
     doomed = workers("doomed")
     job_id = _submit(api, recovery, auth)
+    # Kill mid-shard: one worker scores one shard at a time, a batch of one sample at a time,
+    # so a count that is not a multiple of the shard size means a shard is half done.
     _wait_scores(job_id, N // 2, timeout=300, recovery=recovery)
+    deadline = time.monotonic() + 120
+    while _scores(job_id)[0] % SHARD == 0 and _scores(job_id)[0] < N:
+        assert time.monotonic() < deadline, recovery.logs()
+        time.sleep(0.02)
+    assert _scores(job_id)[0] < N, "the job finished before the worker could be killed"
     os.killpg(doomed.pid, signal.SIGKILL)  # the worker and its pool child, mid-shard
     doomed.wait()
     killed_at = time.monotonic()
