@@ -274,11 +274,13 @@ def task_score_stream(
         train_featurizer = GradientFeaturizer(
             model, config.layers, config.proj_dim, config.seed, adam=adam, blocks=featurizer.blocks
         )
+    # The pool file is hashed once, and only when something keys on it (it may be large).
+    pool_sha = file_sha256(train) if store_dir is not None or config.projection == "eigen" else ""
     store = None
     if store_dir is not None:
         key: dict[str, Any] = {
             "model": model_hash,
-            "dataset": file_sha256(train),
+            "dataset": pool_sha,
             "seed": config.seed,
             "proj_dim": config.proj_dim,
             "max_length": config.max_length,
@@ -294,9 +296,10 @@ def task_score_stream(
     directions = []
     projection: tuple[Any, ...] = (config.proj_dim, config.seed, config.projection)
     if config.projection == "eigen":  # the basis depends on the pool's probes
-        projection += (config.projection_samples, file_sha256(train))
+        projection += (config.projection_samples, pool_sha)
     for path in targets:
-        task_key = ("projected", model_hash, file_sha256(path), config.max_length, config.normalize)
+        sha = file_sha256(path)
+        task_key = ("projected", model_hash, sha, config.max_length, config.normalize)
         hit = TARGETS.get(model, (*task_key, config.layers, projection))
         if hit is not None:
             directions.append(hit.value[0])
@@ -307,7 +310,7 @@ def task_score_stream(
             tokenizer,
             path,
             load_records(path),
-            file_sha256(path),
+            sha,
             max_length=config.max_length,
             batch_size=config.batch_size,
             store=store,
