@@ -26,14 +26,14 @@ class ProxySpec(BaseModel):
         None, description="Reuse this built proxy instead of building."
     )
     method: Literal["ipsvd", "svd", "random"] | None = Field(None, description="Compression.")
-    sparsity: float | None = Field(None, gt=0, lt=1, description="Fraction of parameters removed.")
+    sparsity: float | None = Field(None, ge=0, lt=1, description="Fraction of parameters removed.")
     probe_samples: int | None = Field(None, gt=0, description="Probe sequences for IPSVD.")
     align_steps: int | None = Field(None, ge=0, description="Alignment steps (0 = none).")
     kl_weight: float | None = Field(None, ge=0, description="lambda_KL of the alignment loss.")
     temperature: float | None = Field(None, gt=0, description="KL temperature.")
     lr: float | None = Field(None, gt=0, description="Alignment learning rate.")
     ridge: float | None = Field(None, gt=0, description="Covariance ridge (relative).")
-    max_length: int | None = Field(None, gt=0, description="Token budget per sequence.")
+    max_length: int | None = Field(None, ge=2, description="Token budget per sequence.")
     seed: int | None = Field(None, ge=0)
     checkpointing: bool | None = Field(
         None, description="Recompute decoder layers' activations in backward (less memory)."
@@ -65,8 +65,9 @@ class ScorerSpec(BaseModel):
         "only); projected: seeded random-projected features (needed by influence). Default: "
         "exact for tracin, projected for influence.",
     )
+    # At least one feature per layer suffix of the engine's default layers (7).
     proj_dim: int | None = Field(
-        None, gt=0, description="Projection dimension (projected features only)."
+        None, ge=7, description="Projection dimension (projected features only)."
     )
     projection: Literal["gaussian", "eigen"] | None = Field(
         None,
@@ -77,7 +78,7 @@ class ScorerSpec(BaseModel):
         None, gt=0, description="Pool records that define an eigen projection."
     )
     batch_size: int | None = Field(None, gt=0)
-    max_length: int | None = Field(None, gt=0)
+    max_length: int | None = Field(None, ge=2)
     damping: float | None = Field(None, gt=0, description="Influence damping.")
     seed: int | None = Field(None, ge=0, description="Projection seed (projected features only).")
 

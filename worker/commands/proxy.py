@@ -11,39 +11,40 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from worker.commands.runtime import add_runtime_args, runtime_of
-from worker.engine.proxy.config import METHODS, ProxyConfig
+from worker.engine.params import add_flag, default_of, help_of
+from worker.engine.proxy.config import ProxyConfig
 
-# Config fields exposed as flags (flag name = field name with dashes), with their parsers.
-_FLAGS: dict[str, Any] = {
-    "sparsity": float,
-    "probe_samples": int,
-    "probe_positions": int,
-    "ridge": float,
-    "rank_multiple": int,
-    "align_steps": int,
-    "align_samples": int,
-    "align_batch_size": int,
-    "kl_weight": float,
-    "temperature": float,
-    "lr": float,
-    "warmup_fraction": float,
-    "batch_size": int,
-    "max_length": int,
-    "seed": int,
-}
+# Config fields exposed as flags (flag name = field name with dashes); each flag's type, choices,
+# default and help come from the field.
+_FLAGS: tuple[str, ...] = (
+    "sparsity",
+    "probe_samples",
+    "probe_positions",
+    "ridge",
+    "rank_multiple",
+    "align_steps",
+    "align_samples",
+    "align_batch_size",
+    "kl_weight",
+    "temperature",
+    "lr",
+    "warmup_fraction",
+    "batch_size",
+    "max_length",
+    "seed",
+)
 
 
 def _default(name: str) -> Any:
-    return next(f.default for f in fields(ProxyConfig) if f.name == name)
+    return default_of(ProxyConfig, name)
 
 
 def _help(name: str) -> str:
-    return f"{ProxyConfig.help_for(name)} (default: {_default(name)})"
+    return help_of(ProxyConfig, name)
 
 
 def register(subparsers: Any) -> None:
@@ -64,19 +65,10 @@ def register(subparsers: Any) -> None:
         "--data", type=Path, required=True, help="records to probe and align with (any format)"
     )
     build.add_argument("--out", type=Path, required=True, help="directory to write the proxy to")
-    build.add_argument(
-        "--method", choices=METHODS, default=_default("method"), help=_help("method")
-    )
-    for name, parse in _FLAGS.items():
-        build.add_argument(
-            "--" + name.replace("_", "-"), type=parse, default=_default(name), help=_help(name)
-        )
-    build.add_argument(
-        "--factor-dtype",
-        choices=("float64", "float32"),
-        default=_default("factor_dtype"),
-        help=_help("factor_dtype"),
-    )
+    add_flag(build, ProxyConfig, "method")
+    for name in _FLAGS:
+        add_flag(build, ProxyConfig, name)
+    add_flag(build, ProxyConfig, "factor_dtype")
     build.add_argument("--checkpointing", action="store_true", help=_help("checkpointing"))
     build.add_argument(
         "--target-modules",

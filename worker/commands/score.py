@@ -9,23 +9,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from worker.commands.runtime import add_runtime_args, runtime_of
-from worker.engine.scoring.config import ScoreConfig
+from worker.engine.params import add_flag, choices_of, default_of, help_of
+from worker.engine.proxy.config import ProxyConfig
+from worker.engine.scoring.config import ScoreConfig, SelectionConfig
 
-_METHODS = ("ipsvd", "svd", "random", "none")
-
-
-def _default(name: str) -> Any:
-    return next(f.default for f in fields(ScoreConfig) if f.name == name)
-
-
-def _help(name: str) -> str:
-    f = next(f for f in fields(ScoreConfig) if f.name == name)
-    return str(f.metadata["help"])
+_METHODS = (*(choices_of(ProxyConfig, "method") or ()), "none")
 
 
 def _add_scoring(p: argparse.ArgumentParser) -> None:
@@ -44,33 +36,19 @@ def _add_scoring(p: argparse.ArgumentParser) -> None:
         help="target-task file (JSONL/JSON, MMLU CSV or folder, LESS JSON); repeat for several "
         "tasks (a sample's score is its max over tasks)",
     )
-    p.add_argument(
-        "--scorer", choices=("tracin", "influence"), default="tracin", help=_help("scorer")
-    )
-    p.add_argument(
-        "--features", choices=("exact", "projected"), default=None, help=_help("features")
-    )
-    p.add_argument("--proj-dim", type=int, default=_default("proj_dim"), help=_help("proj_dim"))
-    p.add_argument(
-        "--projection",
-        choices=("gaussian", "eigen"),
-        default=_default("projection"),
-        help=_help("projection"),
-    )
-    p.add_argument(
-        "--projection-samples",
-        type=int,
-        default=_default("projection_samples"),
-        help=_help("projection_samples"),
-    )
-    p.add_argument(
-        "--batch-size", type=int, default=_default("batch_size"), help=_help("batch_size")
-    )
-    p.add_argument(
-        "--max-length", type=int, default=_default("max_length"), help=_help("max_length")
-    )
-    p.add_argument("--seed", type=int, default=_default("seed"), help=_help("seed"))
-    p.add_argument("--damping", type=float, default=_default("damping"), help=_help("damping"))
+    # Flags, defaults and help come from the ScoreConfig fields (features: None = the scorer's).
+    add_flag(p, ScoreConfig, "scorer")
+    add_flag(p, ScoreConfig, "features", default=None)
+    for name in (
+        "proj_dim",
+        "projection",
+        "projection_samples",
+        "batch_size",
+        "max_length",
+        "seed",
+        "damping",
+    ):
+        add_flag(p, ScoreConfig, name)
     p.add_argument(
         "--dot", action="store_true", help="score by dot product instead of cosine (no normalising)"
     )
@@ -124,19 +102,19 @@ def register(subparsers: Any) -> None:
         "--scores-out", type=Path, default=None, help="full scores file (default: OUT.scores.jsonl)"
     )
     size = select.add_mutually_exclusive_group(required=True)
-    size.add_argument("--fraction", type=float, help="keep this fraction of the pool")
-    size.add_argument("--top-k", type=int, help="keep the k best samples")
-    size.add_argument("--token-budget", type=int, help="keep best samples within this many tokens")
-    select.add_argument("--quota-field", default=None, help="record field naming the source")
-    select.add_argument("--quota", type=float, default=None, help="max share of any one source")
+    for name in ("fraction", "top_k", "token_budget"):
+        add_flag(size, SelectionConfig, name)
+    add_flag(select, SelectionConfig, "quota_field")
+    add_flag(select, SelectionConfig, "quota")
     select.add_argument(
-        "--method", choices=_METHODS, default="ipsvd", help="proxy method; none = full target model"
+        "--method",
+        choices=_METHODS,
+        default=default_of(ProxyConfig, "method"),
+        help=f"proxy method: {help_of(ProxyConfig, 'method')}; none: the full target model",
     )
-    select.add_argument(
-        "--sparsity", type=float, default=0.5, help="rho, fraction of parameters removed"
-    )
-    select.add_argument("--align-steps", type=int, default=None, help="proxy alignment steps")
-    select.add_argument("--probe-samples", type=int, default=None, help="IPSVD probe records")
+    add_flag(select, ProxyConfig, "sparsity")
+    add_flag(select, ProxyConfig, "align_steps")
+    add_flag(select, ProxyConfig, "probe_samples")
     select.set_defaults(func=_select)
 
 
@@ -223,10 +201,7 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _select(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from worker.engine.pipeline import SelectionConfig, run_selection
-    from worker.engine.proxy import ProxyConfig
+    from worker.engine.pipeline import run_selection
     from worker.engine.scoring.output import write_scores, write_selection
 
     runtime = runtime_of(args)
@@ -239,11 +214,13 @@ def _select(args: argparse.Namespace) -> int:
     )
     proxy = None
     if args.method != "none":
-        proxy = ProxyConfig(method=args.method, sparsity=args.sparsity, max_length=args.max_length)
-        if args.align_steps is not None:
-            proxy = replace(proxy, align_steps=args.align_steps)
-        if args.probe_samples is not None:
-            proxy = replace(proxy, probe_samples=args.probe_samples)
+        proxy = ProxyConfig(
+            method=args.method,
+            sparsity=args.sparsity,
+            max_length=args.max_length,
+            align_steps=args.align_steps,
+            probe_samples=args.probe_samples,
+        )
     bars = _Bars()
     try:
         result = run_selection(

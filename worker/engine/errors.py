@@ -6,6 +6,10 @@ The engine never knows about HTTP or Celery: tasks turn these into a failed job 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 
 class EngineError(Exception):
     """Base class; ``code`` is a stable machine-readable identifier."""
@@ -48,9 +52,31 @@ class ArtifactError(EngineError):
 
 
 class ConfigError(EngineError):
-    """A hyperparameter is out of range."""
+    """A hyperparameter is out of range; ``field`` names it when one field is to blame."""
 
     code = "config"
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+    def under(self, prefix: str, renames: dict[str, str] | None = None) -> ConfigError:
+        """The same error with its field named as the caller spells it: ``prefix.name``
+        (``renames`` maps the engine's names back to the caller's)."""
+        if self.field is None:
+            return ConfigError(f"{prefix}: {self.message}")
+        name = (renames or {}).get(self.field, self.field)
+        message = self.message
+        if message.startswith(self.field):
+            message = name + message[len(self.field) :]
+        return ConfigError(f"{prefix}.{message}", field=f"{prefix}.{name}")
+
+
+class MathError(EngineError):
+    """A math function got inputs it cannot work on (an empty matrix, a size below what the
+    model needs): the job's data or settings, not a bug of the engine."""
+
+    code = "math"
 
 
 class OutOfMemoryError(EngineError):
@@ -63,3 +89,32 @@ class Cancelled(EngineError):
     """The caller asked to stop; raised at the next batch boundary."""
 
     code = "cancelled"
+
+
+_MATH = Path(__file__).resolve().parent / "math"
+
+
+@contextmanager
+def math_boundary() -> Iterator[None]:
+    """Turn a ``ValueError`` raised in (or below) ``worker/engine/math/`` into a :class:`MathError`.
+
+    The math functions are pure and raise plain ``ValueError`` on inputs they cannot take; the
+    engine's facade wraps its calls in this, so such an error reaches a job as ``math`` with its
+    message, never as ``internal``. A ``ValueError`` raised elsewhere is a bug and passes on.
+    """
+    try:
+        yield
+    except ValueError as exc:
+        if not _raised_in_math(exc):
+            raise
+        raise MathError(str(exc)) from exc
+
+
+def _raised_in_math(exc: BaseException) -> bool:
+    """Some frame between the boundary and the raise is a ``math/`` function."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if Path(tb.tb_frame.f_code.co_filename).resolve().parent == _MATH:
+            return True
+        tb = tb.tb_next
+    return False

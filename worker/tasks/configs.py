@@ -1,31 +1,59 @@
-"""From a job's stored request (JSON) to the engine's frozen config dataclasses."""
+"""From a job's stored request (JSON) to the engine's frozen config dataclasses.
+
+A request section maps onto one config field for field; the only renames are in ``RENAMES``
+(the API's ``scorer.method`` is the engine's ``ScoreConfig.scorer``). A ``ConfigError`` comes out
+naming the field as the request spells it (``scorer.proj_dim``), so a failed job says what to fix.
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from worker.engine.errors import ConfigError
+
 if TYPE_CHECKING:
     from worker.engine.proxy import ProxyConfig
     from worker.engine.scoring import ScoreConfig, SelectionConfig
+
+RENAMES: dict[str, dict[str, str]] = {"scorer": {"method": "scorer"}}
+"""Per request section: request field -> engine config field, where the names differ."""
+
+
+def _given(section: str, spec: dict[str, Any], skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    renames = RENAMES.get(section, {})
+    return {renames.get(k, k): v for k, v in spec.items() if k not in skip and v is not None}
+
+
+def _named(section: str, exc: ConfigError) -> ConfigError:
+    back = {engine: api for api, engine in RENAMES.get(section, {}).items()}
+    return exc.under(section, back)
 
 
 def proxy_config(spec: dict[str, Any]) -> ProxyConfig:
     """The request's ``proxy`` settings over the engine's defaults (ConfigError if invalid)."""
     from worker.engine.proxy import ProxyConfig
 
-    given = {k: v for k, v in spec.items() if k != "proxy_id" and v is not None}
-    return ProxyConfig.from_dict(given)
+    try:
+        return ProxyConfig.from_dict(_given("proxy", spec, skip=("proxy_id",)))
+    except ConfigError as exc:
+        raise _named("proxy", exc) from None
 
 
 def score_config(spec: dict[str, Any]) -> ScoreConfig:
+    """The request's ``scorer`` settings over the engine's defaults (ConfigError if invalid)."""
     from worker.engine.scoring import ScoreConfig
 
-    given = {k: v for k, v in spec.items() if v is not None}
-    given["scorer"] = given.pop("method", "tracin")
-    return ScoreConfig.from_dict(given)
+    try:
+        return ScoreConfig.from_dict(_given("scorer", spec))
+    except ConfigError as exc:
+        raise _named("scorer", exc) from None
 
 
 def selection_config(spec: dict[str, Any]) -> SelectionConfig:
+    """The request's ``selection`` (ConfigError if invalid)."""
     from worker.engine.scoring import SelectionConfig
 
-    return SelectionConfig(**spec)
+    try:
+        return SelectionConfig(**_given("selection", spec))
+    except ConfigError as exc:
+        raise _named("selection", exc) from None

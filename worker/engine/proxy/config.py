@@ -7,18 +7,12 @@ from typing import Any, Literal
 
 from worker.engine.configio import config_from_dict, config_to_dict
 from worker.engine.errors import ConfigError
+from worker.engine.layers import DEFAULT_LAYERS
+from worker.engine.params import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Range, check_params
 
 Method = Literal["ipsvd", "svd", "random"]
 METHODS: tuple[str, ...] = ("ipsvd", "svd", "random")
-DEFAULT_TARGET_MODULES: tuple[str, ...] = (
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-)
+DEFAULT_TARGET_MODULES: tuple[str, ...] = DEFAULT_LAYERS
 
 
 def _help(text: str) -> dict[str, str]:
@@ -115,38 +109,11 @@ class ProxyConfig:
     )
 
     def __post_init__(self) -> None:
-        problems: list[str] = []
-        if self.method not in METHODS:
-            problems.append(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if not 0.0 <= self.sparsity < 1.0:
-            problems.append(f"sparsity must be in [0, 1), got {self.sparsity}")
+        check_params(self, RANGES)
         if not self.target_modules:
-            problems.append("target_modules must name at least one layer suffix")
-        positive = ("rank_multiple", "probe_samples", "probe_positions", "align_batch_size")
-        for name in (*positive, "batch_size"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.max_length < 2:
-            problems.append(f"max_length must be at least 2, got {self.max_length}")
-        if self.ridge <= 0.0:
-            problems.append(f"ridge must be positive, got {self.ridge}")
-        if self.align_steps < 0:
-            problems.append(f"align_steps must be non-negative, got {self.align_steps}")
-        if self.align_samples is not None and self.align_samples < 1:
-            problems.append(f"align_samples must be at least 1, got {self.align_samples}")
-        for name in ("kl_weight", "max_grad_norm"):
-            if getattr(self, name) < 0.0:
-                problems.append(f"{name} must be non-negative, got {getattr(self, name)}")
-        if self.temperature <= 0.0 or self.lr <= 0.0:
-            problems.append(
-                f"temperature and lr must be positive, got {self.temperature} and {self.lr}"
+            raise ConfigError(
+                "target_modules must name at least one layer suffix", field="target_modules"
             )
-        if not 0.0 <= self.warmup_fraction < 1.0:
-            problems.append(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
-        if self.factor_dtype not in ("float64", "float32"):
-            problems.append(f"factor_dtype must be float64 or float32, got {self.factor_dtype!r}")
-        if problems:
-            raise ConfigError("proxy config: " + "; ".join(problems))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready; tuples become lists."""
@@ -164,3 +131,27 @@ class ProxyConfig:
             if f.name == name:
                 return str(f.metadata.get("help", ""))
         raise KeyError(name)
+
+
+RANGES: dict[str, Range] = {
+    "sparsity": Range(ge=0, lt=1),
+    "rank_multiple": AT_LEAST_ONE,
+    "probe_samples": AT_LEAST_ONE,
+    "probe_positions": AT_LEAST_ONE,
+    "ridge": POSITIVE,
+    "align_steps": NON_NEGATIVE,
+    "align_samples": AT_LEAST_ONE,
+    "align_batch_size": AT_LEAST_ONE,
+    "kl_weight": NON_NEGATIVE,
+    "temperature": POSITIVE,
+    "lr": POSITIVE,
+    "warmup_fraction": Range(ge=0, lt=1),
+    "max_grad_norm": NON_NEGATIVE,
+    "batch_size": AT_LEAST_ONE,
+    "max_length": Range(ge=2),
+    "seed": NON_NEGATIVE,
+}
+"""The range of each numeric field of :class:`ProxyConfig` (choices come from its ``Literal``
+types); :func:`worker.engine.params.check_params` is the one check. Kept beside the field list
+until the fields carry them in their metadata as ``ScoreConfig``'s do; a test fails when a
+numeric field has no range."""

@@ -25,6 +25,7 @@ from torch import nn
 from worker.engine.checkpointing import checkpointed_layers
 from worker.engine.data import Example, batches, collate
 from worker.engine.device import model_device, to_device
+from worker.engine.layers import named_layers
 from worker.engine.progress import ProgressFn, StopFn, check_stop, report
 from worker.engine.proxy.lm import loss_positions, sequence_losses
 
@@ -50,12 +51,8 @@ def select_layers(model: nn.Module, suffixes: Sequence[str]) -> dict[str, nn.Lin
 
     A suffix matches a whole name component (``proj`` does not match ``q_proj``).
     """
-    out: dict[str, nn.Linear] = {}
-    for name, module in model.named_modules():
-        last = name.rsplit(".", 1)[-1]
-        if isinstance(module, nn.Linear) and last in suffixes:
-            out[name] = module
-    return out
+    found = named_layers(model, suffixes, (nn.Linear,))
+    return {name: m for name, m in found if isinstance(m, nn.Linear)}
 
 
 def sample_positions(

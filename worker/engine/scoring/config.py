@@ -6,16 +6,15 @@ summary), so a result can always be traced to the settings behind it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from worker.engine.configio import config_from_dict, config_to_dict
 from worker.engine.errors import ConfigError
+from worker.engine.layers import DEFAULT_LAYERS
+from worker.engine.params import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, Range, check_params
+from worker.engine.params import param as _help
 from worker.engine.scoring.registry import scorer_entry
-
-
-def _help(text: str, default: Any) -> Any:
-    return field(default=default, metadata={"help": text})
 
 
 @dataclass(frozen=True)
@@ -37,8 +36,10 @@ class ScoreConfig:
     proj_dim: int = _help(
         "projected features only: feature budget d; per-layer Kronecker projections are sized so "
         "their total is as close to d as a near-square grid allows, never above (the exact size "
-        "is in the store manifest)",
+        "is in the store manifest); at least one feature per gradient block, so at least the "
+        "number of layer suffixes",
         8192,
+        AT_LEAST_ONE,
     )
     projection: Literal["gaussian", "eigen"] = _help(
         "projected features only: gaussian: seeded random Kronecker factors (unbiased inner "
@@ -50,21 +51,25 @@ class ScoreConfig:
         "eigen projection only: pool records whose per-token gradient factors give the "
         "covariances (a seeded slice of the whole pool, the same for every shard)",
         64,
+        AT_LEAST_ONE,
     )
-    batch_size: int = _help("samples per forward/backward pass", 4)
-    max_length: int = _help("tokens per sample; truncation keeps the response", 512)
-    seed: int = _help("projected features only: seed of the random projection matrices", 0)
+    batch_size: int = _help("samples per forward/backward pass", 4, AT_LEAST_ONE)
+    max_length: int = _help("tokens per sample; truncation keeps the response", 512, Range(ge=2))
+    seed: int = _help(
+        "projected features only: seed of the random projection matrices", 0, NON_NEGATIVE
+    )
     damping: float = _help(
-        "influence only: ridge lambda added to G^T G / n (features unit-norm)", 1e-3
+        "influence only: ridge lambda added to G^T G / n (features unit-norm)", 1e-3, POSITIVE
     )
     normalize: bool = _help(
         "L2-normalise each gradient before scoring (cosine, as LESS); false scores by dot product",
         True,
     )
-    shard_size: int = _help("training samples per gradient-store shard (the unit of resume)", 64)
+    shard_size: int = _help(
+        "training samples per gradient-store shard (the unit of resume)", 64, AT_LEAST_ONE
+    )
     layers: tuple[str, ...] = _help(
-        "name suffixes of the linear layers whose gradients are features",
-        ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        "name suffixes of the linear layers whose gradients are features", DEFAULT_LAYERS
     )
 
     def __post_init__(self) -> None:
@@ -74,19 +79,20 @@ class ScoreConfig:
         elif self.features not in entry.features:
             raise ConfigError(
                 f"features: the {self.scorer} scorer scores from "
-                f"{' or '.join(entry.features)} features, not {self.features!r}"
+                f"{' or '.join(entry.features)} features, not {self.features!r}",
+                field="features",
             )
-        if self.projection not in ("gaussian", "eigen"):
-            raise ConfigError(f"projection must be 'gaussian' or 'eigen', got {self.projection!r}")
-        for name in ("proj_dim", "batch_size", "max_length", "shard_size", "projection_samples"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        if self.max_length < 2:
-            raise ConfigError("max_length must be at least 2")
-        if not self.damping > 0:
-            raise ConfigError(f"damping must be positive, got {self.damping}")
+        check_params(self)
         if not self.layers:
-            raise ConfigError("layers must name at least one linear-layer suffix")
+            raise ConfigError("layers must name at least one linear-layer suffix", field="layers")
+        if self.proj_dim < len(self.layers):
+            # Each matched layer is at least one gradient block of at least one feature; the
+            # model's exact block count is checked when the projection is built.
+            raise ConfigError(
+                f"proj_dim must be at least {len(self.layers)} (one feature per gradient block, "
+                f"and {len(self.layers)} layer suffixes), got {self.proj_dim}",
+                field="proj_dim",
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return config_to_dict(self)
@@ -100,13 +106,19 @@ class ScoreConfig:
 class SelectionConfig:
     """Which samples to keep: exactly one of ``top_k``, ``fraction``, ``token_budget``."""
 
-    top_k: int | None = _help("keep the k best-scored samples", None)
-    fraction: float | None = _help("keep this fraction (0, 1] of the pool, rounded up", None)
-    token_budget: int | None = _help("keep best samples while their token total fits this", None)
+    top_k: int | None = _help("keep the k best-scored samples", None, AT_LEAST_ONE)
+    fraction: float | None = _help(
+        "keep this fraction (0, 1] of the pool, rounded up", None, FRACTION
+    )
+    token_budget: int | None = _help(
+        "keep best samples while their token total fits this", None, AT_LEAST_ONE
+    )
     quota_field: str | None = _help(
         "record field naming a sample's source; with quota, no source exceeds its share", None
     )
-    quota: float | None = _help("max share (0, 1] of the selection from any one source", None)
+    quota: float | None = _help(
+        "max share (0, 1] of the selection from any one source", None, FRACTION
+    )
 
     def __post_init__(self) -> None:
         chosen = [n for n in ("top_k", "fraction", "token_budget") if getattr(self, n) is not None]
@@ -115,16 +127,12 @@ class SelectionConfig:
                 "give exactly one of top_k, fraction, token_budget"
                 + (f" (got {', '.join(chosen)})" if chosen else "")
             )
-        if self.top_k is not None and self.top_k < 1:
-            raise ConfigError(f"top_k must be positive, got {self.top_k}")
-        if self.fraction is not None and not 0 < self.fraction <= 1:
-            raise ConfigError(f"fraction must be in (0, 1], got {self.fraction}")
-        if self.token_budget is not None and self.token_budget < 1:
-            raise ConfigError(f"token_budget must be positive, got {self.token_budget}")
+        check_params(self)
         if (self.quota_field is None) != (self.quota is None):
-            raise ConfigError("quota_field and quota go together")
-        if self.quota is not None and not 0 < self.quota <= 1:
-            raise ConfigError(f"quota must be in (0, 1], got {self.quota}")
+            raise ConfigError(
+                "quota_field and quota go together",
+                field="quota" if self.quota is None else "quota_field",
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return config_to_dict(self)

@@ -31,6 +31,7 @@ from torch import nn
 from worker.engine.data import IGNORE_INDEX
 from worker.engine.device import model_device
 from worker.engine.errors import ConfigError, NoResponseTokensError
+from worker.engine.layers import named_layers
 from worker.engine.lowrank import LowRankLinear
 
 Block = tuple[str, str, tuple[int, int]]
@@ -39,13 +40,11 @@ Block = tuple[str, str, tuple[int, int]]
 
 def target_modules(model: nn.Module, suffixes: Sequence[str]) -> list[tuple[str, nn.Module]]:
     """``(name, module)`` of every ``nn.Linear`` / ``LowRankLinear`` whose name ends with a suffix."""
-    found: list[tuple[str, nn.Module]] = [
-        (name, m)
-        for name, m in model.named_modules()
-        if isinstance(m, nn.Linear | LowRankLinear) and name.split(".")[-1] in suffixes
-    ]
+    found = named_layers(model, suffixes, (nn.Linear, LowRankLinear))
     if not found:
-        raise ConfigError(f"the model has no linear layer named like {', '.join(suffixes)}")
+        raise ConfigError(
+            f"the model has no linear layer named like {', '.join(suffixes)}", field="layers"
+        )
     return found
 
 

@@ -56,5 +56,6 @@ def scorer_entry(name: str) -> ScorerEntry:
         return SCORERS[name]
     except KeyError:
         raise ConfigError(
-            f"scorer must be one of {', '.join(repr(s) for s in SCORERS)}, got {name!r}"
+            f"scorer must be one of {', '.join(repr(s) for s in SCORERS)}, got {name!r}",
+            field="scorer",
         ) from None
