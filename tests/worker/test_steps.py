@@ -284,6 +284,20 @@ def test_corrupt_dataset_fails_with_a_code(
     assert job["finished_at"] is not None
 
 
+def test_proj_dim_below_the_models_blocks_fails_as_config_naming_the_field(
+    client: TestClient, auth: dict[str, str], job_body: Callable[..., dict[str, Any]]
+) -> None:
+    # 8 passes the API (one feature per layer suffix) but the tiny proxy has more gradient
+    # blocks than that: the job fails with a code and the request's field, not as internal.
+    scorer = dict(FAST_SCORER, features="projected", proj_dim=8)
+    job_id = submit(client, auth, job_body(scorer=scorer))
+    InlineQueue().run(job_id)
+    job = client.get(f"/jobs/{job_id}", headers=auth).json()
+    assert job["status"] == "failed"
+    assert job["error"]["code"] == "config", job["error"]
+    assert job["error"]["message"].startswith("scorer.proj_dim must be at least ")
+
+
 def test_redelivered_steps_do_not_duplicate(
     client: TestClient,
     auth: dict[str, str],

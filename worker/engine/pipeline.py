@@ -31,7 +31,7 @@ import torch
 
 from worker.engine.data import encode, load_records
 from worker.engine.device import CPU, Runtime
-from worker.engine.errors import ArtifactError, ConfigError, NoResponseTokensError
+from worker.engine.errors import ArtifactError, ConfigError, NoResponseTokensError, math_boundary
 from worker.engine.progress import EventFn, ProgressFn, StopFn, check_stop, report
 from worker.engine.scoring import (
     RankedRecord,
@@ -148,7 +148,8 @@ def build_proxy_from_files(
 
     target = _load(model_ref, progress, runtime, models)
     records = load_records(data)
-    proxy = build_proxy(target, records, config, progress=progress, should_stop=should_stop)
+    with math_boundary():
+        proxy = build_proxy(target, records, config, progress=progress, should_stop=should_stop)
     save_proxy(proxy, Path(out_dir))
     return dict(proxy.manifest)
 
@@ -333,18 +334,19 @@ def iter_scores(
     """
     target = _load(model_ref, progress, runtime, models)
     scorers = _scorers(target, proxy, Path(train), checkpoints, adam, progress, None)
-    yield from _weighted_scores(
-        scorers,
-        Path(train),
-        targets,
-        config,
-        store_dir=store_dir,
-        indices=indices,
-        progress=progress,
-        stats=stats,
-        single=checkpoints is None,
-        events=events,
-    )
+    with math_boundary():
+        yield from _weighted_scores(
+            scorers,
+            Path(train),
+            targets,
+            config,
+            store_dir=store_dir,
+            indices=indices,
+            progress=progress,
+            stats=stats,
+            single=checkpoints is None,
+            events=events,
+        )
 
 
 def rank(
@@ -414,22 +416,23 @@ def run_selection(
     seen: list[dict[str, Any]] = []
     t = time.perf_counter()
     # Proxy builds happen inside the stream (one per checkpoint); their time is split out below.
-    for batch in _weighted_scores(
-        _scorers(target, proxy, Path(train), checkpoints, adam, progress, should_stop),
-        Path(train),
-        targets,
-        config,
-        store_dir=store_dir,
-        indices=None,
-        progress=progress,
-        stats=stats,
-        single=checkpoints is None,
-        should_stop=should_stop,
-        seen=seen,
-        events=events,
-    ):
-        scores.update(zip(batch.indices, batch.scores, strict=True))
-        ids.update(zip(batch.indices, batch.ids, strict=True))
+    with math_boundary():
+        for batch in _weighted_scores(
+            _scorers(target, proxy, Path(train), checkpoints, adam, progress, should_stop),
+            Path(train),
+            targets,
+            config,
+            store_dir=store_dir,
+            indices=None,
+            progress=progress,
+            stats=stats,
+            single=checkpoints is None,
+            should_stop=should_stop,
+            seen=seen,
+            events=events,
+        ):
+            scores.update(zip(batch.indices, batch.scores, strict=True))
+            ids.update(zip(batch.indices, batch.ids, strict=True))
     build_s = sum(s["build_s"] for s in seen)
     if seen[0]["manifest"] is not None:
         timings["proxy"] = build_s

@@ -7,13 +7,16 @@ naming the field as the request spells it (``scorer.proj_dim``), so a failed job
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from worker.engine.errors import ConfigError
 
 if TYPE_CHECKING:
     from worker.engine.proxy import ProxyConfig
     from worker.engine.scoring import ScoreConfig, SelectionConfig
+
+T = TypeVar("T")
 
 RENAMES: dict[str, dict[str, str]] = {"scorer": {"method": "scorer"}}
 """Per request section: request field -> engine config field, where the names differ."""
@@ -57,3 +60,15 @@ def selection_config(spec: dict[str, Any]) -> SelectionConfig:
         return SelectionConfig(**_given("selection", spec))
     except ConfigError as exc:
         raise _named("selection", exc) from None
+
+
+def named_errors(section: str, items: Iterator[T]) -> Iterator[T]:
+    """``items``, with a ``ConfigError`` raised while they are produced naming its field as the
+    request's ``section`` spells it (the engine finds some limits only once the model is loaded,
+    such as a ``proj_dim`` below the model's number of gradient blocks)."""
+    try:
+        yield from items
+    except ConfigError as exc:
+        if exc.field is None or "." in exc.field:
+            raise
+        raise _named(section, exc) from None

@@ -40,7 +40,7 @@ from service.models.base import utcnow
 from service.proxies import repository as proxy_repo
 from service.queue import TASK_RANK_JOB, TASK_SCORE_SHARD
 from worker.engine.errors import Cancelled, EmptyDatasetError, EngineError
-from worker.tasks.configs import score_config, selection_config
+from worker.tasks.configs import named_errors, score_config, selection_config
 from worker.tasks.inputs import local_input
 from worker.tasks.proxies import ensure_proxy, local_proxy
 from worker.tasks.reporting import Reporter
@@ -259,6 +259,7 @@ def score_shard(
             models=model_cache(settings),
             events=reporter.event,
         )
+        batches = named_errors("scorer", batches)  # name a ConfigError as the request does
         for batch in batches:
             with session_scope() as s:
                 if not state.beat_shard(s, job_id, shard_index, claim):

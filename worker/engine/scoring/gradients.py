@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from worker.engine.errors import ConfigError
 from worker.engine.math.exact import per_sample_grads
 from worker.engine.math.projection import (
     eigen_basis,
@@ -137,6 +138,12 @@ def build_blocks(
     LoGra's choice).
     """
     specs = scored_blocks(model, suffixes)
+    if proj_dim < len(specs):
+        raise ConfigError(
+            f"proj_dim must be at least {len(specs)} for this model (one feature per gradient "
+            f"block: {len(specs)} blocks in the layers {', '.join(suffixes)}), got {proj_dim}",
+            field="proj_dim",
+        )
     sizes = kron_sizes([s for _, _, s in specs], proj_dim)
     modules = dict(model.named_modules())
     device = model_device(model)
