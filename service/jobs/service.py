@@ -17,6 +17,7 @@ from service.datasets import check_uri
 from service.errors import Conflict, IdempotencyConflict, NotFound, Unavailable, ValidationFailed
 from service.jobs import repository as repo
 from service.jobs import state
+from service.jobs.kinds import kind_entry
 from service.jobs.schemas import (
     ErrorInfo,
     EventPage,
@@ -28,7 +29,7 @@ from service.jobs.schemas import (
     ScorePage,
     ScoreRead,
 )
-from service.models import Job, JobKind, JobStatus
+from service.models import Job, JobStatus
 from service.proxies import repository as proxy_repo
 from service.targets import resolve_target_model
 from service.text import unstorable
@@ -100,18 +101,21 @@ def check_inputs(settings: Settings, body: JobCreate) -> dict[str, str]:
     """Every check of the request that needs no database: its shape, the model, the dataset
     files and URLs (which may wait on the network, so no session may be open). Returns the
     resolved references. Raises 422."""
-    if body.kind is JobKind.SELECT:
-        if not body.target_uris():
-            raise ValidationFailed("target_uri is required for a select job", field="target_uri")
-        if body.selection is None:
-            raise ValidationFailed("selection is required for a select job", field="selection")
-    elif body.proxy.proxy_id is not None:
+    entry, kind = kind_entry(body.kind), body.kind.value
+    if entry.targets and not body.target_uris():
+        raise ValidationFailed(f"target_uri is required for a {kind} job", field="target_uri")
+    if entry.selection and body.selection is None:
+        raise ValidationFailed(f"selection is required for a {kind} job", field="selection")
+    if not entry.reuses_proxy and body.proxy.proxy_id is not None:
         raise ValidationFailed(
-            "a proxy_build job builds a new proxy; drop proxy.proxy_id", field="proxy.proxy_id"
+            f"a {kind} job builds a new proxy; drop proxy.proxy_id", field="proxy.proxy_id"
         )
-    elif body.target_uri is not None or body.selection is not None:
-        field = "target_uri" if body.target_uri is not None else "selection"
-        raise ValidationFailed(f"a proxy_build job takes no {field}", field=field)
+    for field, given, needed in (
+        ("target_uri", body.target_uri is not None, entry.targets),
+        ("selection", body.selection is not None, entry.selection),
+    ):
+        if given and not needed:
+            raise ValidationFailed(f"a {kind} job takes no {field}", field=field)
     model = resolve_target_model(
         body.target_model,
         presets=settings.presets,
@@ -292,7 +296,7 @@ def scores(session: Session, tenant_id: str, job_id: str, after: int, limit: int
 def subset_location(session: Session, settings: Settings, tenant_id: str, job_id: str) -> str:
     """Where the job's subset file lies under the artifact root (a folder or a URL)."""
     job = get_job(session, tenant_id, job_id)
-    if job.kind is not JobKind.SELECT:
+    if not kind_entry(job.kind).scores:
         raise Conflict(f"job {job_id} is a {job.kind.value} job; it selects nothing")
     if job.status is not JobStatus.SUCCEEDED:
         hint = " (its partial scores are at /scores)" if job.partial else ""

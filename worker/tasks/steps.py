@@ -34,8 +34,9 @@ from service.config import Settings
 from service.db import session_scope
 from service.jobs import repository as repo
 from service.jobs import state
+from service.jobs.kinds import kind_entry
 from service.jobs.service import subset_parts
-from service.models import Job, JobKind, JobStage, JobStatus, ShardStatus
+from service.models import Job, JobStage, JobStatus, ShardStatus
 from service.models.base import utcnow
 from service.proxies import repository as proxy_repo
 from service.queue import TASK_RANK_JOB, TASK_SCORE_SHARD
@@ -153,7 +154,7 @@ def run_job(job_id: str, settings: Settings, enqueue: Enqueue) -> None:
         job = _snapshot(row)
         proxy_id = row.proxy_id
     inputs = _inputs(job["request"], job_id, settings)
-    if job["kind"] is JobKind.PROXY_BUILD:
+    if not kind_entry(job["kind"]).scores:  # the proxy is the job's result
         proxy = ensure_proxy(job, inputs.model, inputs.pool, settings)
         result = {"proxy_id": proxy.id, "links": {"proxy": f"/proxies/{proxy.id}"}}
         with session_scope() as s:

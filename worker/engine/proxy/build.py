@@ -20,6 +20,7 @@ from worker.engine.progress import ProgressFn, StopFn
 from worker.engine.proxy.align import align
 from worker.engine.proxy.compress import compress, parameter_summary
 from worker.engine.proxy.config import ProxyConfig
+from worker.engine.proxy.methods import method_entry
 from worker.engine.proxy.probes import collect_probes, select_layers
 
 MANIFEST_VERSION = 1
@@ -51,7 +52,8 @@ def split_records(
     generator = torch.Generator(device="cpu").manual_seed(config.seed)
     order = torch.randperm(len(records), generator=generator, device="cpu")
     shuffled = [records[i] for i in order.tolist()]
-    n_probe = min(config.probe_samples, len(shuffled)) if config.method == "ipsvd" else 0
+    probing = method_entry(config.method).needs_probes  # the method's registry entry says
+    n_probe = min(config.probe_samples, len(shuffled)) if probing else 0
     n_align = 0
     if config.align_steps > 0:
         default = max(config.align_batch_size, math.ceil(0.01 * len(records)))

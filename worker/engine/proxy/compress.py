@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from worker.engine.lowrank import LowRankLinear, parameter_count
-from worker.engine.math.ipsvd import ipsvd, random_factors, svd_factors
 from worker.engine.math.ranks import factor_parameters, rank_for_sparsity
 from worker.engine.progress import ProgressFn, StopFn, check_stop, report
 from worker.engine.proxy.config import ProxyConfig
+from worker.engine.proxy.methods import method_entry
 from worker.engine.proxy.probes import Probes
 
 
@@ -42,15 +42,8 @@ def factorise(
 ) -> tuple[torch.Tensor, torch.Tensor, float | None]:
     """Factors ``A: (out, r)``, ``B: (r, in)`` of ``W: (out, in)`` by the config's method, and
     the relative influence-weighted error they leave (IPSVD only, else ``None``)."""
-    dtype = torch.float64 if config.factor_dtype == "float64" else torch.float32
-    if config.method == "ipsvd":
-        if probes is None:
-            raise ValueError("ipsvd needs probes (H, Delta)")
-        result = ipsvd(W, probes[0], probes[1], rank, config.ridge, dtype)
-        return result.A, result.B, result.weighted_error
-    if config.method == "svd":
-        return (*svd_factors(W, rank, dtype), None)
-    return (*random_factors(W, rank, generator, dtype), None)
+    # The method's registry entry does the work (worker/engine/proxy/methods.py).
+    return method_entry(config.method).factorise(W, rank, config, probes, generator)
 
 
 def replace_layer(model: nn.Module, name: str, module: nn.Module) -> None:

@@ -52,6 +52,7 @@ from worker.engine.scoring.gradients import (
     side_covariances,
 )
 from worker.engine.scoring.precondition import AdamState
+from worker.engine.scoring.registry import scorer_entry
 from worker.engine.scoring.store import GradientStore, file_sha256
 from worker.engine.scoring.targets import TARGETS, CachedTask
 
@@ -334,7 +335,7 @@ def task_score_stream(
             events=events,
         )
 
-    if config.scorer == "influence":
+    if scorer_entry(config.scorer).whole_pool:  # it needs the pool's curvature first
         acc = CurvatureAccumulator(featurizer.dim)
         kept: list[Features] = []
         for ids_, unit, norms in stream(stats, progress):
