@@ -16,3 +16,49 @@ def test_import_contracts_hold() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "0 broken" in result.stdout, result.stdout
+
+
+def _assigned_attributes(path: Path) -> set[tuple[str, int]]:
+    """``(attribute, line)`` of every ``x.attribute = ...`` (or ``+=``) in a source file, an
+    object's own ``self.attribute`` aside."""
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    out = set()
+    for node in ast.walk(tree):
+        targets: list[ast.expr] = []
+        if isinstance(node, ast.Assign):
+            targets = list(node.targets)
+        elif isinstance(node, ast.AugAssign | ast.AnnAssign):
+            targets = [node.target]
+        for t in targets:
+            for leaf in ast.walk(t):
+                if (
+                    isinstance(leaf, ast.Attribute)
+                    and isinstance(leaf.ctx, ast.Store)
+                    and not (isinstance(leaf.value, ast.Name) and leaf.value.id == "self")
+                ):
+                    out.add((leaf.attr, node.lineno))
+    return out
+
+
+def test_job_and_shard_rows_change_only_in_the_state_transitions() -> None:
+    """STYLE.md 5: job state lives in the database and changes through named, locked
+    transitions (service/jobs/state.py); the repository only touches the heartbeat column."""
+    from service.models import Job, JobShard
+
+    columns = {c.key for c in Job.__table__.columns} | {c.key for c in JobShard.__table__.columns}
+    columns -= {"id"}
+    allowed = {ROOT / "service" / "jobs" / "state.py"}
+    found = []
+    for path in sorted(
+        [*ROOT.joinpath("service").rglob("*.py"), *ROOT.joinpath("worker").rglob("*.py")]
+    ):
+        if path in allowed:
+            continue
+        for attr, line in _assigned_attributes(path):
+            if attr in columns and not (
+                path == ROOT / "service" / "jobs" / "repository.py" and attr == "updated_at"
+            ):
+                found.append(f"{path.relative_to(ROOT)}:{line} sets .{attr}")
+    assert not found, "job/shard rows changed outside state.py:\n" + "\n".join(sorted(found))

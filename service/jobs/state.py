@@ -93,6 +93,69 @@ def record_scores(session: Session, job_id: str, rows: list[tuple[int, str, floa
     return job.status
 
 
+def heartbeat(session: Session, job_id: str) -> None:
+    """The worker is alive on an unfinished job (no progress to report): its row is touched."""
+    job = repo.lock_job(session, job_id)
+    if job is not None and not job.status.is_terminal():
+        repo.touch(job)
+
+
+def attach_proxy(session: Session, job_id: str, proxy_id: str) -> None:
+    """The proxy a job built (or rebuilt after a redelivery) becomes the one its shards use."""
+    job = repo.lock_job(session, job_id)
+    if job is not None:
+        job.proxy_id = proxy_id
+
+
+def plan_shards(
+    session: Session, job_id: str, bounds: list[tuple[int, int]], pool_size: int
+) -> list[int]:
+    """Record a running job's shards ``[start, stop)`` over a pool of ``pool_size`` records
+    (existing ones are kept: a redelivered plan) and return the indices to send now: pending
+    shards nobody has claimed, marked queued. Nothing to send once the job stopped running."""
+    repo.create_shards(session, job_id, bounds)
+    job = repo.lock_job(session, job_id)
+    if job is None or job.status is not JobStatus.RUNNING:
+        return []
+    job.shards_total = len(bounds)
+    job.progress_total = pool_size
+    job.progress_done = repo.count_scores(session, job_id)
+    metric(session, job_id, "pool planned", {"pool_size": pool_size, "shards": len(bounds)})
+    pending = []
+    for shard in repo.shards_of(session, job_id):
+        if shard.status is ShardStatus.PENDING and shard.claim is None:
+            shard.queued_at = utcnow()
+            pending.append(shard.shard_index)
+    return pending
+
+
+def settle_shard(
+    session: Session, job_id: str, index: int, outcome: ShardStatus, claim: str
+) -> bool:
+    """Record shard ``index``'s end (DONE or STOPPED); True when it was the last to settle and
+    the caller must send the ranking. The job row is locked first, so two shards finishing
+    together cannot both see 'none pending'. A delivery whose claim was taken over settles
+    nothing (the new claimant will). When the last shard settles on a job being cancelled, or
+    any shard stopped, the job ends cancelled with what was scored."""
+    job = repo.lock_job(session, job_id)
+    shard = repo.get_shard(session, job_id, index)
+    if job is None or shard is None or job.status.is_terminal():
+        return False
+    if shard.status is ShardStatus.PENDING:
+        if outcome is ShardStatus.DONE and shard.claim != claim:
+            return False
+        shard.status = outcome
+        session.flush()
+    if repo.shards_pending(session, job_id):
+        return False
+    stopped = any(sh.status is ShardStatus.STOPPED for sh in repo.shards_of(session, job_id))
+    if job.status is JobStatus.CANCELLING or stopped:
+        scored = repo.count_scores(session, job_id)
+        cancelled(session, job_id, {"pool_size": job.progress_total, "scored": scored})
+        return False
+    return True
+
+
 def metric(session: Session, job_id: str, message: str, data: dict[str, Any]) -> None:
     job = _lock(session, job_id)
     repo.add_event(session, job.id, "metric", message, stage=job.stage, data=data)

@@ -48,9 +48,7 @@ class Reporter:
             elif self.shard is not None:
                 state.beat_shard(session, self.job_id, *self.shard)
             else:
-                job = repo.lock_job(session, self.job_id)
-                if job is not None and not job.status.is_terminal():
-                    repo.touch(job)
+                state.heartbeat(session, self.job_id)
 
     def event(self, message: str, data: dict[str, Any]) -> None:
         """An engine event (a batch halved to fit memory, say) as a line in the job's events."""

@@ -165,9 +165,7 @@ def run_job(job_id: str, settings: Settings, enqueue: Enqueue) -> None:
     if proxy_id is None:
         proxy_id = ensure_proxy(job, inputs.model, inputs.pool, settings).id
         with session_scope() as s:
-            locked = repo.lock_job(s, job_id)
-            if locked is not None:
-                locked.proxy_id = proxy_id
+            state.attach_proxy(s, job_id, proxy_id)
     from worker.engine.scoring.registry import scorer_entry
 
     config = score_config(job["request"].get("scorer") or {})
@@ -193,19 +191,7 @@ def _plan_shards(
     step = size if whole_pool else settings.shard_size
     bounds = [(a, min(a + step, size)) for a in range(0, size, step)]
     with session_scope() as s:
-        repo.create_shards(s, job_id, bounds)
-        job = repo.lock_job(s, job_id)
-        if job is None or job.status is not JobStatus.RUNNING:
-            return
-        job.shards_total = len(bounds)
-        job.progress_total = size
-        job.progress_done = repo.count_scores(s, job_id)
-        state.metric(s, job_id, "pool planned", {"pool_size": size, "shards": len(bounds)})
-        pending = []
-        for sh in repo.shards_of(s, job_id):
-            if sh.status is ShardStatus.PENDING and sh.claim is None:
-                sh.queued_at = utcnow()
-                pending.append(sh.shard_index)
+        pending = state.plan_shards(s, job_id, bounds, size)
     for k in pending:
         enqueue(TASK_SCORE_SHARD, job_id, k)
 
@@ -277,28 +263,10 @@ def score_shard(
 def _settle_shard(
     job_id: str, shard_index: int, outcome: ShardStatus, enqueue: Enqueue, claim: str
 ) -> None:
-    """Record the shard's end; the last shard to settle decides what happens next. The job row
-    is locked first, so two shards finishing together cannot both see 'none pending'. A
-    delivery whose claim was taken over settles nothing: the new claimant will."""
-    rank = False
+    """Record the shard's end (:func:`state.settle_shard`); the last shard to settle queues
+    the ranking."""
     with session_scope() as s:
-        job = repo.lock_job(s, job_id)
-        shard = repo.get_shard(s, job_id, shard_index)
-        if job is None or shard is None or job.status.is_terminal():
-            return
-        if shard.status is ShardStatus.PENDING:
-            if outcome is ShardStatus.DONE and shard.claim != claim:
-                return
-            shard.status = outcome
-            s.flush()
-        if repo.shards_pending(s, job_id):
-            return
-        stopped = any(sh.status is ShardStatus.STOPPED for sh in repo.shards_of(s, job_id))
-        if job.status is JobStatus.CANCELLING or stopped:
-            scored = repo.count_scores(s, job_id)
-            state.cancelled(s, job_id, {"pool_size": job.progress_total, "scored": scored})
-        else:
-            rank = True
+        rank = state.settle_shard(s, job_id, shard_index, outcome, claim)
     if rank:
         enqueue(TASK_RANK_JOB, job_id)
 
