@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
+from tests.engine.math.twins import dense_kron_project
 from worker.engine.math.projection import (
-    dense_kron_project,
     gaussian_projection,
-    kron_project,
+    kron_features,
     kron_relative_variance,
     kron_sizes,
 )
@@ -27,13 +27,14 @@ def test_gaussian_projection_is_seeded_and_scaled() -> None:
         gaussian_projection(0, 3, seed=0)
 
 
-def test_kron_project_matches_dense_projection_of_summed_outer_products() -> None:
+def test_kron_features_match_dense_projection_of_summed_outer_products() -> None:
     g = torch.Generator().manual_seed(0)
     delta, h = torch.randn(3, 7, 6, generator=g), torch.randn(3, 7, 5, generator=g)
     mask = torch.ones(3, 7)
     mask[1, 4:] = 0  # a padded row: its tail must contribute nothing
+    h = h * mask.unsqueeze(-1)  # the hooks zero padded inputs before projecting them
     left, right = gaussian_projection(4, 6, 1), gaussian_projection(3, 5, 2)
-    fast = kron_project(delta, h, left, right, mask)
+    fast = kron_features(delta @ left.T, h @ right.T)
     for b in range(3):
         n = int(mask[b].sum())
         grad = delta[b, :n].T @ h[b, :n]  # (out, in) = sum_t delta_t h_t^T
@@ -69,7 +70,7 @@ def test_kron_projection_preserves_inner_products_within_its_jl_tolerance() -> N
         per_layer_sq += kron_relative_variance(ko, ki) * torch.outer(norms, norms) ** 2
         left = gaussian_projection(ko, out, 100 + 2 * layer)
         right = gaussian_projection(ki, inp, 101 + 2 * layer)
-        feats.append(kron_project(delta, h, left, right))
+        feats.append(kron_features(delta @ left.T, h @ right.T))
     proj = torch.cat(feats, dim=1)
     approx = proj @ proj.T
     total_norm = exact.diagonal().sqrt()

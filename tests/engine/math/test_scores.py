@@ -7,13 +7,11 @@ import torch
 
 from worker.engine.math.scores import (
     CurvatureAccumulator,
-    blockwise_max,
     influence_direction,
     l2_normalize,
     spearman,
     target_direction,
     top_overlap,
-    tracin_scores,
 )
 
 
@@ -32,18 +30,8 @@ def test_mean_direction_equals_mean_of_the_full_score_matrix() -> None:
     train, target = _rand(10, 16), _rand(7, 16, seed=1)
     full = train @ target.T  # the n_train x n_target matrix the fast path never forms
     assert torch.allclose(train @ target_direction(target), full.mean(dim=1), atol=1e-5)
-    assert torch.allclose(blockwise_max(train, target, block=3), full.max(dim=1).values)
     with pytest.raises(ValueError):
         target_direction(torch.zeros(0, 16))
-
-
-def test_tracin_sums_checkpoints_weighted_by_learning_rate() -> None:
-    g1, g2 = _rand(5, 8), _rand(5, 8, seed=2)
-    v1, v2 = _rand(8, seed=3), _rand(8, seed=4)
-    got = tracin_scores([g1, g2], [v1, v2], [0.5, 0.1])
-    assert torch.allclose(got, 0.5 * g1 @ v1 + 0.1 * g2 @ v2, atol=1e-6)
-    with pytest.raises(ValueError):
-        tracin_scores([g1], [v1, v2], [1.0])
 
 
 def test_influence_matches_explicit_inverse_and_streams_blocks() -> None:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from worker.engine.math.projection import dense_kron_project
+from tests.engine.math.twins import dense_kron_project
 from worker.engine.scoring.gradients import GradBlock
 from worker.engine.scoring.hooks import per_sample_loss
 from worker.engine.scoring.precondition import AdamState

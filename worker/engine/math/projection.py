@@ -40,37 +40,22 @@ def gaussian_projection(rows: int, cols: int, seed: int) -> torch.Tensor:
     return draw / math.sqrt(rows)
 
 
-def kron_project(
-    delta: torch.Tensor,
-    h: torch.Tensor,
-    left: torch.Tensor,
-    right: torch.Tensor,
-    mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Per-sample projected gradients ``sum_t (left delta_t) (right h_t)^T``, flattened.
+def kron_features(d: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Per-sample projected gradients ``sum_t d_t x_t^T``, flattened.
 
     Args:
-        delta: ``(batch, T, out)`` output gradients of one linear map.
-        h: ``(batch, T, in)`` its inputs.
-        left: ``(k_out, out)``; right: ``(k_in, in)``.
-        mask: optional ``(batch, T)``; positions where it is 0 contribute nothing (padding).
+        d: ``(batch, T, k_out)`` output gradients already projected, ``d_t = left delta_t``
+            (``left: (k_out, out)``).
+        x: ``(batch, T, k_in)`` inputs already projected, ``x_t = right h_t``
+            (``right: (k_in, in)``); zero at padding, so padding contributes nothing.
 
     Returns:
-        ``(batch, k_out * k_in)`` float32, row-major over ``(k_out, k_in)`` (the layout of
-        ``(left (x) right) vec(G)`` with ``vec`` row-major).
+        ``(batch, k_out * k_in)``, row-major over ``(k_out, k_in)``: the layout of
+        ``(left (x) right) vec(G)`` for the sample's gradient ``G = sum_t delta_t h_t^T`` with
+        ``vec`` row-major. The two sides are projected separately (the inputs in the forward
+        pass, the gradients in the backward), so the ``out x in`` gradient is never formed.
     """
-    d = delta.float() @ left.T  # (batch, T, k_out)
-    x = h.float() @ right.T  # (batch, T, k_in)
-    if mask is not None:
-        d = d * mask.to(d.dtype).unsqueeze(-1)
-    return torch.einsum("bto,bti->boi", d, x).reshape(delta.shape[0], -1)
-
-
-def dense_kron_project(grad: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-    """Reference twin of :func:`kron_project`: ``(left (x) right) vec(grad)`` for a materialised
-    gradient ``grad: (out, in)``; returns ``(k_out * k_in,)``. Forms the dense Kronecker matrix, so
-    only for tests on tiny layers."""
-    return torch.kron(left, right) @ grad.reshape(-1)
+    return torch.einsum("bto,bti->boi", d, x).reshape(d.shape[0], -1)
 
 
 def kron_sizes(shapes: list[tuple[int, int]], budget: int) -> list[tuple[int, int]]:

@@ -3,13 +3,12 @@
 All functions take feature matrices whose rows are samples: ``G: (n, d)``. Aggregation over a
 target set by the mean is linear, so ``mean_j <g_i, t_j> = <g_i, mean_j t_j>``: a target set
 collapses to one ``d``-vector and scoring a block of the pool is one matrix-vector product. Nothing
-here ever needs an ``n_train x n_target`` matrix; :func:`blockwise_max` covers the one non-linear
-aggregate by walking the target set in blocks.
+here ever needs an ``n_train x n_target`` matrix. TracIn over checkpoints (``sum_c lr_c
+score_c``) is a weighted sum of such scores (``worker/engine/pipeline.py``; its twin is in
+``tests/engine/scoring/test_checkpoints.py``).
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import torch
 
@@ -29,37 +28,6 @@ def target_direction(T: torch.Tensor) -> torch.Tensor:
     if T.ndim != 2 or T.shape[0] == 0:
         raise ValueError(f"target features must be a non-empty (m, d) matrix, got {tuple(T.shape)}")
     return T.float().mean(dim=0)
-
-
-def tracin_scores(
-    train: Sequence[torch.Tensor], direction: Sequence[torch.Tensor], lrs: Sequence[float]
-) -> torch.Tensor:
-    """TracIn over checkpoints: ``sum_c lr_c <g_c, v_c>`` for each training row.
-
-    Args:
-        train: per checkpoint ``c``, the pool block's features ``(n, d)``.
-        direction: per checkpoint, the target direction ``(d,)`` (see :func:`target_direction`).
-        lrs: per checkpoint, the learning rate in force when it was saved (TracIn's weighting).
-
-    Returns:
-        ``(n,)`` float32 scores.
-    """
-    if not (len(train) == len(direction) == len(lrs)) or not train:
-        raise ValueError("need the same positive number of checkpoints for train, target and lrs")
-    out = torch.zeros(train[0].shape[0], dtype=torch.float32, device=train[0].device)
-    for g, v, lr in zip(train, direction, lrs, strict=True):
-        out += float(lr) * (g.float() @ v.float())
-    return out
-
-
-def blockwise_max(train: torch.Tensor, target: torch.Tensor, block: int = 1024) -> torch.Tensor:
-    """``max_j <g_i, t_j>`` for rows ``g_i`` of ``train: (n, d)`` over rows of ``target: (m, d)``,
-    visiting ``target`` in blocks of ``block`` rows so memory stays ``O(n * block)``."""
-    best = torch.full((train.shape[0],), -torch.inf, device=train.device)
-    for start in range(0, target.shape[0], block):
-        s = train.float() @ target[start : start + block].float().T
-        best = torch.maximum(best, s.max(dim=1).values)
-    return best
 
 
 class CurvatureAccumulator:

@@ -27,6 +27,7 @@ from worker.engine.math.projection import (
     eigen_basis,
     eigen_projection,
     gaussian_projection,
+    kron_features,
     kron_sizes,
 )
 from worker.engine.scoring.hooks import (
@@ -238,15 +239,13 @@ class GradientFeaturizer:
         return [h @ b.right.T for _, b in self._by_module[name]]
 
     def on_backward(self, name: str, delta: torch.Tensor, state: object) -> None:
-        n = delta.shape[0]
         for k, (j, b) in enumerate(self._by_module[name]):
             if self.adam is not None:
                 assert isinstance(state, torch.Tensor)
                 feat = self._preconditioned(j, b, delta, state)
             else:
                 assert isinstance(state, list)
-                d = delta @ b.left.T
-                feat = torch.einsum("bto,bti->boi", d, state[k]).reshape(n, -1)
+                feat = kron_features(delta @ b.left.T, state[k])
             self._out[:, self._offsets[j] : self._offsets[j] + b.dim] = feat
 
     def result(self) -> torch.Tensor:
