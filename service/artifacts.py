@@ -86,11 +86,8 @@ def download_dir(url: str, dest: Path) -> None:
 
 def sha256_file(path: Path) -> str:
     """The hex SHA-256 of a local file (what the database records beside an artifact)."""
-    digest = hashlib.sha256()
     with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def open_binary(location: str) -> IO[bytes]:

@@ -45,6 +45,7 @@ from transformers import (
 )
 
 from worker.engine.device import CPU, Runtime
+from worker.engine.digest import sha256_file
 from worker.engine.errors import ModelNotFoundError
 
 CACHE_ENV = "IPROX_CACHE_DIR"
@@ -336,11 +337,7 @@ def file_sha256(path: Path, cache_root: Path | None = None) -> str:
             value = memo.read_text(encoding="utf-8").strip()
             if len(value) == 64:
                 return value
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    value = digest.hexdigest()
+    value = sha256_file(path)
     if memo is not None:
         with contextlib.suppress(OSError):  # a read-only cache only costs a rehash next time
             _atomic_write_text(memo, value)

@@ -16,7 +16,6 @@ complete), record the weights file's sha256 (checked on load), and never pickle.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -27,6 +26,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 from worker.engine.device import CPU, Runtime
+from worker.engine.digest import sha256_file
 from worker.engine.errors import ArtifactError
 from worker.engine.lowrank import LowRankLinear
 from worker.engine.models import LoadedModel
@@ -38,14 +38,6 @@ MANIFEST = "proxy.json"
 FACTORS_FILE = "factors.safetensors"
 STANDALONE_FILE = "proxy.safetensors"
 Storage = Literal["factors", "standalone"]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def save_proxy(proxy: Proxy, out_dir: Path, *, storage: Storage = "factors") -> Path:
@@ -69,7 +61,7 @@ def save_proxy(proxy: Proxy, out_dir: Path, *, storage: Storage = "factors") -> 
     else:
         raise ValueError(f"storage must be 'factors' or 'standalone', got {storage!r}")
     manifest = dict(proxy.manifest)
-    manifest["storage"] = {"kind": storage, "file": weights.name, "sha256": _sha256(weights)}
+    manifest["storage"] = {"kind": storage, "file": weights.name, "sha256": sha256_file(weights)}
     tmp = manifest_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, manifest_path)
@@ -96,7 +88,7 @@ def _weights_path(out_dir: Path, manifest: dict[str, Any]) -> Path:
     path = Path(out_dir) / str(storage.get("file", ""))
     if not path.is_file():
         raise ArtifactError(f"{path}: weights file named by the manifest is missing")
-    if _sha256(path) != storage.get("sha256"):
+    if sha256_file(path) != storage.get("sha256"):
         raise ArtifactError(f"{path}: sha256 does not match the manifest (file changed or corrupt)")
     return path
 

@@ -32,9 +32,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from worker.engine.digest import sha256_path
 from worker.engine.errors import ArtifactError, ConfigError
 from worker.engine.lowrank import LowRankLinear
-from worker.engine.scoring.store import file_sha256
 
 STATE_FILE = "optimizer.safetensors"
 
@@ -140,4 +140,4 @@ def load_adam_state(directory: Path) -> AdamState:
         raise ArtifactError(
             f"{path}: metadata lacks beta1/beta2/eps ({json.dumps(meta)})"
         ) from None
-    return AdamState(m, v, beta1, beta2, eps, str(path), file_sha256(path))
+    return AdamState(m, v, beta1, beta2, eps, str(path), sha256_path(path))

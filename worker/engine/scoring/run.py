@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from worker.engine.data import Example, collate, load_records, pad_token_id
+from worker.engine.digest import sha256_path
 from worker.engine.errors import ConfigError
 from worker.engine.math.scores import CurvatureAccumulator, influence_direction, target_direction
 from worker.engine.progress import EventFn, ProgressFn, report
@@ -53,7 +54,7 @@ from worker.engine.scoring.gradients import (
 )
 from worker.engine.scoring.precondition import AdamState
 from worker.engine.scoring.registry import scorer_entry
-from worker.engine.scoring.store import GradientStore, file_sha256
+from worker.engine.scoring.store import GradientStore
 from worker.engine.scoring.targets import TARGETS, CachedTask
 
 
@@ -157,7 +158,7 @@ def _exact_stream(
     scorer = ExactScorer(model, config.layers)
     per_task = []
     for path in targets:
-        key = ("exact", model_hash, file_sha256(path), config.max_length, config.normalize)
+        key = ("exact", model_hash, sha256_path(path), config.max_length, config.normalize)
         hit = TARGETS.get(model, (*key, config.layers))
         if hit is not None:
             per_task.append(hit.value)
@@ -276,7 +277,7 @@ def task_score_stream(
             model, config.layers, config.proj_dim, config.seed, adam=adam, blocks=featurizer.blocks
         )
     # The pool file is hashed once, and only when something keys on it (it may be large).
-    pool_sha = file_sha256(train) if store_dir is not None or config.projection == "eigen" else ""
+    pool_sha = sha256_path(train) if store_dir is not None or config.projection == "eigen" else ""
     store = None
     if store_dir is not None:
         key: dict[str, Any] = {
@@ -299,7 +300,7 @@ def task_score_stream(
     if config.projection == "eigen":  # the basis depends on the pool's probes
         projection += (config.projection_samples, pool_sha)
     for path in targets:
-        sha = file_sha256(path)
+        sha = sha256_path(path)
         task_key = ("projected", model_hash, sha, config.max_length, config.normalize)
         hit = TARGETS.get(model, (*task_key, config.layers, projection))
         if hit is not None:

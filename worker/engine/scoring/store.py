@@ -31,19 +31,6 @@ from worker.engine.errors import ArtifactError
 SCHEME = "kron-gaussian-v1"
 
 
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, or of a directory's files (sorted by name, names included)."""
-    h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        if path.is_dir():
-            h.update(str(f.relative_to(path)).encode())
-        with f.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
-
-
 def tensor_fingerprint(module: torch.nn.Module) -> str:
     """sha256 over a module's parameter names, shapes and bytes (identifies a proxy's weights)."""
     h = hashlib.sha256()
