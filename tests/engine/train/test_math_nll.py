@@ -8,7 +8,7 @@ import statistics
 import pytest
 import torch
 
-from worker.engine.math.nll import mean_and_se, sequence_nll, token_mean_loss
+from worker.engine.math.nll import mean_and_se, response_loss, sequence_nll, token_mean_loss
 
 
 def test_sequence_nll_matches_a_per_token_loop() -> None:
@@ -46,3 +46,18 @@ def test_mean_and_se() -> None:
     assert mean_and_se([3.0]) == (3.0, 0.0)
     with pytest.raises(ValueError):
         mean_and_se([])
+
+
+def test_response_loss_is_each_rows_mean_and_names_an_empty_row() -> None:
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 5, 7, generator=gen)
+    labels = torch.randint(0, 7, (2, 5), generator=gen)
+    labels[0, :2] = -100
+    for b, loss in enumerate(response_loss(logits, labels)):
+        rows = [t for t in range(1, 5) if labels[b, t] != -100]
+        logp = torch.log_softmax(logits[b].double(), dim=-1)
+        expected = -sum(float(logp[t - 1, labels[b, t]]) for t in rows) / len(rows)
+        assert loss.item() == pytest.approx(expected, rel=1e-5)
+    labels[1, 1:] = -100
+    with pytest.raises(ValueError, match="batch row 1: no response token"):
+        response_loss(logits, labels)

@@ -43,6 +43,22 @@ def sequence_nll(
     return nll_sum, mask.sum(dim=1).float()
 
 
+def response_loss(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100
+) -> torch.Tensor:
+    """Mean NLL over each sequence's loss-bearing tokens: the per-sample loss, ``(B,)``.
+
+    Shapes as in :func:`sequence_nll`. Every sequence weighs the same however long its response
+    is (LESS's normalisation), and the sum over a batch has each sample's own loss gradient.
+    Raises ``ValueError`` naming the first row without a loss-bearing token.
+    """
+    nll_sum, n_tokens = sequence_nll(logits, labels, ignore_index)
+    empty = (n_tokens == 0).nonzero()
+    if empty.numel():
+        raise ValueError(f"batch row {int(empty[0, 0])}: no response token to compute a loss on")
+    return nll_sum / n_tokens
+
+
 def token_mean_loss(
     logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100
 ) -> torch.Tensor:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from worker.engine.data import IGNORE_INDEX
+from worker.engine.math.nll import response_loss
 
 
 def loss_positions(labels: torch.Tensor) -> torch.Tensor:
@@ -20,21 +21,13 @@ def loss_positions(labels: torch.Tensor) -> torch.Tensor:
 
 
 def sequence_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over each sequence's response tokens.
+    """Mean next-token cross-entropy over each sequence's response tokens
+    (:func:`worker.engine.math.nll.response_loss`).
 
     ``logits: (batch, seq, vocab)``, ``labels: (batch, seq)`` -> ``(batch,)``. Every sequence
     weighs the same however long its response is, as a per-sample loss should.
     """
-    mask = loss_positions(labels)
-    targets = torch.zeros_like(labels)
-    targets[:, :-1] = labels[:, 1:].clamp_min(0)
-    tok = nn.functional.cross_entropy(
-        logits.float().transpose(1, 2), targets, reduction="none"
-    )  # (batch, seq)
-    counts = mask.sum(dim=1)
-    if bool((counts == 0).any()):
-        raise ValueError("a sequence in the batch has no response token to score")
-    return (tok * mask).sum(dim=1) / counts
+    return response_loss(logits, labels, IGNORE_INDEX)
 
 
 def temperature_kl(

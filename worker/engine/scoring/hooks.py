@@ -33,6 +33,7 @@ from worker.engine.device import model_device
 from worker.engine.errors import ConfigError, NoResponseTokensError
 from worker.engine.layers import named_layers
 from worker.engine.lowrank import LowRankLinear
+from worker.engine.math.nll import response_loss
 
 Block = tuple[str, str, tuple[int, int]]
 """``(module name, parameter name, (rows, cols))`` of one scored parameter."""
@@ -99,7 +100,8 @@ def frozen(model: nn.Module) -> Iterator[None]:
 
 
 def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over each sample's loss tokens.
+    """Mean next-token cross-entropy over each sample's loss tokens
+    (:func:`worker.engine.math.nll.response_loss`).
 
     Args:
         logits: ``(batch, T, vocab)``; labels: ``(batch, T)`` with ``IGNORE_INDEX`` where no loss.
@@ -108,16 +110,10 @@ def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         ``(batch,)``. Raises ``NoResponseTokensError`` (naming the row) if a row has no loss token
         after the one-position shift.
     """
-    target = labels[:, 1:]
-    mask = target != IGNORE_INDEX
-    counts = mask.sum(dim=1)
-    if bool((counts == 0).any()):
-        row = int((counts == 0).nonzero()[0, 0])
-        raise NoResponseTokensError(f"batch row {row}: no response token to compute a loss on")
-    ce = nn.functional.cross_entropy(
-        logits[:, :-1].float().transpose(1, 2), target.clamp_min(0), reduction="none"
-    )
-    return (ce * mask).sum(dim=1) / counts
+    try:
+        return response_loss(logits, labels, IGNORE_INDEX)
+    except ValueError as exc:
+        raise NoResponseTokensError(str(exc)) from None
 
 
 class Consumer(Protocol):
