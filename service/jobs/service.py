@@ -29,6 +29,7 @@ from service.jobs.schemas import (
     ScorePage,
     ScoreRead,
 )
+from service.links import job_links
 from service.models import Job, JobStatus
 from service.proxies import repository as proxy_repo
 from service.targets import resolve_target_model
@@ -47,17 +48,6 @@ def subset_parts(job_id: str) -> tuple[str, ...]:
     """The ranked subset of a job under the artifact root: made and published by the worker,
     read by the API (a path under a folder root, a URL under a URL root)."""
     return ("jobs", job_id, SUBSET_FILE)
-
-
-def links(job_id: str) -> dict[str, str]:
-    base = f"/jobs/{job_id}"
-    return {
-        "self": base,
-        "events": f"{base}/events",
-        "cancel": f"{base}/cancel",
-        "scores": f"{base}/scores",
-        "subset": f"{base}/subset",
-    }
 
 
 def to_read(job: Job | Row[Any], labels: dict[str, str]) -> JobRead:
@@ -81,7 +71,7 @@ def to_read(job: Job | Row[Any], labels: dict[str, str]) -> JobRead:
         proxy_id=job.proxy_id,
         metadata=labels,
         request=job.request,
-        links=links(job.id),
+        links=job_links(job.id),
     )
 
 

@@ -36,6 +36,7 @@ from service.jobs import repository as repo
 from service.jobs import state
 from service.jobs.kinds import kind_entry
 from service.jobs.service import subset_parts
+from service.links import proxy_result_links, select_result_links
 from service.models import Job, JobStage, JobStatus, ShardStatus
 from service.models.base import utcnow
 from service.proxies import repository as proxy_repo
@@ -156,7 +157,7 @@ def run_job(job_id: str, settings: Settings, enqueue: Enqueue) -> None:
     inputs = _inputs(job["request"], job_id, settings)
     if not kind_entry(job["kind"]).scores:  # the proxy is the job's result
         proxy = ensure_proxy(job, inputs.model, inputs.pool, settings)
-        result = {"proxy_id": proxy.id, "links": {"proxy": f"/proxies/{proxy.id}"}}
+        result = {"proxy_id": proxy.id, "links": proxy_result_links(proxy.id)}
         with session_scope() as s:
             state.succeed(
                 s, job_id, result | _pick(proxy.manifest, ("proxy_params", "target_params"))
@@ -315,11 +316,7 @@ def rank_job(job_id: str, settings: Settings) -> None:
         "proxy_id": proxy_id,
         "selection": selection.to_dict(),
         "subset_sha256": sha256_file(out),
-        "links": {
-            "subset": f"/jobs/{job_id}/subset",
-            "scores": f"/jobs/{job_id}/scores",
-            "proxy": f"/proxies/{proxy_id}" if proxy_id else None,
-        },
+        "links": select_result_links(job_id, proxy_id),
     }
     with session_scope() as s:
         state.succeed(s, job_id, result)
