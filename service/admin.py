@@ -20,6 +20,7 @@ from service.auth.keys import KeyInfo, create_key, list_keys, revoke_key
 from service.config import get_settings
 from service.db import session_scope
 from service.errors import NotFound
+from service.keys_cli import add_key_commands
 from service.migrate import upgrade
 
 
@@ -75,19 +76,6 @@ def revoke_api_key(key_id: str) -> str:
     return f"key {key.id} ({key.prefix}..., tenant {key.tenant}) was already revoked at {when}"
 
 
-def add_key_commands(keys: argparse.ArgumentParser) -> None:
-    """The ``keys`` actions: create, list, revoke (``iprox keys`` declares the same)."""
-    actions = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
-    create = actions.add_parser("create", help="create a key for a tenant (created if new)")
-    create.add_argument("--tenant", required=True, help="tenant name")
-    create.add_argument("--name", default="", help="a label for the key")
-    listing = actions.add_parser("list", help="list keys (never the keys themselves)")
-    listing.add_argument("--tenant", default=None, help="only this tenant's keys")
-    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    revoke = actions.add_parser("revoke", help="revoke a key by its id (effective at once)")
-    revoke.add_argument("key_id", metavar="KEY_ID", help="the key's id, from 'keys list'")
-
-
 def run_keys(args: argparse.Namespace, prog: str) -> int:
     """Run a parsed ``keys`` action; an unknown key id is exit code 2 with a message."""
     if args.action == "create":
@@ -108,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     m = sub.add_parser("migrate", help="apply database migrations")
     m.add_argument("--revision", default="head")
-    add_key_commands(sub.add_parser("keys", help="API keys"))
+    add_key_commands(sub.add_parser("keys", help="API keys"), parser.prog)
     args = parser.parse_args(argv)
     if args.command == "migrate":
         print(f"migrated {migrate(args.revision)}")

@@ -3,6 +3,7 @@ the service tier's Postgres, checked through the API's own authentication."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import uuid
 
@@ -65,3 +66,24 @@ def test_revoking_an_unknown_id_is_a_clear_error(
     assert main(["keys", "revoke", missing]) == 2
     err = capsys.readouterr().err
     assert err.startswith("iprox: error: ") and f"no API key with id '{missing}'" in err
+
+
+def test_both_command_lines_declare_keys_once_and_iprox_stays_light() -> None:
+    import subprocess
+    import sys
+
+    from worker.cli import build_parser
+
+    def sub(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:  # type: ignore[type-arg]
+        return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+
+    def actions(parser: argparse.ArgumentParser) -> dict[str, str | None]:
+        return {a.dest: a.help for a in sub(parser)._choices_actions}
+
+    iprox = sub(build_parser()).choices["keys"]
+    admin_parser = argparse.ArgumentParser(prog="python -m service.admin")
+    admin.add_key_commands(admin_parser, admin_parser.prog)
+    assert actions(iprox) == actions(admin_parser)
+    code = "import sys, worker.commands.keys; print('sqlalchemy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
