@@ -162,11 +162,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--markdown", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = p.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import bench_downstream
+    from downstream_sizes import FULL, QUICK
 
     rows = json.loads(args.rows.read_text(encoding="utf-8"))
     lines = summarise(rows)
-    sizes = asdict(bench_downstream.QUICK if args.quick else bench_downstream.FULL)
+    sizes = asdict(QUICK if args.quick else FULL)
     text = markdown(lines, args.command, sizes, rows)
     if args.wall_seconds is not None:
         text += f"\nWall time of the whole run: {args.wall_seconds:.0f} s.\n"

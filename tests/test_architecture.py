@@ -96,3 +96,27 @@ def test_every_math_function_is_on_a_production_path() -> None:
                 used.update(a.name for a in node.names)
     unused = sorted(f"{file}: {name}" for name, file in public.items() if name not in used)
     assert [u for u in unused if u.split(": ")[1] not in _TEST_ONLY_MATH] == []
+
+
+def test_scripts_import_no_circle() -> None:
+    """A benchmark and its report may share a module; they may not import each other."""
+    import ast
+
+    scripts = {p.stem: p for p in ROOT.joinpath("scripts").glob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in scripts.items():
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names if a.name in scripts)
+            elif isinstance(node, ast.ImportFrom) and node.module in scripts and not node.level:
+                deps.add(node.module)
+        graph[name] = deps
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        return any(
+            d == goal or (d not in seen and reaches(d, goal, seen | {d})) for d in graph[start]
+        )
+
+    circles = sorted(n for n in graph if reaches(n, n, {n}))
+    assert circles == [], f"scripts in an import circle: {circles}"
