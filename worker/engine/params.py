@@ -61,10 +61,13 @@ FRACTION = Range(gt=0, le=1)
 """A share of something: (0, 1]."""
 
 
-def param(help: str, default: Any, range: Range | None = None) -> Any:
-    """A dataclass field with its help text and range in ``metadata`` (choices come from the
-    field's ``Literal`` type)."""
-    return field(default=default, metadata={"help": help, "range": range})
+def param(
+    help: str, default: Any, range: Range | None = None, choices: tuple[str, ...] | None = None
+) -> Any:
+    """A dataclass field with its help text, range and choices in ``metadata``. Choices default
+    to the field's ``Literal`` type; give them for a ``str`` field whose choices a registry
+    holds."""
+    return field(default=default, metadata={"help": help, "range": range, "choices": choices})
 
 
 def _field(cls: type, name: str) -> Field[Any]:
@@ -93,7 +96,11 @@ def range_of(cls: type, name: str, ranges: Mapping[str, Range] | None = None) ->
 
 
 def choices_of(cls: type, name: str) -> tuple[str, ...] | None:
-    """The string choices of a ``Literal[...]`` (or ``Literal[...] | None``) field."""
+    """The string choices of a field: its metadata's, else its ``Literal[...]`` (or
+    ``Literal[...] | None``) type's."""
+    declared = _field(cls, name).metadata.get("choices")
+    if declared is not None:
+        return tuple(declared)
     hint = typing.get_type_hints(cls)[name]
     for arm in (hint, *typing.get_args(hint)):
         if typing.get_origin(arm) is typing.Literal:

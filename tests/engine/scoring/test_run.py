@@ -209,3 +209,21 @@ def test_target_vectors_are_kept_for_the_next_call_on_the_same_model(tmp_path, f
     changed = ScoreStats()
     _scores(model, train, [target], replace(cfg, max_length=48), stats=changed)
     assert changed.target_computed == 3
+
+
+def test_the_stream_scores_along_the_registry_entrys_direction(
+    model_and_tok, tmp_path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    # A scorer is its registry entry: swapping the entry's direction changes the scores, with
+    # nothing in the stream naming the scorer.
+    from worker.engine.scoring import registry
+
+    train = write(tmp_path / "pool.jsonl", pool_rows(6))
+    target = write(tmp_path / "target.jsonl", target_rows(2))
+    cfg = ScoreConfig(features="projected", proj_dim=256, batch_size=3, max_length=64)
+    plain = _scores(model_and_tok, train, [target], cfg)
+    flipped = replace(registry.SCORERS["tracin"], direction=lambda v, _c, _d: -2.0 * v)
+    monkeypatch.setitem(registry.SCORERS, "tracin", flipped)
+    TARGETS.clear()
+    got = _scores(model_and_tok, train, [target], cfg)
+    assert got == pytest.approx({i: -2.0 * s for i, s in plain.items()}, rel=1e-5, abs=1e-7)

@@ -14,17 +14,17 @@ from worker.engine.errors import ConfigError
 from worker.engine.layers import DEFAULT_LAYERS
 from worker.engine.params import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, Range, check_params
 from worker.engine.params import param as _help
-from worker.engine.scoring.registry import scorer_entry
+from worker.engine.scoring.registry import SCORERS, scorer_entry
 
 
 @dataclass(frozen=True)
 class ScoreConfig:
     """How per-sample gradients are computed, projected and turned into scores."""
 
-    scorer: Literal["tracin", "influence"] = _help(
-        "tracin: mean similarity to the target set's gradients (max over several target tasks); "
-        "influence: g_target^T (G^T G / n + damping I)^-1 g_train in projected space",
+    scorer: str = _help(
+        "; ".join(f"{e.name}: {e.summary}" for e in SCORERS.values()),
         "tracin",
+        choices=tuple(SCORERS),  # the registry's scorers
     )
     features: Literal["exact", "projected"] | None = _help(
         "exact: unprojected per-sample gradient inner products and norms (seed-free, about one "

@@ -1,16 +1,28 @@
 """The scorers the engine has, and what each needs from the rest of the system.
 
-A caller (the CLI, the Celery tasks, the API's schema test) asks an entry instead of matching a
-scorer's name: whether its scores need the whole pool at once (so a job cannot be sharded), and
-which gradient features it can score from. Adding a scorer means adding an entry here and its
-math; nothing in the tasks or the API schema names scorers one by one.
+A caller (the CLI, the Celery tasks, the score stream, the API's schema test) asks an entry
+instead of matching a scorer's name: which gradient features it can score from, whether its
+scores need the whole pool at once (the pool's curvature ``G^T G / n``, so a job is one shard),
+and how it turns a target task's mean gradient into the direction pool gradients are scored
+along. Adding a scorer means adding an entry here and its math (``worker/engine/math/``), and
+its name to the API's ``ScorerSpec.method`` (a test checks the two lists agree).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from worker.engine.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+Direction = Callable[["torch.Tensor", "torch.Tensor | None", float], "torch.Tensor"]
+"""``(v: (d,), curvature: (d, d) or None, damping) -> (d,)``: the direction a pool sample's
+projected gradient is scored along, from a target task's mean gradient ``v``; ``curvature`` is
+the pool's ``G^T G / n`` for a ``whole_pool`` scorer, else ``None``."""
 
 FEATURES = ("exact", "projected")
 """``exact``: unprojected per-sample gradient inner products and norms (seed-free);
@@ -26,11 +38,26 @@ class ScorerEntry:
     features: tuple[str, ...]
     """The feature modes it can score from; the first is its default."""
     whole_pool: bool
-    """Its scores need the whole pool at once (a job scores it as one shard)."""
+    """Its scores need the whole pool at once: its direction uses the pool's curvature (a job
+    scores it as one shard)."""
+    direction: Direction
 
     @property
     def default_features(self) -> str:
         return self.features[0]
+
+
+def _mean_direction(v: torch.Tensor, _: torch.Tensor | None, __: float) -> torch.Tensor:
+    return v  # TracIn: the mean similarity to the task's gradients is <g, mean(t)>
+
+
+def _influence_direction(
+    v: torch.Tensor, curvature: torch.Tensor | None, damping: float
+) -> torch.Tensor:
+    from worker.engine.math.scores import influence_direction
+
+    assert curvature is not None  # whole_pool: the stream measured it
+    return influence_direction(curvature, v, damping)
 
 
 SCORERS: dict[str, ScorerEntry] = {
@@ -39,6 +66,7 @@ SCORERS: dict[str, ScorerEntry] = {
         "mean similarity to the target set's gradients (max over several target tasks)",
         features=("exact", "projected"),
         whole_pool=False,
+        direction=_mean_direction,
     ),
     "influence": ScorerEntry(
         "influence",
@@ -46,6 +74,7 @@ SCORERS: dict[str, ScorerEntry] = {
         "space",
         features=("projected",),
         whole_pool=True,
+        direction=_influence_direction,
     ),
 }
 

@@ -31,7 +31,7 @@ from torch import nn
 from worker.engine.data import Example, collate, load_records, pad_token_id
 from worker.engine.digest import sha256_path
 from worker.engine.errors import ConfigError
-from worker.engine.math.scores import CurvatureAccumulator, influence_direction, target_direction
+from worker.engine.math.scores import CurvatureAccumulator, target_direction
 from worker.engine.progress import EventFn, ProgressFn, report
 from worker.engine.scoring.config import ScoreConfig
 from worker.engine.scoring.exact import ExactScorer, cosine_or_dot, stack_tasks
@@ -336,7 +336,9 @@ def task_score_stream(
             events=events,
         )
 
-    if scorer_entry(config.scorer).whole_pool:  # it needs the pool's curvature first
+    entry = scorer_entry(config.scorer)
+    curvature = None
+    if entry.whole_pool:  # its direction needs the pool's curvature: a first pass measures it
         acc = CurvatureAccumulator(featurizer.dim)
         kept: list[Features] = []
         for ids_, unit, norms in stream(stats, progress):
@@ -344,10 +346,10 @@ def task_score_stream(
             if store is None:
                 kept.append((ids_, unit.half(), norms))
         curvature = acc.matrix()
-        directions = [influence_direction(curvature, v, config.damping) for v in directions]
         batches: Any = iter(kept) if store is None else stream(ScoreStats(), None)
     else:
         batches = stream(stats, progress)
+    directions = [entry.direction(v, curvature, config.damping) for v in directions]
 
     for idx, unit, norms in batches:
         x = _vectors(unit.float(), norms, config.normalize)
