@@ -120,3 +120,13 @@ def test_scripts_import_no_circle() -> None:
 
     circles = sorted(n for n in graph if reaches(n, n, {n}))
     assert circles == [], f"scripts in an import circle: {circles}"
+
+
+def test_the_architecture_page_names_only_files_that_exist() -> None:
+    """docs/ARCHITECTURE.md stays true: every path it names in backticks is in the tree."""
+    import re
+
+    text = (ROOT / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"`((?:service|worker|tests|scripts|docs)/[\w/.]+?)(?::\w+)?`", text))
+    missing = sorted(p for p in named if not (ROOT / p).exists())
+    assert named and missing == [], missing
