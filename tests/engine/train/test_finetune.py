@@ -150,7 +150,7 @@ def test_warmup_uses_a_seeded_slice_and_spreads_checkpoints(
 
 
 def test_config_validation_names_the_field() -> None:
-    with pytest.raises(ConfigError, match="lr must be > 0"):
+    with pytest.raises(ConfigError, match="lr must be positive"):
         FinetuneConfig(lr=0)
     with pytest.raises(ConfigError, match="unknown field"):
         FinetuneConfig.from_dict({"learning_rate": 1e-3})
