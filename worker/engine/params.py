@@ -4,7 +4,7 @@ The engine's frozen config dataclasses declare each field with :func:`param`; th
 ``__post_init__`` calls :func:`check_params`, which is the one place a value is checked
 against its range or its ``Literal`` choices. The CLI derives its flags from the same fields
 (:func:`add_flag`), and the API's request models, which may not import the engine, are checked
-against them by ``tests/worker/test_param_drift.py``.
+against them by ``tests/worker/test_configs.py``.
 """
 
 from __future__ import annotations
