@@ -16,7 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from worker.commands.runtime import add_runtime_args, runtime_of
-from worker.engine.proxy.config import METHODS, ProxyConfig
+from worker.engine.proxy.config import METHODS, RECIPES, ProxyConfig
+
+# Config fields with a fixed set of values, as choice flags.
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "rank_rule": ("matched", "official"),
+    "rank_allocation": ("uniform", "global"),
+    "probe_tokens": ("response", "all"),
+    "ridge_mode": ("relative", "absolute"),
+    "lr_schedule": ("cosine", "constant"),
+}
 
 # Config fields exposed as flags (flag name = field name with dashes), with their parsers.
 _FLAGS: dict[str, Any] = {
@@ -32,6 +41,10 @@ _FLAGS: dict[str, Any] = {
     "temperature": float,
     "lr": float,
     "warmup_fraction": float,
+    "weight_decay": float,
+    "align_epochs": float,
+    "align_fraction": float,
+    "rank_floor": float,
     "batch_size": int,
     "max_length": int,
     "seed": int,
@@ -43,7 +56,7 @@ def _default(name: str) -> Any:
 
 
 def _help(name: str) -> str:
-    return f"{ProxyConfig.help_for(name)} (default: {_default(name)})"
+    return f"{ProxyConfig.help_for(name)} (default: {_default(name)} in the iprox recipe)"
 
 
 def register(subparsers: Any) -> None:
@@ -67,10 +80,24 @@ def register(subparsers: Any) -> None:
     build.add_argument(
         "--method", choices=METHODS, default=_default("method"), help=_help("method")
     )
+    build.add_argument(
+        "--recipe", choices=RECIPES, default="iprox", help=ProxyConfig.help_for("recipe")
+    )
+    # Unset flags take the recipe's value (None here), so --recipe official stays official.
     for name, parse in _FLAGS.items():
         build.add_argument(
-            "--" + name.replace("_", "-"), type=parse, default=_default(name), help=_help(name)
+            "--" + name.replace("_", "-"), type=parse, default=None, help=_help(name)
         )
+    for name, choices in _CHOICES.items():
+        build.add_argument(
+            "--" + name.replace("_", "-"), choices=choices, default=None, help=_help(name)
+        )
+    build.add_argument(
+        "--balance",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=_help("balance"),
+    )
     build.add_argument(
         "--factor-dtype",
         choices=("float64", "float32"),
@@ -112,9 +139,11 @@ def _build(args: argparse.Namespace) -> int:
     from worker.engine.proxy import build_proxy, save_proxy
 
     runtime = runtime_of(args)  # before anything is loaded
-    values = {name: getattr(args, name) for name in _FLAGS}
+    names = (*_FLAGS, *_CHOICES, "balance")
+    values = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
     modules = tuple(m.strip() for m in args.target_modules.split(",") if m.strip())
-    config = ProxyConfig(
+    config = ProxyConfig.for_recipe(
+        args.recipe,
         method=args.method,
         target_modules=modules,
         factor_dtype=args.factor_dtype,
@@ -129,8 +158,10 @@ def _build(args: argparse.Namespace) -> int:
     m = proxy.manifest
     summary = {
         "proxy": str(path),
+        "recipe": m["recipe"],
         "method": m["method"],
         "sparsity": m["sparsity"],
+        "ranks_by_type": m["ranks_by_type"],
         "target_params": m["target_params"],
         "proxy_params": m["proxy_params"],
         "compressed_layers": m["compressed_layers"],

@@ -14,7 +14,7 @@ def proxy_config(spec: dict[str, Any]) -> ProxyConfig:
     from worker.engine.proxy import ProxyConfig
 
     given = {k: v for k, v in spec.items() if k != "proxy_id" and v is not None}
-    return ProxyConfig.from_dict(given)
+    return ProxyConfig.for_recipe(given.pop("recipe", "iprox"), **given)
 
 
 def score_config(spec: dict[str, Any]) -> ScoreConfig:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from worker.engine.math.alignment import (
-    factor_cosine,
+    factor_cosines,
     factor_space_targets,
     gradient_alignment_loss,
 )
@@ -31,21 +31,41 @@ def test_factor_space_targets_equal_autograd_chain_rule() -> None:
     assert not tA.requires_grad and not tB.requires_grad  # targets are constants
 
 
-def test_cosine_of_a_pair_with_itself_and_its_opposite() -> None:
+def test_cosines_are_taken_per_factor() -> None:
     g = torch.Generator().manual_seed(1)
     a, b = torch.randn(4, 2, generator=g), torch.randn(2, 6, generator=g)
-    assert float(factor_cosine(a, b, a, b)) == pytest.approx(1.0, abs=1e-6)
-    assert float(factor_cosine(a, b, -a, -b)) == pytest.approx(-1.0, abs=1e-6)
-    assert float(factor_cosine(a, b, 3.0 * a, 3.0 * b)) == pytest.approx(1.0, abs=1e-6)
-    flat = torch.cat([a.flatten(), b.flatten()])
     c, d = torch.randn(4, 2, generator=g), torch.randn(2, 6, generator=g)
-    other = torch.cat([c.flatten(), d.flatten()])
-    expected = torch.nn.functional.cosine_similarity(flat, other, dim=0)
-    assert float(factor_cosine(a, b, c, d)) == pytest.approx(float(expected), abs=1e-6)
+    ca, cb = factor_cosines(a, b, c, d)
+    cos = torch.nn.functional.cosine_similarity
+    assert float(ca) == pytest.approx(float(cos(a.flatten(), c.flatten(), dim=0)), abs=1e-6)
+    assert float(cb) == pytest.approx(float(cos(b.flatten(), d.flatten(), dim=0)), abs=1e-6)
+    ca, cb = factor_cosines(a, b, -3.0 * a, 2.0 * b)
+    assert (float(ca), float(cb)) == pytest.approx((-1.0, 1.0), abs=1e-6)
 
 
-def test_gradient_alignment_loss_is_one_minus_mean_cosine() -> None:
-    cos = [torch.tensor(1.0), torch.tensor(0.5), torch.tensor(-0.5)]
-    assert float(gradient_alignment_loss(cos)) == pytest.approx(1.0 - 1.0 / 3.0)
+def test_per_factor_loss_does_not_depend_on_the_gauge() -> None:
+    """Rescaling A by c and B by 1/c scales each factor's gradient and target alike, so the
+    per-factor cosines (and L_GA) stay; one cosine over both factors would move."""
+    g = torch.Generator().manual_seed(2)
+    A = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    B = torch.randn(3, 5, generator=g, dtype=torch.float64)
+    gW_proxy = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    gW_target = torch.randn(6, 5, generator=g, dtype=torch.float64)
+
+    def loss(scale: float) -> float:
+        a, b = A * scale, B / scale
+        pa, pb = factor_space_targets(gW_proxy, a, b)  # the proxy's own factor gradients
+        ta, tb = factor_space_targets(gW_target, a, b)
+        return float(gradient_alignment_loss([factor_cosines(pa, pb, ta, tb)]))
+
+    assert loss(1.0) == pytest.approx(loss(40.0), abs=1e-12)
+    assert loss(1.0) == pytest.approx(loss(0.01), abs=1e-12)
+
+
+def test_gradient_alignment_loss_averages_the_two_factors_then_the_layers() -> None:
+    one, half = torch.tensor(1.0), torch.tensor(0.5)
+    pairs = [(one, one), (half, -half)]
+    # layer 1: 0; layer 2: 0.5 * (0.5 + 1.5) = 1
+    assert float(gradient_alignment_loss(pairs)) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="no layer"):
         gradient_alignment_loss([])

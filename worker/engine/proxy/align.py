@@ -1,13 +1,16 @@
 """Alignment: train only the proxy's factors with ``L_GA + lambda_KL * L_KL``.
 
-``L_GA`` is the mean over compressed layers of ``1 - cos(proxy factor gradients, target weight
-gradient in factor space)``; ``L_KL`` the temperature-scaled KL from the target's to the proxy's
+``L_GA`` is the mean over compressed layers of ``0.5 [(1 - cos_A) + (1 - cos_B)]``, each
+cosine between a proxy factor's gradient and the target's weight gradient pushed into that
+factor's space (the authors' per-factor form: unlike one cosine over both factors, it does not
+depend on how the factor gauge splits scale between ``A`` and ``B``); ``L_KL`` the temperature-scaled KL from the target's to the proxy's
 token distributions over response tokens. ``L_GA`` is a function of gradients, so its own
 gradient needs second-order autograd (``create_graph=True`` on the proxy's backward pass); the
 target's side is a constant (computed without a graph to the factors).
 
-Steps use small batches (single records are noisy), AdamW, linear warm-up then cosine decay,
-and gradient-norm clipping.
+Steps use small batches (single records are noisy), AdamW (optional weight decay), a constant
+rate or linear warm-up then cosine decay, and optional gradient-norm clipping. ``align_epochs``
+turns the step count into passes over the alignment set.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from worker.engine.data import Example, collate
 from worker.engine.device import model_device
 from worker.engine.lowrank import LowRankLinear
 from worker.engine.math.alignment import (
-    factor_cosine,
+    factor_cosines,
     factor_space_targets,
     gradient_alignment_loss,
 )
@@ -40,7 +43,7 @@ class AlignLosses:
     total: torch.Tensor
     ga: torch.Tensor
     kl: torch.Tensor
-    cosines: list[float]
+    cosines: list[tuple[float, float]]
 
 
 @contextmanager
@@ -116,15 +119,29 @@ def alignment_losses(
         cosines = []
         for i, (mod, gW) in enumerate(zip(layers.values(), t_grads, strict=True)):
             tA, tB = factor_space_targets(gW, mod.A, mod.B)
-            cosines.append(factor_cosine(p_grads[2 * i], p_grads[2 * i + 1], tA, tB))
+            cosines.append(factor_cosines(p_grads[2 * i], p_grads[2 * i + 1], tA, tB))
         ga = gradient_alignment_loss(cosines)
         kl = temperature_kl(t_logits, p_logits, loss_positions(batch["labels"]), config.temperature)
         total = ga + config.kl_weight * kl
-    return AlignLosses(total, ga, kl, [float(c.detach()) for c in cosines])
+    return AlignLosses(
+        total, ga, kl, [(float(ca.detach()), float(cb.detach())) for ca, cb in cosines]
+    )
 
 
-def lr_factor(step: int, total: int, warmup_fraction: float) -> float:
-    """Multiplier of the peak rate at ``step`` (0-based): linear warm-up, then cosine to zero."""
+def alignment_steps(config: ProxyConfig, records: int) -> int:
+    """Optimiser steps: ``align_steps``, or ``ceil(align_epochs * batches per pass)`` (a pass
+    is ``records // align_batch_size`` full batches, at least one)."""
+    if config.align_epochs is None:
+        return config.align_steps
+    per_pass = max(1, records // config.align_batch_size)
+    return max(1, math.ceil(config.align_epochs * per_pass))
+
+
+def lr_factor(step: int, total: int, warmup_fraction: float, schedule: str = "cosine") -> float:
+    """Multiplier of the peak rate at ``step`` (0-based): 1 for ``constant``; for ``cosine``
+    linear warm-up, then cosine to zero."""
+    if schedule == "constant":
+        return 1.0
     warmup = int(warmup_fraction * total)
     if step < warmup:
         return (step + 1) / (warmup + 1)
@@ -153,15 +170,18 @@ def align(
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
 ) -> list[dict[str, float]]:
-    """Run ``config.align_steps`` steps on ``proxy``'s factors (in place); the per-step history."""
-    if config.align_steps == 0:
+    """Run :func:`alignment_steps` steps on ``proxy``'s factors (in place); the per-step
+    history."""
+    if not config.aligns:
         return []
     if not examples:
         raise ValueError("alignment needs at least one example")
+    total = alignment_steps(config, len(examples))
     params = [t for m in factor_modules(proxy).values() for t in (m.A, m.B)]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, config.align_steps, config.warmup_fraction)
+        optimizer,
+        lambda s: lr_factor(s, total, config.warmup_fraction, config.lr_schedule),
     )
     stream = _batches(examples, config.align_batch_size, config.seed + 1)
     history: list[dict[str, float]] = []
@@ -170,11 +190,11 @@ def align(
         checkpointed_layers(proxy, config.checkpointing),
         checkpointed_layers(target, config.checkpointing),
     ):
-        for step in range(config.align_steps):
+        for step in range(total):
             check_stop(should_stop, "aligning")
             _step(target, proxy, next(stream), config, pad_id, params, optimizer, history)
             schedule.step()
-            report(progress, "aligning", step + 1, config.align_steps)
+            report(progress, "aligning", step + 1, total)
     for p in params:
         p.grad = None
     return history

@@ -10,6 +10,8 @@ from worker.engine.errors import ConfigError
 
 Method = Literal["ipsvd", "svd", "random"]
 METHODS: tuple[str, ...] = ("ipsvd", "svd", "random")
+Recipe = Literal["iprox", "official"]
+RECIPES: tuple[str, ...] = ("iprox", "official")
 DEFAULT_TARGET_MODULES: tuple[str, ...] = (
     "q_proj",
     "k_proj",
@@ -30,6 +32,16 @@ class ProxyConfig:
     """How to compress a target model into a proxy and align it. ``field.metadata['help']``
     holds each parameter's description (the CLI shows it)."""
 
+    recipe: Recipe = field(
+        default="iprox",
+        metadata=_help(
+            "official: the authors' defaults (csr16/IProX: rank rounded up to a multiple of 128, "
+            "absolute ridge 1e-3 on raw covariances, probes on all tokens, per-factor L_GA, no "
+            "KL, AdamW lr 1e-4 constant with weight decay 0.01, 5 epochs over 90% of a 1% "
+            "slice); iprox: this project's defaults, chosen by bench:fidelity. Fields given "
+            "explicitly override the recipe's values (see ProxyConfig.for_recipe)"
+        ),
+    )
     method: Method = field(
         default="ipsvd",
         metadata=_help(
@@ -45,16 +57,62 @@ class ProxyConfig:
         default=DEFAULT_TARGET_MODULES,
         metadata=_help("nn.Linear layers whose name ends with one of these are compressed"),
     )
+    rank_rule: Literal["matched", "official"] = field(
+        default="matched",
+        metadata=_help(
+            "matched: the parameter-matched rank floor((1 - rho) out in / (out + in)), rounded "
+            "down to rank_multiple; official: rounded to nearest, then UP to rank_multiple, "
+            "dense when that reaches min(out, in) (keeps more than 1 - rho)"
+        ),
+    )
     rank_multiple: int = field(
         default=1,
-        metadata=_help("round ranks down to a multiple of this (1: no rounding)"),
+        metadata=_help("round ranks to a multiple of this (1: no rounding)"),
+    )
+    rank_allocation: Literal["uniform", "global"] = field(
+        default="uniform",
+        metadata=_help(
+            "uniform: every layer gets its own parameter-matched rank; global: the same total "
+            "budget spent across layers where it removes the most weighted error per "
+            "parameter (greedy over the whitened spectra; ipsvd and svd only)"
+        ),
+    )
+    rank_floor: float = field(
+        default=0.25,
+        metadata=_help(
+            "global allocation: each layer keeps at least this fraction of its uniform rank"
+        ),
+    )
+    balance: bool = field(
+        default=True,
+        metadata=_help(
+            "give each rank component the same norm in A and B (|a_i| = |b_i|) after "
+            "factorising and after alignment; the proxy's function is unchanged, but factor "
+            "gradients (alignment's cosines, Adam's steps, scoring features) stop being "
+            "dominated by one factor"
+        ),
     )
     probe_samples: int = field(default=64, metadata=_help("records in the probe set (ipsvd only)"))
+    probe_tokens: Literal["response", "all"] = field(
+        default="response",
+        metadata=_help(
+            "response: probes at response tokens, gradients of the response loss; all: probes "
+            "at every attended token, gradients of the loss on every token (the authors')"
+        ),
+    )
     probe_positions: int = field(
         default=16,
         metadata=_help(
             "response-token positions sampled per probe sequence, so long sequences do not "
             "dominate; probe columns per layer = probe_samples * probe_positions at most"
+        ),
+    )
+    ridge_mode: Literal["relative", "absolute"] = field(
+        default="relative",
+        metadata=_help(
+            "relative: ridge times each covariance's mean eigenvalue; absolute: ridge added "
+            "as is to the raw covariances (the authors', whose 1e-3 is hundreds of times the "
+            "output-gradient covariance's mean eigenvalue on SmolLM2)"
         ),
     )
     ridge: float = field(
@@ -63,8 +121,8 @@ class ProxyConfig:
         # 10 (plain SVD, the infinite-ridge limit: 19.7): 0.1 is the best value measured.
         default=1e-1,
         metadata=_help(
-            "ridge added to each probe covariance, relative to its mean eigenvalue; it weighs "
-            "the directions the probes do not span (too small makes their inverse root explode)"
+            "ridge added to each probe covariance (see ridge_mode); it weighs the directions "
+            "the probes do not span (too small makes their inverse root explode)"
         ),
     )
     factor_dtype: Literal["float64", "float32"] = field(
@@ -86,11 +144,22 @@ class ProxyConfig:
     align_steps: int = field(
         default=20, metadata=_help("optimiser steps of alignment (0: no alignment)")
     )
+    align_epochs: float | None = field(
+        default=None,
+        metadata=_help(
+            "when set, alignment runs this many passes over the alignment set instead of "
+            "align_steps (steps = ceil(epochs * records / batch))"
+        ),
+    )
     align_samples: int | None = field(
         default=None,
         metadata=_help(
-            "records in the alignment set (default: 1% of the pool, at least one batch)"
+            "records in the alignment set (default: align_fraction of the pool, at least one batch)"
         ),
+    )
+    align_fraction: float = field(
+        default=0.01,
+        metadata=_help("share of the pool in the alignment set when align_samples is unset"),
     )
     align_batch_size: int = field(default=4, metadata=_help("records per alignment step"))
     kl_weight: float = field(
@@ -100,9 +169,14 @@ class ProxyConfig:
         default=2.0, metadata=_help("softmax temperature of the KL term (scaled by T^2)")
     )
     lr: float = field(default=5e-5, metadata=_help("peak AdamW learning rate for the factors"))
-    warmup_fraction: float = field(
-        default=0.1, metadata=_help("fraction of alignment steps with linear warm-up, then cosine")
+    lr_schedule: Literal["cosine", "constant"] = field(
+        default="cosine",
+        metadata=_help("cosine: linear warm-up then cosine decay to zero; constant: lr throughout"),
     )
+    warmup_fraction: float = field(
+        default=0.1, metadata=_help("fraction of alignment steps with linear warm-up (cosine)")
+    )
+    weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay of the factors"))
     max_grad_norm: float = field(
         default=1.0, metadata=_help("gradient-norm clip for alignment steps (0: no clipping)")
     )
@@ -141,12 +215,53 @@ class ProxyConfig:
             problems.append(
                 f"temperature and lr must be positive, got {self.temperature} and {self.lr}"
             )
+        choices = {
+            "recipe": RECIPES,
+            "rank_rule": ("matched", "official"),
+            "rank_allocation": ("uniform", "global"),
+            "probe_tokens": ("response", "all"),
+            "ridge_mode": ("relative", "absolute"),
+            "lr_schedule": ("cosine", "constant"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                problems.append(
+                    f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
+                )
+        if self.rank_allocation == "global" and self.method == "random":
+            problems.append("rank_allocation global needs a spectrum: use method ipsvd or svd")
+        if not 0.0 < self.rank_floor <= 1.0:
+            problems.append(f"rank_floor must be in (0, 1], got {self.rank_floor}")
+        if self.align_epochs is not None and self.align_epochs <= 0:
+            problems.append(f"align_epochs must be positive, got {self.align_epochs}")
+        if not 0.0 < self.align_fraction <= 1.0:
+            problems.append(f"align_fraction must be in (0, 1], got {self.align_fraction}")
+        if self.weight_decay < 0.0:
+            problems.append(f"weight_decay must be non-negative, got {self.weight_decay}")
         if not 0.0 <= self.warmup_fraction < 1.0:
             problems.append(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         if self.factor_dtype not in ("float64", "float32"):
             problems.append(f"factor_dtype must be float64 or float32, got {self.factor_dtype!r}")
         if problems:
             raise ConfigError("proxy config: " + "; ".join(problems))
+
+    @property
+    def aligns(self) -> bool:
+        """Whether the build has an alignment stage."""
+        return self.align_steps > 0 or self.align_epochs is not None
+
+    @classmethod
+    def for_recipe(cls, recipe: str = "iprox", **given: Any) -> ProxyConfig:
+        """The recipe's settings with ``given`` fields over them (ConfigError if invalid).
+
+        ``official`` reproduces csr16/IProX's defaults; ``given`` still wins (a user may change
+        one setting of the paper's recipe), and the manifest records the resolved values.
+        """
+        if recipe not in RECIPES:
+            raise ConfigError(
+                f"proxy config: recipe must be one of {', '.join(RECIPES)}, got {recipe!r}"
+            )
+        return cls.from_dict({**RECIPE_SETTINGS[recipe], **given, "recipe": recipe})
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready; tuples become lists."""
@@ -164,3 +279,30 @@ class ProxyConfig:
             if f.name == name:
                 return str(f.metadata.get("help", ""))
         raise KeyError(name)
+
+
+# The authors' defaults (csr16/IProX ``init_iprox.py``, ``utils/init_with_ipsvd.py``,
+# ``utils/grad_align.py``), field by field. Probes: 1,024 columns per layer from 64 sequences.
+OFFICIAL: dict[str, Any] = {
+    "rank_rule": "official",
+    "rank_multiple": 128,
+    "rank_allocation": "uniform",
+    "balance": False,
+    "probe_tokens": "all",
+    "probe_positions": 16,
+    "ridge_mode": "absolute",
+    "ridge": 1e-3,
+    "align_epochs": 5.0,
+    "align_fraction": 0.009,
+    "align_batch_size": 4,
+    "kl_weight": 0.0,
+    "temperature": 2.0,
+    "lr": 1e-4,
+    "lr_schedule": "constant",
+    "warmup_fraction": 0.0,
+    "weight_decay": 0.01,
+    "max_grad_norm": 0.0,
+}
+
+# This project's recipe: the dataclass defaults (chosen by bench:fidelity, docs/benchmarks.md).
+RECIPE_SETTINGS: dict[str, dict[str, Any]] = {"iprox": {}, "official": OFFICIAL}
