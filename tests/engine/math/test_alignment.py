@@ -69,3 +69,22 @@ def test_gradient_alignment_loss_averages_the_two_factors_then_the_layers() -> N
     assert float(gradient_alignment_loss(pairs)) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="no layer"):
         gradient_alignment_loss([])
+
+
+def test_sample_gram_equals_inner_products_of_formed_gradients() -> None:
+    from worker.engine.math.alignment import cosine_matrix, gram_alignment_loss, sample_gram
+
+    g = torch.Generator().manual_seed(3)
+    left = torch.randn(3, 5, 4, generator=g, dtype=torch.float64)
+    right = torch.randn(3, 5, 6, generator=g, dtype=torch.float64)
+    left[1, 3:] = 0  # padding: no gradient there
+    G = [torch.einsum("to,ti->oi", left[i], right[i]) for i in range(3)]
+    want = torch.tensor([[float((G[i] * G[j]).sum()) for j in range(3)] for i in range(3)])
+    K = sample_gram(left, right)
+    torch.testing.assert_close(K, want.double())
+    C = cosine_matrix(K)
+    torch.testing.assert_close(C.diagonal(), torch.ones(3, dtype=torch.float64))
+    assert float(gram_alignment_loss(C, C)) == 0.0
+    assert float(gram_alignment_loss(C, torch.eye(3, dtype=torch.float64))) > 0
+    with pytest.raises(ValueError, match="B >= 2"):
+        gram_alignment_loss(C[:1, :1], C[:1, :1])

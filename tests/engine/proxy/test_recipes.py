@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -183,3 +183,110 @@ def test_old_proxies_are_balanced_when_loaded(
     again = load_proxy(save_proxy(raw, tmp_path / "q").parent, target)
     for name, mod in _factors(again.model).items():
         assert torch.equal(mod.A, _factors(raw.model)[name].A)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_finite_difference_alignment_gradient_matches_the_double_backward(
+    dtype: torch.dtype, make_target: Callable[..., LoadedModel], records: list[Record]
+) -> None:
+    from worker.engine.proxy.align import (
+        alignment_losses,
+        eager_attention,
+        finite_difference_gradients,
+    )
+
+    target = make_target("llama")
+    target.model.to(dtype)  # type: ignore[arg-type]
+    proxy = build_proxy(target, records, ProxyConfig(sparsity=0.5, **FAST)).model.to(dtype)
+    params = [p for p in proxy.parameters() if p.requires_grad]
+    batch = collate(encode_all(records[:4], target.tokenizer, 64), pad_token_id(target.tokenizer))
+    config = ProxyConfig(kl_weight=0.1)
+    with eager_attention(proxy), eager_attention(target.model):
+        exact = alignment_losses(target.model, proxy, batch, config, create_graph=True)
+        exact.total.backward()  # type: ignore[no-untyped-call]
+        want = torch.cat([p.grad.flatten() for p in params])  # type: ignore[union-attr]
+        before = [p.detach().clone() for p in params]
+        for p in params:
+            p.grad = None
+        approx = finite_difference_gradients(target.model, proxy, batch, config)
+        got = torch.cat([p.grad.flatten() for p in params])  # type: ignore[union-attr]
+    assert float(approx.ga) == pytest.approx(float(exact.ga.detach()), rel=1e-5)
+    assert float(approx.kl) == pytest.approx(float(exact.kl.detach()), rel=1e-5)
+    cos = float(torch.nn.functional.cosine_similarity(got.double(), want.double(), dim=0))
+    assert cos > (0.9999 if dtype == torch.float64 else 0.999)
+    assert float(got.norm() / want.norm()) == pytest.approx(1.0, abs=0.05)
+    for p, b in zip(params, before, strict=True):  # the shifted factors were put back
+        assert torch.equal(p.detach(), b)
+
+
+def test_gram_term_matches_per_sample_autograd(
+    make_target: Callable[..., LoadedModel], records: list[Record]
+) -> None:
+    """The proxy's and target's cosine matrices from per-token captures equal the cosines of
+    per-sample gradients formed one sample at a time; the batch-mean gradients match autograd."""
+    from worker.engine.math.alignment import cosine_matrix
+    from worker.engine.proxy.align import eager_attention, target_signals
+    from worker.engine.proxy.compress import factor_modules
+    from worker.engine.proxy.gram import proxy_gram, target_gram
+    from worker.engine.proxy.lm import sequence_losses
+
+    target = make_target("llama")
+    target.model.double()
+    proxy = build_proxy(target, records, ProxyConfig(sparsity=0.5, **FAST)).model.double()
+    layers = factor_modules(proxy)
+    batch = collate(encode_all(records[:3], target.tokenizer, 64), pad_token_id(target.tokenizer))
+    params = [t for m in layers.values() for t in (m.A, m.B)]
+    weights: list[torch.Tensor] = [target.model.get_submodule(n).weight for n in layers]  # type: ignore[misc]
+
+    def per_sample(model: torch.nn.Module, ps: Sequence[torch.Tensor]) -> torch.Tensor:
+        out = []
+        for i in range(3):
+            one = {k: v[i : i + 1] for k, v in batch.items()}
+            logits = model(input_ids=one["input_ids"], attention_mask=one["attention_mask"]).logits
+            g = torch.autograd.grad(sequence_losses(logits, one["labels"]).sum(), ps)
+            out.append(torch.cat([x.flatten() for x in g]))
+        G = torch.stack(out)
+        return cosine_matrix(G @ G.T)
+
+    with eager_attention(proxy), eager_attention(target.model):
+        for w in weights:
+            w.requires_grad_(True)
+        want_t = per_sample(target.model, weights)
+        for w in weights:
+            w.requires_grad_(False)
+        want_p = per_sample(proxy, params)
+        _, t_cos, t_grads = target_gram(target.model, list(layers), batch)
+        _, p_cos, p_grads = proxy_gram(proxy, layers, batch)
+        _, ref_grads = target_signals(target.model, list(layers), batch)
+        logits = proxy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        ref_p = torch.autograd.grad(sequence_losses(logits, batch["labels"]).mean(), params)
+    torch.testing.assert_close(t_cos.double(), want_t, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(p_cos.double(), want_p, rtol=1e-5, atol=1e-6)
+    for a, b in zip(t_grads, ref_grads, strict=True):
+        torch.testing.assert_close(a.double(), b, rtol=1e-6, atol=1e-9)
+    for a, b in zip(p_grads, ref_p, strict=True):
+        torch.testing.assert_close(a.double(), b, rtol=1e-6, atol=1e-9)
+
+
+def test_gram_steps_lower_the_gram_term(
+    make_target: Callable[..., LoadedModel], records: list[Record]
+) -> None:
+    target = make_target("llama")
+    fast = {k: v for k, v in FAST.items() if k != "align_steps"}
+    config = ProxyConfig(
+        sparsity=0.5,
+        gram_weight=1.0,
+        ga_weight=0.0,
+        kl_weight=0.0,
+        lr=1e-3,
+        max_grad_norm=0.0,
+        align_steps=6,
+        align_samples=4,  # one batch: every step sees the same four records
+        align_batch_size=4,
+        **fast,
+    )
+    proxy = build_proxy(target, records, config)
+    first, last = proxy.manifest["alignment"]["first"], proxy.manifest["alignment"]["last"]
+    assert last["gram"] < 0.5 * first["gram"]
+    with pytest.raises(ConfigError, match="gram_weight"):
+        ProxyConfig(gram_weight=1.0, align_hvp="finite")

@@ -60,3 +60,36 @@ def gradient_alignment_loss(cosines: Sequence[tuple[torch.Tensor, torch.Tensor]]
         raise ValueError("no layer to align")
     per_layer = [0.5 * ((1.0 - ca) + (1.0 - cb)) for ca, cb in cosines]
     return torch.stack(per_layer).mean()
+
+
+def sample_gram(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """``K_ij = <G_i, G_j>`` of the per-sample gradients ``G_i = sum_t left_it right_it^T`` of
+    one linear map, without forming them: ``K_ij = sum_{t, s} (l_it . l_js)(r_it . r_js)``.
+
+    ``left: (B, T, p)`` (output-side vectors, e.g. output gradients), ``right: (B, T, q)``
+    (input-side vectors) -> ``(B, B)`` in at least float32, differentiable in both. Costs
+    ``O((B T)^2 (p + q))``, cheaper than forming ``B`` gradients of ``p x q`` when
+    ``B T < p q / (p + q)``.
+    """
+    b, t = left.shape[:2]
+    L = _wide(left).reshape(b * t, -1)
+    R = _wide(right).reshape(b * t, -1)
+    M = (L @ L.T) * (R @ R.T)  # (BT, BT)
+    return M.reshape(b, t, b, t).sum(dim=(1, 3))
+
+
+def cosine_matrix(K: torch.Tensor, eps: float = 1e-30) -> torch.Tensor:
+    """``K_ij / sqrt(K_ii K_jj)`` for a Gram matrix ``K: (B, B)`` -> ``(B, B)``."""
+    d = K.diagonal().clamp_min(eps).sqrt()
+    return K / (d[:, None] * d[None, :])
+
+
+def gram_alignment_loss(proxy: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of the off-diagonal entries of two ``(B, B)`` cosine matrices
+    (:func:`cosine_matrix`), in ``[0, 4]``: how far the proxy's per-sample gradient geometry is
+    from the target's (``B >= 2``)."""
+    b = proxy.shape[0]
+    if b < 2 or proxy.shape != target.shape:
+        raise ValueError(f"need two (B, B) matrices with B >= 2, got {tuple(proxy.shape)}")
+    off = ~torch.eye(b, dtype=torch.bool, device=proxy.device)
+    return (proxy - target.detach())[off].square().mean()

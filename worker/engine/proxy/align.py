@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +35,7 @@ from worker.engine.math.alignment import (
 from worker.engine.progress import ProgressFn, StopFn, check_stop, report
 from worker.engine.proxy.compress import factor_modules
 from worker.engine.proxy.config import ProxyConfig
+from worker.engine.proxy.gram import gram_loss, proxy_gram, target_gram
 from worker.engine.proxy.lm import forward_logits, loss_positions, sequence_losses, temperature_kl
 
 
@@ -44,6 +45,7 @@ class AlignLosses:
     ga: torch.Tensor
     kl: torch.Tensor
     cosines: list[tuple[float, float]]
+    gram: torch.Tensor | None = None
 
 
 @contextmanager
@@ -110,21 +112,31 @@ def alignment_losses(
     layers: dict[str, LowRankLinear] = factor_modules(proxy)
     if not layers:
         raise ValueError("the proxy has no low-rank layer to align")
-    t_logits, t_grads = target_signals(target, list(layers), batch)
+    gram: torch.Tensor | None = None
+    if config.gram_weight > 0:
+        t_logits, t_cos, t_grads = target_gram(target, list(layers), batch)
+        with torch.enable_grad():
+            p_logits, p_cos, p_grads = proxy_gram(proxy, layers, batch)
+            gram = gram_loss(p_cos, t_cos)
+    else:
+        t_logits, t_grads = target_signals(target, list(layers), batch)
+        with torch.enable_grad():
+            p_logits = forward_logits(proxy, batch)
+            p_loss = sequence_losses(p_logits, batch["labels"]).mean()
+            params = [t for m in layers.values() for t in (m.A, m.B)]
+            p_grads = list(torch.autograd.grad(p_loss, params, create_graph=create_graph))
     with torch.enable_grad():
-        p_logits = forward_logits(proxy, batch)
-        p_loss = sequence_losses(p_logits, batch["labels"]).mean()
-        params = [t for m in layers.values() for t in (m.A, m.B)]
-        p_grads = torch.autograd.grad(p_loss, params, create_graph=create_graph)
         cosines = []
         for i, (mod, gW) in enumerate(zip(layers.values(), t_grads, strict=True)):
             tA, tB = factor_space_targets(gW, mod.A, mod.B)
             cosines.append(factor_cosines(p_grads[2 * i], p_grads[2 * i + 1], tA, tB))
         ga = gradient_alignment_loss(cosines)
         kl = temperature_kl(t_logits, p_logits, loss_positions(batch["labels"]), config.temperature)
-        total = ga + config.kl_weight * kl
+        total = config.ga_weight * ga + config.kl_weight * kl
+        if gram is not None:
+            total = total + config.gram_weight * gram
     return AlignLosses(
-        total, ga, kl, [(float(ca.detach()), float(cb.detach())) for ca, cb in cosines]
+        total, ga, kl, [(float(ca.detach()), float(cb.detach())) for ca, cb in cosines], gram
     )
 
 
@@ -135,6 +147,74 @@ def alignment_steps(config: ProxyConfig, records: int) -> int:
         return config.align_steps
     per_pass = max(1, records // config.align_batch_size)
     return max(1, math.ceil(config.align_epochs * per_pass))
+
+
+def finite_difference_gradients(
+    target: nn.Module,
+    proxy: nn.Module,
+    batch: dict[str, torch.Tensor],
+    config: ProxyConfig,
+) -> AlignLosses:
+    """The gradient of ``L_GA + kl_weight * L_KL`` in the factors without a double backward:
+    sets each factor's ``.grad`` and returns the losses (detached).
+
+    ``L_GA`` depends on the factors ``theta`` through the proxy's gradient ``g = dL_p/dtheta``
+    (the targets are constants), so its gradient is a Hessian-vector product,
+    ``dL_GA/dtheta = H u`` with ``u = dL_GA/dg``, here taken as a forward difference of
+    gradients, ``H u ~ (g(theta + eps u) - g(theta)) / eps`` with ``eps`` a fixed fraction
+    (``align_fd_step``) of ``|theta| / |u|``: one more first-order forward+backward of the
+    proxy instead of a backward through the graph of its backward. ``tests/engine/proxy``
+    compares it with the exact double backward.
+    """
+    layers: dict[str, LowRankLinear] = factor_modules(proxy)
+    if not layers:
+        raise ValueError("the proxy has no low-rank layer to align")
+    params = [t for m in layers.values() for t in (m.A, m.B)]
+    t_logits, t_grads = target_signals(target, list(layers), batch)
+    with torch.enable_grad():
+        p_logits = forward_logits(proxy, batch)
+        p_loss = sequence_losses(p_logits, batch["labels"]).mean()
+        kl = temperature_kl(t_logits, p_logits, loss_positions(batch["labels"]), config.temperature)
+        keep = config.kl_weight > 0
+        g = torch.autograd.grad(p_loss, params, retain_graph=keep)
+        kl_grads = (
+            torch.autograd.grad(config.kl_weight * kl, params)
+            if keep
+            else tuple(torch.zeros_like(p) for p in params)
+        )
+        leaves = [x.detach().requires_grad_(True) for x in g]
+        pairs = []
+        for i, (mod, gW) in enumerate(zip(layers.values(), t_grads, strict=True)):
+            tA, tB = factor_space_targets(gW, mod.A, mod.B)
+            pairs.append(factor_cosines(leaves[2 * i], leaves[2 * i + 1], tA, tB))
+        ga = gradient_alignment_loss(pairs)
+        u = torch.autograd.grad(config.ga_weight * ga, leaves)
+    theta_norm = torch.linalg.vector_norm(torch.stack([p.detach().float().norm() for p in params]))
+    u_norm = torch.linalg.vector_norm(torch.stack([x.float().norm() for x in u]))
+    hvp: list[torch.Tensor]
+    if float(u_norm) == 0.0:
+        hvp = [torch.zeros_like(p) for p in params]
+    else:
+        eps = config.align_fd_step * float(theta_norm) / float(u_norm)
+        saved = [p.detach().clone() for p in params]
+        with torch.no_grad():
+            for p, d in zip(params, u, strict=True):
+                p.add_(d.to(p.dtype), alpha=eps)
+        try:
+            with torch.enable_grad():
+                shifted = sequence_losses(forward_logits(proxy, batch), batch["labels"]).mean()
+                g2 = torch.autograd.grad(shifted, params)
+        finally:
+            with torch.no_grad():
+                for p, w in zip(params, saved, strict=True):
+                    p.copy_(w)
+        hvp = [(b - a) / eps for a, b in zip(g, g2, strict=True)]
+    for p, h, k in zip(params, hvp, kl_grads, strict=True):
+        p.grad = (h + k).to(p.dtype)
+    total = config.ga_weight * ga.detach() + config.kl_weight * kl.detach()
+    return AlignLosses(
+        total, ga.detach(), kl.detach(), [(float(a.detach()), float(b.detach())) for a, b in pairs]
+    )
 
 
 def lr_factor(step: int, total: int, warmup_fraction: float, schedule: str = "cosine") -> float:
@@ -185,8 +265,10 @@ def align(
     )
     stream = _batches(examples, config.align_batch_size, config.seed + 1)
     history: list[dict[str, float]] = []
+    # The exact gradient of L_GA is a double backward, which fused CPU attention lacks.
+    attention = eager_attention(proxy) if config.align_hvp == "exact" else nullcontext()
     with (
-        eager_attention(proxy),
+        attention,
         checkpointed_layers(proxy, config.checkpointing),
         checkpointed_layers(target, config.checkpointing),
     ):
@@ -212,9 +294,12 @@ def _step(
 ) -> None:
     """One optimiser step on one batch; appends its losses to ``history``."""
     batch = collate(chunk, pad_id, model_device(proxy))
-    losses = alignment_losses(target, proxy, batch, config, create_graph=True)
     optimizer.zero_grad(set_to_none=True)
-    losses.total.backward()  # type: ignore[no-untyped-call]
+    if config.align_hvp == "finite":
+        losses = finite_difference_gradients(target, proxy, batch, config)
+    else:
+        losses = alignment_losses(target, proxy, batch, config, create_graph=True)
+        losses.total.backward()  # type: ignore[no-untyped-call]
     grad_norm = (
         float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
         if config.max_grad_norm > 0
@@ -227,6 +312,7 @@ def _step(
             "loss": float(losses.total.detach()),
             "ga": float(losses.ga.detach()),
             "kl": float(losses.kl.detach()),
+            **({"gram": float(losses.gram.detach())} if losses.gram is not None else {}),
             "grad_norm": grad_norm,
         }
     )

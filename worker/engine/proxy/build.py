@@ -133,7 +133,8 @@ def build_proxy(
     t0 = time.perf_counter()
     history: list[dict[str, float]] = []
     if config.aligns:
-        align_examples = encode_all(align_records, tok, config.max_length, on_empty="skip")
+        length = config.align_max_length or config.max_length
+        align_examples = encode_all(align_records, tok, length, on_empty="skip")
         history = align(
             model,
             proxy_model,

@@ -162,6 +162,38 @@ class ProxyConfig:
         metadata=_help("share of the pool in the alignment set when align_samples is unset"),
     )
     align_batch_size: int = field(default=4, metadata=_help("records per alignment step"))
+    align_hvp: Literal["exact", "finite"] = field(
+        default="exact",
+        metadata=_help(
+            "how alignment differentiates L_GA (a function of the proxy's gradient): exact: a "
+            "double backward; finite: a forward difference of two gradients (one more "
+            "first-order pass, no double backward, fused attention allowed)"
+        ),
+    )
+    align_fd_step: float = field(
+        default=1e-3,
+        metadata=_help(
+            "finite alignment: the difference step as a fraction of |factors| / |dL_GA/dg|"
+        ),
+    )
+    align_max_length: int | None = field(
+        default=None,
+        metadata=_help(
+            "tokens per alignment record at most (default: max_length); alignment costs "
+            "grow with it faster than scoring's"
+        ),
+    )
+    ga_weight: float = field(
+        default=1.0, metadata=_help("weight of L_GA (batch-mean gradient alignment)")
+    )
+    gram_weight: float = field(
+        default=0.0,
+        metadata=_help(
+            "weight of the per-sample gradient geometry term: the proxy's matrix of gradient "
+            "cosines between a batch's samples against the target's (0: off; exact "
+            "align_hvp only)"
+        ),
+    )
     kl_weight: float = field(
         default=1.0, metadata=_help("lambda_KL, the weight of the KL term against L_GA")
     )
@@ -208,7 +240,7 @@ class ProxyConfig:
             problems.append(f"align_steps must be non-negative, got {self.align_steps}")
         if self.align_samples is not None and self.align_samples < 1:
             problems.append(f"align_samples must be at least 1, got {self.align_samples}")
-        for name in ("kl_weight", "max_grad_norm"):
+        for name in ("kl_weight", "max_grad_norm", "ga_weight", "gram_weight"):
             if getattr(self, name) < 0.0:
                 problems.append(f"{name} must be non-negative, got {getattr(self, name)}")
         if self.temperature <= 0.0 or self.lr <= 0.0:
@@ -222,6 +254,7 @@ class ProxyConfig:
             "probe_tokens": ("response", "all"),
             "ridge_mode": ("relative", "absolute"),
             "lr_schedule": ("cosine", "constant"),
+            "align_hvp": ("exact", "finite"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -236,6 +269,14 @@ class ProxyConfig:
             problems.append(f"align_epochs must be positive, got {self.align_epochs}")
         if not 0.0 < self.align_fraction <= 1.0:
             problems.append(f"align_fraction must be in (0, 1], got {self.align_fraction}")
+        if self.gram_weight > 0 and self.align_hvp == "finite":
+            problems.append("gram_weight needs align_hvp exact (its gradient is a double backward)")
+        if self.gram_weight > 0 and self.align_batch_size < 2:
+            problems.append("gram_weight needs align_batch_size of at least 2 (pairs of samples)")
+        if not 0.0 < self.align_fd_step < 1.0:
+            problems.append(f"align_fd_step must be in (0, 1), got {self.align_fd_step}")
+        if self.align_max_length is not None and self.align_max_length < 2:
+            problems.append(f"align_max_length must be at least 2, got {self.align_max_length}")
         if self.weight_decay < 0.0:
             problems.append(f"weight_decay must be non-negative, got {self.weight_decay}")
         if not 0.0 <= self.warmup_fraction < 1.0:
