@@ -25,6 +25,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "probe_tokens": ("response", "all"),
     "ridge_mode": ("relative", "absolute"),
     "lr_schedule": ("cosine", "constant"),
+    "align_hvp": ("exact", "finite"),
 }
 
 # Config fields exposed as flags (flag name = field name with dashes), with their parsers.
@@ -45,6 +46,10 @@ _FLAGS: dict[str, Any] = {
     "align_epochs": float,
     "align_fraction": float,
     "rank_floor": float,
+    "ga_weight": float,
+    "gram_weight": float,
+    "align_max_length": int,
+    "align_fd_step": float,
     "batch_size": int,
     "max_length": int,
     "seed": int,
