@@ -60,7 +60,9 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", default="smollm2-135m-instruct")
-    p.add_argument("--rows", nargs="+", required=True, help=f"rows: {', '.join(ROWS)}")
+    p.add_argument(
+        "--rows", nargs="*", default=[], help=f"rows: {', '.join(ROWS)} (none: rewrite the docs)"
+    )
     p.add_argument(
         "--set",
         nargs="*",
@@ -81,6 +83,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0, help="data slice seed")
     p.add_argument("--no-write", action="store_true")
+    p.add_argument(
+        "--wait-reference",
+        type=float,
+        default=0.0,
+        metavar="MINUTES",
+        help="wait up to this long for another run to store the reference scores",
+    )
     return p.parse_args()
 
 
@@ -165,9 +174,14 @@ def main() -> None:
             "seed",
         )
     }
-    state = json.loads(OUT.read_text()) if OUT.exists() else {"sizes": None, "rows": []}
-    if state.get("sizes") != sizes:
-        state = {"sizes": sizes, "rows": [], "reference": None}
+    deadline = time.monotonic() + 60 * args.wait_reference
+    while True:
+        state = json.loads(OUT.read_text()) if OUT.exists() else {"sizes": None, "rows": []}
+        if state.get("sizes") != sizes:
+            state = {"sizes": sizes, "rows": [], "reference": None}
+        if state.get("reference") is not None or time.monotonic() > deadline:
+            break
+        time.sleep(30)
     cached_probes()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -178,6 +192,9 @@ def main() -> None:
             for r in pool_rows
         }
         extra = build_files(args, work, pool_ids)
+        if not args.rows:  # rewrite the docs from the stored rows
+            write(args, state, files)
+            return
         target = load_model(args.model)
         model, tok = target.model, target.tokenizer
         if state.get("reference") is None:
@@ -244,6 +261,11 @@ def _f(x: Any, digits: int = 2) -> str:
 
 def write(args: argparse.Namespace, state: dict[str, Any], files: dict[str, Any]) -> None:
     OUT.parent.mkdir(parents=True, exist_ok=True)
+    if OUT.exists():  # another invocation may have added rows since this one started
+        stored = json.loads(OUT.read_text())
+        if stored.get("sizes") == state["sizes"]:
+            mine = {r["row"] for r in state["rows"]}
+            state["rows"] = [r for r in stored["rows"] if r["row"] not in mine] + state["rows"]
     OUT.write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
     ref = state["reference"]
     head = (
