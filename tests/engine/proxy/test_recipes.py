@@ -290,3 +290,47 @@ def test_gram_steps_lower_the_gram_term(
     assert last["gram"] < 0.5 * first["gram"]
     with pytest.raises(ConfigError, match="gram_weight"):
         ProxyConfig(gram_weight=1.0, align_hvp="finite")
+
+
+def test_an_alignment_step_out_of_memory_splits_its_passes(
+    make_target: Callable[..., LoadedModel],
+    records: list[Record],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Out of memory on the whole batch: the step's passes run a row at a time and give the
+    gradient of the whole batch (the finite-difference route accumulates exactly)."""
+    from worker.engine.proxy import align as align_module
+
+    target = make_target("llama")
+    target.model.double()
+    proxy = build_proxy(target, records, ProxyConfig(sparsity=0.5, **FAST)).model.double()
+    params = [p for p in proxy.parameters() if p.requires_grad]
+    batch = collate(encode_all(records[:4], target.tokenizer, 64), pad_token_id(target.tokenizer))
+    config = ProxyConfig(kl_weight=0.1)
+    with align_module.eager_attention(proxy):
+        want_losses = align_module.finite_difference_gradients(target.model, proxy, batch, config)
+        want = torch.cat([p.grad.flatten() for p in params])  # type: ignore[union-attr]
+        original = align_module.forward_logits
+
+        def small_only(model: torch.nn.Module, b: dict[str, torch.Tensor]) -> torch.Tensor:
+            if b["input_ids"].shape[0] > 1:
+                raise torch.OutOfMemoryError("simulated: the batch does not fit")
+            return original(model, b)
+
+        monkeypatch.setattr(align_module, "forward_logits", small_only)
+        losses, rows = align_module.step_gradients(target.model, proxy, batch, config, params)
+        got = torch.cat([p.grad.flatten() for p in params])  # type: ignore[union-attr]
+    assert rows == 1
+    assert float(losses.ga) == pytest.approx(float(want_losses.ga), abs=1e-9)
+    assert float(losses.kl) == pytest.approx(float(want_losses.kl), rel=1e-5)  # float32 KL
+    cos = float(torch.nn.functional.cosine_similarity(got, want, dim=0))
+    assert cos > 0.9999
+    # a single row that does not fit is the error itself
+    one = {k: v[:1] for k, v in batch.items()}
+    monkeypatch.setattr(
+        align_module,
+        "forward_logits",
+        lambda m, b: (_ for _ in ()).throw(torch.OutOfMemoryError("simulated")),
+    )
+    with pytest.raises(torch.OutOfMemoryError):
+        align_module.step_gradients(target.model, proxy, one, config, params)

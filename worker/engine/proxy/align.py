@@ -149,11 +149,26 @@ def alignment_steps(config: ProxyConfig, records: int) -> int:
     return max(1, math.ceil(config.align_epochs * per_pass))
 
 
+def _rows(batch: dict[str, torch.Tensor], size: int) -> list[dict[str, torch.Tensor]]:
+    """``batch`` split into consecutive pieces of at most ``size`` rows."""
+    n = int(batch["input_ids"].shape[0])
+    return [{k: v[i : i + size] for k, v in batch.items()} for i in range(0, n, size)]
+
+
+def _add(
+    total: list[torch.Tensor] | None, part: Sequence[torch.Tensor], w: float
+) -> list[torch.Tensor]:
+    scaled = [w * x.to(torch.promote_types(x.dtype, torch.float32)) for x in part]
+    return scaled if total is None else [a + b for a, b in zip(total, scaled, strict=True)]
+
+
 def finite_difference_gradients(
     target: nn.Module,
     proxy: nn.Module,
     batch: dict[str, torch.Tensor],
     config: ProxyConfig,
+    *,
+    chunk: int | None = None,
 ) -> AlignLosses:
     """The gradient of ``L_GA + kl_weight * L_KL`` in the factors without a double backward:
     sets each factor's ``.grad`` and returns the losses (detached).
@@ -165,23 +180,42 @@ def finite_difference_gradients(
     (``align_fd_step``) of ``|theta| / |u|``: one more first-order forward+backward of the
     proxy instead of a backward through the graph of its backward. ``tests/engine/proxy``
     compares it with the exact double backward.
+
+    Every pass is first order, so the batch can be taken ``chunk`` rows at a time (for a device
+    short of memory) with the same result: the batch-mean gradients and the KL over positions
+    are accumulated across pieces before the cosines are taken.
     """
     layers: dict[str, LowRankLinear] = factor_modules(proxy)
     if not layers:
         raise ValueError("the proxy has no low-rank layer to align")
     params = [t for m in layers.values() for t in (m.A, m.B)]
-    t_logits, t_grads = target_signals(target, list(layers), batch)
+    n = int(batch["input_ids"].shape[0])
+    pieces = _rows(batch, chunk or n)
+    positions = int(loss_positions(batch["labels"]).sum())
+    t_grads: list[torch.Tensor] | None = None
+    g: list[torch.Tensor] | None = None
+    kl_grads: list[torch.Tensor] | None = None
+    kl_parts: list[torch.Tensor] = []
+    for piece in pieces:
+        rows = int(piece["input_ids"].shape[0])
+        mask = loss_positions(piece["labels"])
+        t_logits, t_part = target_signals(target, list(layers), piece)
+        t_grads = _add(t_grads, t_part, rows / n)
+        with torch.enable_grad():
+            p_logits = forward_logits(proxy, piece)
+            p_loss = sequence_losses(p_logits, piece["labels"]).mean()
+            keep = config.kl_weight > 0
+            g = _add(g, torch.autograd.grad(p_loss, params, retain_graph=keep), rows / n)
+            share = int(mask.sum()) / positions
+            piece_kl = temperature_kl(t_logits, p_logits, mask, config.temperature)
+            kl_parts.append(share * piece_kl.detach())
+            if keep:
+                part = torch.autograd.grad(config.kl_weight * piece_kl, params)
+                kl_grads = _add(kl_grads, part, share)
+        del t_logits, p_logits
+    assert t_grads is not None and g is not None
+    kl = torch.stack(kl_parts).sum()
     with torch.enable_grad():
-        p_logits = forward_logits(proxy, batch)
-        p_loss = sequence_losses(p_logits, batch["labels"]).mean()
-        kl = temperature_kl(t_logits, p_logits, loss_positions(batch["labels"]), config.temperature)
-        keep = config.kl_weight > 0
-        g = torch.autograd.grad(p_loss, params, retain_graph=keep)
-        kl_grads = (
-            torch.autograd.grad(config.kl_weight * kl, params)
-            if keep
-            else tuple(torch.zeros_like(p) for p in params)
-        )
         leaves = [x.detach().requires_grad_(True) for x in g]
         pairs = []
         for i, (mod, gW) in enumerate(zip(layers.values(), t_grads, strict=True)):
@@ -193,27 +227,31 @@ def finite_difference_gradients(
     u_norm = torch.linalg.vector_norm(torch.stack([x.float().norm() for x in u]))
     hvp: list[torch.Tensor]
     if float(u_norm) == 0.0:
-        hvp = [torch.zeros_like(p) for p in params]
+        hvp = [torch.zeros_like(p, dtype=torch.float32) for p in params]
     else:
         eps = config.align_fd_step * float(theta_norm) / float(u_norm)
         saved = [p.detach().clone() for p in params]
         with torch.no_grad():
             for p, d in zip(params, u, strict=True):
                 p.add_(d.to(p.dtype), alpha=eps)
+        g2: list[torch.Tensor] | None = None
         try:
-            with torch.enable_grad():
-                shifted = sequence_losses(forward_logits(proxy, batch), batch["labels"]).mean()
-                g2 = torch.autograd.grad(shifted, params)
+            for piece in pieces:
+                rows = int(piece["input_ids"].shape[0])
+                with torch.enable_grad():
+                    shifted = sequence_losses(forward_logits(proxy, piece), piece["labels"]).mean()
+                    g2 = _add(g2, torch.autograd.grad(shifted, params), rows / n)
         finally:
             with torch.no_grad():
                 for p, w in zip(params, saved, strict=True):
                     p.copy_(w)
+        assert g2 is not None
         hvp = [(b - a) / eps for a, b in zip(g, g2, strict=True)]
-    for p, h, k in zip(params, hvp, kl_grads, strict=True):
-        p.grad = (h + k).to(p.dtype)
-    total = config.ga_weight * ga.detach() + config.kl_weight * kl.detach()
+    for i, (p, h) in enumerate(zip(params, hvp, strict=True)):
+        p.grad = (h + kl_grads[i] if kl_grads is not None else h).to(p.dtype)
+    total = config.ga_weight * ga.detach() + config.kl_weight * kl
     return AlignLosses(
-        total, ga.detach(), kl.detach(), [(float(a.detach()), float(b.detach())) for a, b in pairs]
+        total, ga.detach(), kl, [(float(a.detach()), float(b.detach())) for a, b in pairs]
     )
 
 
@@ -282,6 +320,50 @@ def align(
     return history
 
 
+def step_gradients(
+    target: nn.Module,
+    proxy: nn.Module,
+    batch: dict[str, torch.Tensor],
+    config: ProxyConfig,
+    params: Sequence[nn.Parameter],
+) -> tuple[AlignLosses, int]:
+    """Set the factors' ``.grad`` for one step; the losses and the rows per pass used.
+
+    A batch that runs out of device memory is not shrunk (``L_GA`` is a cosine of batch-mean
+    gradients: a smaller batch is a different objective): its passes are split instead, half
+    the rows at a time and down to one, by the finite-difference route, whose passes are all
+    first order and accumulate exactly. An exact (double backward) step that runs out of
+    memory takes that route for the step. The ``gram`` term needs the whole batch's graph, so
+    there the error is raised.
+    """
+    n = int(batch["input_ids"].shape[0])
+    rows = n
+    if config.align_hvp == "exact":
+        try:
+            losses = alignment_losses(target, proxy, batch, config, create_graph=True)
+            losses.total.backward()  # type: ignore[no-untyped-call]
+            return losses, n
+        except torch.OutOfMemoryError:
+            if config.gram_weight > 0 or n == 1:
+                raise
+        rows = max(1, n // 2)
+    while True:
+        for p in params:  # a failed pass may have left partial gradients
+            p.grad = None
+        _free(batch["input_ids"].device)
+        try:
+            return finite_difference_gradients(target, proxy, batch, config, chunk=rows), rows
+        except torch.OutOfMemoryError:
+            if rows == 1:
+                raise
+        rows = max(1, rows // 2)
+
+
+def _free(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def _step(
     target: nn.Module,
     proxy: nn.Module,
@@ -295,11 +377,7 @@ def _step(
     """One optimiser step on one batch; appends its losses to ``history``."""
     batch = collate(chunk, pad_id, model_device(proxy))
     optimizer.zero_grad(set_to_none=True)
-    if config.align_hvp == "finite":
-        losses = finite_difference_gradients(target, proxy, batch, config)
-    else:
-        losses = alignment_losses(target, proxy, batch, config, create_graph=True)
-        losses.total.backward()  # type: ignore[no-untyped-call]
+    losses, rows = step_gradients(target, proxy, batch, config, params)
     grad_norm = (
         float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
         if config.max_grad_norm > 0
@@ -313,6 +391,8 @@ def _step(
             "ga": float(losses.ga.detach()),
             "kl": float(losses.kl.detach()),
             **({"gram": float(losses.gram.detach())} if losses.gram is not None else {}),
+            # Rows per pass when the device ran out of memory on the whole batch.
+            **({"rows_per_pass": rows} if rows < len(chunk) else {}),
             "grad_norm": grad_norm,
         }
     )
