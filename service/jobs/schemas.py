@@ -25,7 +25,34 @@ class ProxySpec(BaseModel):
     proxy_id: StoredText | None = Field(
         None, description="Reuse this built proxy instead of building."
     )
+    recipe: Literal["iprox", "official"] | None = Field(
+        None,
+        description=(
+            "Defaults to build with: `official` reproduces the IProX authors' recipe (rank "
+            "rounded up to a multiple of 128, absolute ridge, all-token probes, per-factor "
+            "L_GA, no KL, 5 epochs of AdamW at 1e-4); `iprox` (default) is this service's, "
+            "chosen by measurement. Fields given here override the recipe's values."
+        ),
+        examples=["iprox"],
+    )
     method: Literal["ipsvd", "svd", "random"] | None = Field(None, description="Compression.")
+    rank_allocation: Literal["uniform", "global"] | None = Field(
+        None,
+        description=(
+            "`uniform`: each layer its parameter-matched rank; `global`: the same parameter "
+            "budget spread across layers where their whitened spectra say it removes the most "
+            "error (ipsvd and svd)."
+        ),
+        examples=["uniform"],
+    )
+    balance: bool | None = Field(
+        None,
+        description=(
+            "Balance each rank component's norm between the factors A and B (function "
+            "unchanged; factor gradients no longer dominated by one factor)."
+        ),
+        examples=[True],
+    )
     sparsity: float | None = Field(None, ge=0, lt=1, description="Fraction of parameters removed.")
     probe_samples: int | None = Field(None, gt=0, description="Probe sequences for IPSVD.")
     align_steps: int | None = Field(None, ge=0, description="Alignment steps (0 = none).")

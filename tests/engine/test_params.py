@@ -73,8 +73,12 @@ def test_cli_defaults_and_help_are_the_dataclass_fields() -> None:
     for name in ("sparsity", "align_steps", "probe_samples"):
         assert getattr(select, name) == getattr(ProxyConfig(), name), name
     for f in fields(ProxyConfig):
-        if hasattr(proxy, f.name) and f.name not in ("target_modules", "checkpointing"):
+        if not hasattr(proxy, f.name) or f.name in ("target_modules", "checkpointing"):
+            continue
+        if f.name in ("recipe", "method", "factor_dtype"):
             assert getattr(proxy, f.name) == f.default, f.name
+        else:  # unset: the recipe's value (for the default recipe, the field's default)
+            assert getattr(proxy, f.name) is None, f.name
     assert select.top_k == 3 and select.fraction is None and SelectionConfig(top_k=3).top_k == 3
 
 

@@ -36,6 +36,22 @@ def test_proxy_spec_fields_exist_in_proxy_config() -> None:
     assert (memory.checkpointing, memory.factor_dtype) == (True, "float32")
 
 
+def test_proxy_recipe_resolves_in_the_worker_with_overrides() -> None:
+    official = proxy_config(ProxySpec(recipe="official").model_dump())
+    assert official == ProxyConfig.for_recipe("official")
+    assert (official.kl_weight, official.ridge_mode, official.rank_rule) == (
+        0.0,
+        "absolute",
+        "official",
+    )
+    tuned = proxy_config(ProxySpec(recipe="official", kl_weight=0.5, balance=True).model_dump())
+    assert (tuned.kl_weight, tuned.balance, tuned.lr_schedule) == (0.5, True, "constant")
+    glob = proxy_config(ProxySpec(rank_allocation="global").model_dump())
+    assert (glob.recipe, glob.rank_allocation) == ("iprox", "global")
+    with pytest.raises(ValueError, match="recipe"):
+        ProxySpec(recipe="paper")  # type: ignore[arg-type]
+
+
 def test_scorer_and_selection_specs_map_onto_engine_configs() -> None:
     names = {f.name for f in fields(ScoreConfig)}
     assert set(ScorerSpec.model_fields) - {"method"} <= names

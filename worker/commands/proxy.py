@@ -16,23 +16,38 @@ from typing import Any
 
 from worker.commands.runtime import add_runtime_args, runtime_of
 from worker.engine.params import add_flag, default_of, help_of
-from worker.engine.proxy.config import ProxyConfig
+from worker.engine.proxy.config import RECIPES, ProxyConfig
 
-# Config fields exposed as flags (flag name = field name with dashes); each flag's type, choices,
-# default and help come from the field.
+# Config fields exposed as flags (flag name = field name with dashes); each flag's type, choices
+# and help come from the field. Their defaults are None here: an unset flag takes the recipe's
+# value, so --recipe official stays official.
 _FLAGS: tuple[str, ...] = (
     "sparsity",
-    "probe_samples",
-    "probe_positions",
-    "ridge",
+    "rank_rule",
     "rank_multiple",
+    "rank_allocation",
+    "rank_floor",
+    "probe_samples",
+    "probe_tokens",
+    "probe_positions",
+    "ridge_mode",
+    "ridge",
     "align_steps",
+    "align_epochs",
     "align_samples",
+    "align_fraction",
     "align_batch_size",
+    "align_max_length",
+    "align_hvp",
+    "align_fd_step",
+    "ga_weight",
+    "gram_weight",
     "kl_weight",
     "temperature",
     "lr",
+    "lr_schedule",
     "warmup_fraction",
+    "weight_decay",
     "batch_size",
     "max_length",
     "seed",
@@ -44,7 +59,7 @@ def _default(name: str) -> Any:
 
 
 def _help(name: str) -> str:
-    return help_of(ProxyConfig, name)
+    return f"{help_of(ProxyConfig, name)} (iprox recipe: {default_of(ProxyConfig, name)})"
 
 
 def register(subparsers: Any) -> None:
@@ -65,9 +80,15 @@ def register(subparsers: Any) -> None:
         "--data", type=Path, required=True, help="records to probe and align with (any format)"
     )
     build.add_argument("--out", type=Path, required=True, help="directory to write the proxy to")
+    build.add_argument(
+        "--recipe", choices=RECIPES, default="iprox", help=help_of(ProxyConfig, "recipe")
+    )
     add_flag(build, ProxyConfig, "method")
     for name in _FLAGS:
-        add_flag(build, ProxyConfig, name)
+        add_flag(build, ProxyConfig, name, default=None)
+    build.add_argument(
+        "--balance", action=argparse.BooleanOptionalAction, default=None, help=_help("balance")
+    )
     add_flag(build, ProxyConfig, "factor_dtype")
     build.add_argument("--checkpointing", action="store_true", help=_help("checkpointing"))
     build.add_argument(
@@ -104,9 +125,11 @@ def _build(args: argparse.Namespace) -> int:
     from worker.engine.proxy import build_proxy, save_proxy
 
     runtime = runtime_of(args)  # before anything is loaded
-    values = {name: getattr(args, name) for name in _FLAGS}
+    names = (*_FLAGS, "balance")
+    values = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
     modules = tuple(m.strip() for m in args.target_modules.split(",") if m.strip())
-    config = ProxyConfig(
+    config = ProxyConfig.for_recipe(
+        args.recipe,
         method=args.method,
         target_modules=modules,
         factor_dtype=args.factor_dtype,
@@ -121,8 +144,10 @@ def _build(args: argparse.Namespace) -> int:
     m = proxy.manifest
     summary = {
         "proxy": str(path),
+        "recipe": m["recipe"],
         "method": m["method"],
         "sparsity": m["sparsity"],
+        "ranks_by_type": m["ranks_by_type"],
         "target_params": m["target_params"],
         "proxy_params": m["proxy_params"],
         "compressed_layers": m["compressed_layers"],

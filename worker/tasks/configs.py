@@ -36,8 +36,9 @@ def proxy_config(spec: dict[str, Any]) -> ProxyConfig:
     """The request's ``proxy`` settings over the engine's defaults (ConfigError if invalid)."""
     from worker.engine.proxy import ProxyConfig
 
+    given = _given("proxy", spec, skip=("proxy_id",))
     try:
-        return ProxyConfig.from_dict(_given("proxy", spec, skip=("proxy_id",)))
+        return ProxyConfig.for_recipe(given.pop("recipe", "iprox"), **given)
     except ConfigError as exc:
         raise _named("proxy", exc) from None
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from worker.engine.math.alignment import (
-    factor_cosine,
+    factor_cosines,
     factor_space_targets,
     gradient_alignment_loss,
 )
@@ -31,21 +31,60 @@ def test_factor_space_targets_equal_autograd_chain_rule() -> None:
     assert not tA.requires_grad and not tB.requires_grad  # targets are constants
 
 
-def test_cosine_of_a_pair_with_itself_and_its_opposite() -> None:
+def test_cosines_are_taken_per_factor() -> None:
     g = torch.Generator().manual_seed(1)
     a, b = torch.randn(4, 2, generator=g), torch.randn(2, 6, generator=g)
-    assert float(factor_cosine(a, b, a, b)) == pytest.approx(1.0, abs=1e-6)
-    assert float(factor_cosine(a, b, -a, -b)) == pytest.approx(-1.0, abs=1e-6)
-    assert float(factor_cosine(a, b, 3.0 * a, 3.0 * b)) == pytest.approx(1.0, abs=1e-6)
-    flat = torch.cat([a.flatten(), b.flatten()])
     c, d = torch.randn(4, 2, generator=g), torch.randn(2, 6, generator=g)
-    other = torch.cat([c.flatten(), d.flatten()])
-    expected = torch.nn.functional.cosine_similarity(flat, other, dim=0)
-    assert float(factor_cosine(a, b, c, d)) == pytest.approx(float(expected), abs=1e-6)
+    ca, cb = factor_cosines(a, b, c, d)
+    cos = torch.nn.functional.cosine_similarity
+    assert float(ca) == pytest.approx(float(cos(a.flatten(), c.flatten(), dim=0)), abs=1e-6)
+    assert float(cb) == pytest.approx(float(cos(b.flatten(), d.flatten(), dim=0)), abs=1e-6)
+    ca, cb = factor_cosines(a, b, -3.0 * a, 2.0 * b)
+    assert (float(ca), float(cb)) == pytest.approx((-1.0, 1.0), abs=1e-6)
 
 
-def test_gradient_alignment_loss_is_one_minus_mean_cosine() -> None:
-    cos = [torch.tensor(1.0), torch.tensor(0.5), torch.tensor(-0.5)]
-    assert float(gradient_alignment_loss(cos)) == pytest.approx(1.0 - 1.0 / 3.0)
+def test_per_factor_loss_does_not_depend_on_the_gauge() -> None:
+    """Rescaling A by c and B by 1/c scales each factor's gradient and target alike, so the
+    per-factor cosines (and L_GA) stay; one cosine over both factors would move."""
+    g = torch.Generator().manual_seed(2)
+    A = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    B = torch.randn(3, 5, generator=g, dtype=torch.float64)
+    gW_proxy = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    gW_target = torch.randn(6, 5, generator=g, dtype=torch.float64)
+
+    def loss(scale: float) -> float:
+        a, b = A * scale, B / scale
+        pa, pb = factor_space_targets(gW_proxy, a, b)  # the proxy's own factor gradients
+        ta, tb = factor_space_targets(gW_target, a, b)
+        return float(gradient_alignment_loss([factor_cosines(pa, pb, ta, tb)]))
+
+    assert loss(1.0) == pytest.approx(loss(40.0), abs=1e-12)
+    assert loss(1.0) == pytest.approx(loss(0.01), abs=1e-12)
+
+
+def test_gradient_alignment_loss_averages_the_two_factors_then_the_layers() -> None:
+    one, half = torch.tensor(1.0), torch.tensor(0.5)
+    pairs = [(one, one), (half, -half)]
+    # layer 1: 0; layer 2: 0.5 * (0.5 + 1.5) = 1
+    assert float(gradient_alignment_loss(pairs)) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="no layer"):
         gradient_alignment_loss([])
+
+
+def test_sample_gram_equals_inner_products_of_formed_gradients() -> None:
+    from worker.engine.math.alignment import cosine_matrix, gram_alignment_loss, sample_gram
+
+    g = torch.Generator().manual_seed(3)
+    left = torch.randn(3, 5, 4, generator=g, dtype=torch.float64)
+    right = torch.randn(3, 5, 6, generator=g, dtype=torch.float64)
+    left[1, 3:] = 0  # padding: no gradient there
+    G = [torch.einsum("to,ti->oi", left[i], right[i]) for i in range(3)]
+    want = torch.tensor([[float((G[i] * G[j]).sum()) for j in range(3)] for i in range(3)])
+    K = sample_gram(left, right)
+    torch.testing.assert_close(K, want.double())
+    C = cosine_matrix(K)
+    torch.testing.assert_close(C.diagonal(), torch.ones(3, dtype=torch.float64))
+    assert float(gram_alignment_loss(C, C)) == 0.0
+    assert float(gram_alignment_loss(C, torch.eye(3, dtype=torch.float64))) > 0
+    with pytest.raises(ValueError, match="B >= 2"):
+        gram_alignment_loss(C[:1, :1], C[:1, :1])

@@ -63,7 +63,7 @@ def test_alignment_losses_are_in_range_and_kl_vanishes_for_an_exact_proxy(
     losses = alignment_losses(target.model, proxy, batch, ProxyConfig(), create_graph=False)
     assert float(losses.kl.detach()) == pytest.approx(0.0, abs=1e-5)
     assert float(losses.ga.detach()) == pytest.approx(0.0, abs=1e-4)
-    assert all(c == pytest.approx(1.0, abs=1e-4) for c in losses.cosines)
+    assert all(c == pytest.approx((1.0, 1.0), abs=1e-4) for c in losses.cosines)
     assert len(losses.cosines) == 14
 
 

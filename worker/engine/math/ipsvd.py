@@ -65,11 +65,14 @@ class CovarianceRoot:
         return self.basis @ ((self.eig**power)[:, None] * (self.basis.T @ M))
 
 
-def covariance_root(X: torch.Tensor, ridge: float, dtype: torch.dtype = _DTYPE) -> CovarianceRoot:
+def covariance_root(
+    X: torch.Tensor, ridge: float, dtype: torch.dtype = _DTYPE, *, absolute: bool = False
+) -> CovarianceRoot:
     """Spectral form of ``X X^T / N + ridge * mean_eig * I`` for probes ``X: (dim, N)``.
 
-    ``ridge`` is relative to the mean eigenvalue ``tr(X X^T / N) / dim``. ``ridge = 0`` is
-    allowed only when the empirical covariance has full rank (otherwise the objective leaves
+    ``ridge`` is relative to the mean eigenvalue ``tr(X X^T / N) / dim``; with ``absolute`` it
+    is added as is (the authors' convention, which depends on the probes' scale). ``ridge = 0``
+    is allowed only when the empirical covariance has full rank (otherwise the objective leaves
     the complement of the probe span free and the minimiser is not unique).
     """
     if X.ndim != 2 or X.shape[1] < 1:
@@ -83,7 +86,7 @@ def covariance_root(X: torch.Tensor, ridge: float, dtype: torch.dtype = _DTYPE) 
     mean_eig = float(eig.sum()) / dim
     if mean_eig <= 0.0:
         raise ValueError("probes are all zero: the covariance carries no information")
-    lam = ridge * mean_eig
+    lam = ridge if absolute else ridge * mean_eig
     if lam == 0.0:
         tol = float(eig.max()) * max(dim, n) * torch.finfo(dtype).eps
         if U.shape[1] < dim or float(eig.min()) <= tol:
@@ -114,6 +117,36 @@ class IPSVDResult:
     weighted_error: float
 
 
+def whitened_problem(
+    W: torch.Tensor,
+    H: torch.Tensor,
+    Delta: torch.Tensor,
+    ridge: float,
+    dtype: torch.dtype = _DTYPE,
+    *,
+    absolute: bool = False,
+) -> tuple[torch.Tensor, CovarianceRoot, CovarianceRoot]:
+    """``(C_delta^1/2 W C_h^1/2, root_h, root_d)`` for ``W: (out, in)``, ``H: (in, N)``,
+    ``Delta: (out, N)``: the matrix IPSVD truncates and the roots that map it back."""
+    out_f, in_f = W.shape
+    if H.shape[0] != in_f or Delta.shape[0] != out_f or H.shape[1] != Delta.shape[1]:
+        raise ValueError(
+            f"probe shapes do not match W {tuple(W.shape)}: H {tuple(H.shape)}, "
+            f"Delta {tuple(Delta.shape)}"
+        )
+    root_h = covariance_root(H, ridge, dtype, absolute=absolute)
+    root_d = covariance_root(Delta, ridge, dtype, absolute=absolute)
+    return whiten(W, root_h, root_d), root_h, root_d
+
+
+def spectrum(M: torch.Tensor) -> torch.Tensor:
+    """Singular values of ``M: (m, n)``, descending, ``(min(m, n),)``: from the eigenvalues of
+    the smaller Gram matrix in float64 (no vectors: a few times cheaper than the truncation)."""
+    G = M.T @ M if M.shape[0] >= M.shape[1] else M @ M.T
+    evals = torch.linalg.eigvalsh(G.double())
+    return evals.flip(0).clamp_min(0.0).sqrt()
+
+
 def ipsvd(
     W: torch.Tensor,
     H: torch.Tensor,
@@ -121,6 +154,8 @@ def ipsvd(
     rank: int,
     ridge: float,
     dtype: torch.dtype = _DTYPE,
+    *,
+    absolute: bool = False,
 ) -> IPSVDResult:
     """Rank-``rank`` factors minimising ``|| C_delta^1/2 (W - A B) C_h^1/2 ||_F``.
 
@@ -128,18 +163,11 @@ def ipsvd(
     with the singular values split evenly between them (``A = C_delta^-1/2 U sqrt(S)``,
     ``B = sqrt(S) V^T C_h^-1/2``) so both have comparable scale when trained afterwards. The
     weighted error is read off the whitened residual, which is exactly the weighted one.
-    ``dtype``: the precision of the factorisation (see the module doc).
+    ``dtype``: the precision of the factorisation (see the module doc); ``absolute``: the
+    ridge is absolute (see :func:`covariance_root`).
     """
-    out_f, in_f = W.shape
-    if H.shape[0] != in_f or Delta.shape[0] != out_f or H.shape[1] != Delta.shape[1]:
-        raise ValueError(
-            f"probe shapes do not match W {tuple(W.shape)}: H {tuple(H.shape)}, "
-            f"Delta {tuple(Delta.shape)}"
-        )
     _check_rank(W, rank)
-    root_h = covariance_root(H, ridge, dtype)
-    root_d = covariance_root(Delta, ridge, dtype)
-    core = whiten(W, root_h, root_d)
+    core, root_h, root_d = whitened_problem(W, H, Delta, ridge, dtype, absolute=absolute)
     L, R = truncated_factors(core, rank)
     norm = torch.linalg.matrix_norm(core)
     error = float(torch.linalg.matrix_norm(core - L @ R) / norm) if float(norm) > 0 else 0.0

@@ -1,20 +1,23 @@
 """Alignment: train only the proxy's factors with ``L_GA + lambda_KL * L_KL``.
 
-``L_GA`` is the mean over compressed layers of ``1 - cos(proxy factor gradients, target weight
-gradient in factor space)``; ``L_KL`` the temperature-scaled KL from the target's to the proxy's
+``L_GA`` is the mean over compressed layers of ``0.5 [(1 - cos_A) + (1 - cos_B)]``, each
+cosine between a proxy factor's gradient and the target's weight gradient pushed into that
+factor's space (the authors' per-factor form: unlike one cosine over both factors, it does not
+depend on how the factor gauge splits scale between ``A`` and ``B``); ``L_KL`` the temperature-scaled KL from the target's to the proxy's
 token distributions over response tokens. ``L_GA`` is a function of gradients, so its own
 gradient needs second-order autograd (``create_graph=True`` on the proxy's backward pass); the
 target's side is a constant (computed without a graph to the factors).
 
-Steps use small batches (single records are noisy), AdamW, linear warm-up then cosine decay,
-and gradient-norm clipping.
+Steps use small batches (single records are noisy), AdamW (optional weight decay), a constant
+rate or linear warm-up then cosine decay, and optional gradient-norm clipping. ``align_epochs``
+turns the step count into passes over the alignment set.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -25,13 +28,14 @@ from worker.engine.data import Example, collate
 from worker.engine.device import model_device
 from worker.engine.lowrank import LowRankLinear
 from worker.engine.math.alignment import (
-    factor_cosine,
+    factor_cosines,
     factor_space_targets,
     gradient_alignment_loss,
 )
 from worker.engine.progress import ProgressFn, StopFn, check_stop, report
 from worker.engine.proxy.compress import factor_modules
 from worker.engine.proxy.config import ProxyConfig
+from worker.engine.proxy.gram import gram_loss, proxy_gram, target_gram
 from worker.engine.proxy.lm import forward_logits, loss_positions, sequence_losses, temperature_kl
 
 
@@ -40,7 +44,8 @@ class AlignLosses:
     total: torch.Tensor
     ga: torch.Tensor
     kl: torch.Tensor
-    cosines: list[float]
+    cosines: list[tuple[float, float]]
+    gram: torch.Tensor | None = None
 
 
 @contextmanager
@@ -107,24 +112,154 @@ def alignment_losses(
     layers: dict[str, LowRankLinear] = factor_modules(proxy)
     if not layers:
         raise ValueError("the proxy has no low-rank layer to align")
-    t_logits, t_grads = target_signals(target, list(layers), batch)
+    gram: torch.Tensor | None = None
+    if config.gram_weight > 0:
+        t_logits, t_cos, t_grads = target_gram(target, list(layers), batch)
+        with torch.enable_grad():
+            p_logits, p_cos, p_grads = proxy_gram(proxy, layers, batch)
+            gram = gram_loss(p_cos, t_cos)
+    else:
+        t_logits, t_grads = target_signals(target, list(layers), batch)
+        with torch.enable_grad():
+            p_logits = forward_logits(proxy, batch)
+            p_loss = sequence_losses(p_logits, batch["labels"]).mean()
+            params = [t for m in layers.values() for t in (m.A, m.B)]
+            p_grads = list(torch.autograd.grad(p_loss, params, create_graph=create_graph))
     with torch.enable_grad():
-        p_logits = forward_logits(proxy, batch)
-        p_loss = sequence_losses(p_logits, batch["labels"]).mean()
-        params = [t for m in layers.values() for t in (m.A, m.B)]
-        p_grads = torch.autograd.grad(p_loss, params, create_graph=create_graph)
         cosines = []
         for i, (mod, gW) in enumerate(zip(layers.values(), t_grads, strict=True)):
             tA, tB = factor_space_targets(gW, mod.A, mod.B)
-            cosines.append(factor_cosine(p_grads[2 * i], p_grads[2 * i + 1], tA, tB))
+            cosines.append(factor_cosines(p_grads[2 * i], p_grads[2 * i + 1], tA, tB))
         ga = gradient_alignment_loss(cosines)
         kl = temperature_kl(t_logits, p_logits, loss_positions(batch["labels"]), config.temperature)
-        total = ga + config.kl_weight * kl
-    return AlignLosses(total, ga, kl, [float(c.detach()) for c in cosines])
+        total = config.ga_weight * ga + config.kl_weight * kl
+        if gram is not None:
+            total = total + config.gram_weight * gram
+    return AlignLosses(
+        total, ga, kl, [(float(ca.detach()), float(cb.detach())) for ca, cb in cosines], gram
+    )
 
 
-def lr_factor(step: int, total: int, warmup_fraction: float) -> float:
-    """Multiplier of the peak rate at ``step`` (0-based): linear warm-up, then cosine to zero."""
+def alignment_steps(config: ProxyConfig, records: int) -> int:
+    """Optimiser steps: ``align_steps``, or ``ceil(align_epochs * batches per pass)`` (a pass
+    is ``records // align_batch_size`` full batches, at least one)."""
+    if config.align_epochs is None:
+        return config.align_steps
+    per_pass = max(1, records // config.align_batch_size)
+    return max(1, math.ceil(config.align_epochs * per_pass))
+
+
+def _rows(batch: dict[str, torch.Tensor], size: int) -> list[dict[str, torch.Tensor]]:
+    """``batch`` split into consecutive pieces of at most ``size`` rows."""
+    n = int(batch["input_ids"].shape[0])
+    return [{k: v[i : i + size] for k, v in batch.items()} for i in range(0, n, size)]
+
+
+def _add(
+    total: list[torch.Tensor] | None, part: Sequence[torch.Tensor], w: float
+) -> list[torch.Tensor]:
+    scaled = [w * x.to(torch.promote_types(x.dtype, torch.float32)) for x in part]
+    return scaled if total is None else [a + b for a, b in zip(total, scaled, strict=True)]
+
+
+def finite_difference_gradients(
+    target: nn.Module,
+    proxy: nn.Module,
+    batch: dict[str, torch.Tensor],
+    config: ProxyConfig,
+    *,
+    chunk: int | None = None,
+) -> AlignLosses:
+    """The gradient of ``L_GA + kl_weight * L_KL`` in the factors without a double backward:
+    sets each factor's ``.grad`` and returns the losses (detached).
+
+    ``L_GA`` depends on the factors ``theta`` through the proxy's gradient ``g = dL_p/dtheta``
+    (the targets are constants), so its gradient is a Hessian-vector product,
+    ``dL_GA/dtheta = H u`` with ``u = dL_GA/dg``, here taken as a forward difference of
+    gradients, ``H u ~ (g(theta + eps u) - g(theta)) / eps`` with ``eps`` a fixed fraction
+    (``align_fd_step``) of ``|theta| / |u|``: one more first-order forward+backward of the
+    proxy instead of a backward through the graph of its backward. ``tests/engine/proxy``
+    compares it with the exact double backward.
+
+    Every pass is first order, so the batch can be taken ``chunk`` rows at a time (for a device
+    short of memory) with the same result: the batch-mean gradients and the KL over positions
+    are accumulated across pieces before the cosines are taken.
+    """
+    layers: dict[str, LowRankLinear] = factor_modules(proxy)
+    if not layers:
+        raise ValueError("the proxy has no low-rank layer to align")
+    params = [t for m in layers.values() for t in (m.A, m.B)]
+    n = int(batch["input_ids"].shape[0])
+    pieces = _rows(batch, chunk or n)
+    positions = int(loss_positions(batch["labels"]).sum())
+    t_grads: list[torch.Tensor] | None = None
+    g: list[torch.Tensor] | None = None
+    kl_grads: list[torch.Tensor] | None = None
+    kl_parts: list[torch.Tensor] = []
+    for piece in pieces:
+        rows = int(piece["input_ids"].shape[0])
+        mask = loss_positions(piece["labels"])
+        t_logits, t_part = target_signals(target, list(layers), piece)
+        t_grads = _add(t_grads, t_part, rows / n)
+        with torch.enable_grad():
+            p_logits = forward_logits(proxy, piece)
+            p_loss = sequence_losses(p_logits, piece["labels"]).mean()
+            keep = config.kl_weight > 0
+            g = _add(g, torch.autograd.grad(p_loss, params, retain_graph=keep), rows / n)
+            share = int(mask.sum()) / positions
+            piece_kl = temperature_kl(t_logits, p_logits, mask, config.temperature)
+            kl_parts.append(share * piece_kl.detach())
+            if keep:
+                part = torch.autograd.grad(config.kl_weight * piece_kl, params)
+                kl_grads = _add(kl_grads, part, share)
+        del t_logits, p_logits
+    assert t_grads is not None and g is not None
+    kl = torch.stack(kl_parts).sum()
+    with torch.enable_grad():
+        leaves = [x.detach().requires_grad_(True) for x in g]
+        pairs = []
+        for i, (mod, gW) in enumerate(zip(layers.values(), t_grads, strict=True)):
+            tA, tB = factor_space_targets(gW, mod.A, mod.B)
+            pairs.append(factor_cosines(leaves[2 * i], leaves[2 * i + 1], tA, tB))
+        ga = gradient_alignment_loss(pairs)
+        u = torch.autograd.grad(config.ga_weight * ga, leaves)
+    theta_norm = torch.linalg.vector_norm(torch.stack([p.detach().float().norm() for p in params]))
+    u_norm = torch.linalg.vector_norm(torch.stack([x.float().norm() for x in u]))
+    hvp: list[torch.Tensor]
+    if float(u_norm) == 0.0:
+        hvp = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+    else:
+        eps = config.align_fd_step * float(theta_norm) / float(u_norm)
+        saved = [p.detach().clone() for p in params]
+        with torch.no_grad():
+            for p, d in zip(params, u, strict=True):
+                p.add_(d.to(p.dtype), alpha=eps)
+        g2: list[torch.Tensor] | None = None
+        try:
+            for piece in pieces:
+                rows = int(piece["input_ids"].shape[0])
+                with torch.enable_grad():
+                    shifted = sequence_losses(forward_logits(proxy, piece), piece["labels"]).mean()
+                    g2 = _add(g2, torch.autograd.grad(shifted, params), rows / n)
+        finally:
+            with torch.no_grad():
+                for p, w in zip(params, saved, strict=True):
+                    p.copy_(w)
+        assert g2 is not None
+        hvp = [(b - a) / eps for a, b in zip(g, g2, strict=True)]
+    for i, (p, h) in enumerate(zip(params, hvp, strict=True)):
+        p.grad = (h + kl_grads[i] if kl_grads is not None else h).to(p.dtype)
+    total = config.ga_weight * ga.detach() + config.kl_weight * kl
+    return AlignLosses(
+        total, ga.detach(), kl, [(float(a.detach()), float(b.detach())) for a, b in pairs]
+    )
+
+
+def lr_factor(step: int, total: int, warmup_fraction: float, schedule: str = "cosine") -> float:
+    """Multiplier of the peak rate at ``step`` (0-based): 1 for ``constant``; for ``cosine``
+    linear warm-up, then cosine to zero."""
+    if schedule == "constant":
+        return 1.0
     warmup = int(warmup_fraction * total)
     if step < warmup:
         return (step + 1) / (warmup + 1)
@@ -153,31 +288,80 @@ def align(
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
 ) -> list[dict[str, float]]:
-    """Run ``config.align_steps`` steps on ``proxy``'s factors (in place); the per-step history."""
-    if config.align_steps == 0:
+    """Run :func:`alignment_steps` steps on ``proxy``'s factors (in place); the per-step
+    history."""
+    if not config.aligns:
         return []
     if not examples:
         raise ValueError("alignment needs at least one example")
+    total = alignment_steps(config, len(examples))
     params = [t for m in factor_modules(proxy).values() for t in (m.A, m.B)]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, config.align_steps, config.warmup_fraction)
+        optimizer,
+        lambda s: lr_factor(s, total, config.warmup_fraction, config.lr_schedule),
     )
     stream = _batches(examples, config.align_batch_size, config.seed + 1)
     history: list[dict[str, float]] = []
+    # The exact gradient of L_GA is a double backward, which fused CPU attention lacks.
+    attention = eager_attention(proxy) if config.align_hvp == "exact" else nullcontext()
     with (
-        eager_attention(proxy),
+        attention,
         checkpointed_layers(proxy, config.checkpointing),
         checkpointed_layers(target, config.checkpointing),
     ):
-        for step in range(config.align_steps):
+        for step in range(total):
             check_stop(should_stop, "aligning")
             _step(target, proxy, next(stream), config, pad_id, params, optimizer, history)
             schedule.step()
-            report(progress, "aligning", step + 1, config.align_steps)
+            report(progress, "aligning", step + 1, total)
     for p in params:
         p.grad = None
     return history
+
+
+def step_gradients(
+    target: nn.Module,
+    proxy: nn.Module,
+    batch: dict[str, torch.Tensor],
+    config: ProxyConfig,
+    params: Sequence[nn.Parameter],
+) -> tuple[AlignLosses, int]:
+    """Set the factors' ``.grad`` for one step; the losses and the rows per pass used.
+
+    A batch that runs out of device memory is not shrunk (``L_GA`` is a cosine of batch-mean
+    gradients: a smaller batch is a different objective): its passes are split instead, half
+    the rows at a time and down to one, by the finite-difference route, whose passes are all
+    first order and accumulate exactly. An exact (double backward) step that runs out of
+    memory takes that route for the step. The ``gram`` term needs the whole batch's graph, so
+    there the error is raised.
+    """
+    n = int(batch["input_ids"].shape[0])
+    rows = n
+    if config.align_hvp == "exact":
+        try:
+            losses = alignment_losses(target, proxy, batch, config, create_graph=True)
+            losses.total.backward()  # type: ignore[no-untyped-call]
+            return losses, n
+        except torch.OutOfMemoryError:
+            if config.gram_weight > 0 or n == 1:
+                raise
+        rows = max(1, n // 2)
+    while True:
+        for p in params:  # a failed pass may have left partial gradients
+            p.grad = None
+        _free(batch["input_ids"].device)
+        try:
+            return finite_difference_gradients(target, proxy, batch, config, chunk=rows), rows
+        except torch.OutOfMemoryError:
+            if rows == 1:
+                raise
+        rows = max(1, rows // 2)
+
+
+def _free(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _step(
@@ -192,9 +376,8 @@ def _step(
 ) -> None:
     """One optimiser step on one batch; appends its losses to ``history``."""
     batch = collate(chunk, pad_id, model_device(proxy))
-    losses = alignment_losses(target, proxy, batch, config, create_graph=True)
     optimizer.zero_grad(set_to_none=True)
-    losses.total.backward()  # type: ignore[no-untyped-call]
+    losses, rows = step_gradients(target, proxy, batch, config, params)
     grad_norm = (
         float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
         if config.max_grad_norm > 0
@@ -207,6 +390,9 @@ def _step(
             "loss": float(losses.total.detach()),
             "ga": float(losses.ga.detach()),
             "kl": float(losses.kl.detach()),
+            **({"gram": float(losses.gram.detach())} if losses.gram is not None else {}),
+            # Rows per pass when the device ran out of memory on the whole batch.
+            **({"rows_per_pass": rows} if rows < len(chunk) else {}),
             "grad_norm": grad_norm,
         }
     )

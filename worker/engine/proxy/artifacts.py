@@ -31,7 +31,7 @@ from worker.engine.errors import ArtifactError
 from worker.engine.lowrank import LowRankLinear
 from worker.engine.models import LoadedModel
 from worker.engine.proxy.build import Proxy
-from worker.engine.proxy.compress import factor_modules, replace_layer
+from worker.engine.proxy.compress import balance_proxy, factor_modules, replace_layer
 from worker.engine.proxy.config import ProxyConfig
 
 MANIFEST = "proxy.json"
@@ -208,5 +208,10 @@ def load_proxy(
         config = ProxyConfig.from_dict(dict(manifest["config"]))
     except Exception as exc:
         raise ArtifactError(f"{out_dir / MANIFEST}: bad config: {exc}") from exc
+    if "gauge" not in manifest:
+        # Built before factors were balanced: balance them now (the function is unchanged;
+        # the factor gradients that scoring uses stop being dominated by one factor).
+        balance_proxy(model)
+        manifest["gauge"] = "balanced on load"
     manifest.pop("storage", None)
     return Proxy(model, tokenizer, config, manifest)

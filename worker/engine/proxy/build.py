@@ -18,7 +18,12 @@ from worker.engine.errors import ConfigError, EmptyDatasetError
 from worker.engine.models import LoadedModel
 from worker.engine.progress import ProgressFn, StopFn
 from worker.engine.proxy.align import align
-from worker.engine.proxy.compress import compress, parameter_summary
+from worker.engine.proxy.compress import (
+    balance_proxy,
+    compress,
+    parameter_summary,
+    ranks_by_type,
+)
 from worker.engine.proxy.config import ProxyConfig
 from worker.engine.proxy.methods import method_entry
 from worker.engine.proxy.probes import collect_probes, select_layers
@@ -45,7 +50,7 @@ def split_records(
 ) -> tuple[list[Record], list[Record]]:
     """Seeded, disjoint probe and alignment sets drawn from ``records``.
 
-    The alignment set defaults to 1% of the pool (at least one batch). When the pool is too
+    The alignment set defaults to ``align_fraction`` of the pool (at least one batch). When the pool is too
     small for both, the alignment set reuses records from the probe set rather than shrinking
     the probe set (probing is what the factorisation rests on).
     """
@@ -55,8 +60,8 @@ def split_records(
     probing = method_entry(config.method).needs_probes  # the method's registry entry says
     n_probe = min(config.probe_samples, len(shuffled)) if probing else 0
     n_align = 0
-    if config.align_steps > 0:
-        default = max(config.align_batch_size, math.ceil(0.01 * len(records)))
+    if config.aligns:
+        default = max(config.align_batch_size, math.ceil(config.align_fraction * len(records)))
         n_align = min(config.align_samples or default, len(shuffled))
     probe = shuffled[:n_probe]
     rest = shuffled[n_probe:]
@@ -118,6 +123,7 @@ def build_proxy(
             progress=progress,
             should_stop=should_stop,
             checkpointing=config.checkpointing,
+            all_tokens=config.probe_tokens == "all",
         )
     t_probe = time.perf_counter() - t0
     probe_columns = probes.columns if probes is not None else 0
@@ -128,8 +134,9 @@ def build_proxy(
     t_factor = time.perf_counter() - t0
     t0 = time.perf_counter()
     history: list[dict[str, float]] = []
-    if config.align_steps > 0:
-        align_examples = encode_all(align_records, tok, config.max_length, on_empty="skip")
+    if config.aligns:
+        length = config.align_max_length or config.max_length
+        align_examples = encode_all(align_records, tok, length, on_empty="skip")
         history = align(
             model,
             proxy_model,
@@ -139,6 +146,8 @@ def build_proxy(
             progress=progress,
             should_stop=should_stop,
         )
+        if config.balance:
+            balance_proxy(proxy_model)  # Adam moved the factors off the balanced gauge
     t_align = time.perf_counter() - t0
     proxy_model.eval()
     counts = parameter_summary(model, proxy_model)
@@ -146,8 +155,11 @@ def build_proxy(
     compressed_proxy = sum(r["proxy_params"] for r in layer_reports if r["kind"] == "lowrank")
     manifest: dict[str, Any] = {
         "format_version": MANIFEST_VERSION,
+        "recipe": config.recipe,
         "method": config.method,
         "sparsity": config.sparsity,
+        "rank_allocation": config.rank_allocation,
+        "gauge": "balanced" if config.balance else "as factorised",
         **counts,
         "param_ratio": counts["proxy_params"] / counts["target_params"],
         "compressed_layers": sum(1 for r in layer_reports if r["kind"] == "lowrank"),
@@ -156,6 +168,7 @@ def build_proxy(
         "achieved_sparsity": 1.0 - compressed_proxy / compressed_target
         if compressed_target
         else 0.0,
+        "ranks_by_type": ranks_by_type(layer_reports),
         "layers": layer_reports,
         "target": {"ref": target.ref, "identity": target.identity, "sha256": target.sha256},
         "probe": {
@@ -164,12 +177,14 @@ def build_proxy(
             "columns_per_layer": probe_columns,
             "positions_per_sequence": config.probe_positions,
             "ridge": config.ridge,
+            "ridge_mode": config.ridge_mode,
+            "tokens": config.probe_tokens,
             "oom_halvings": probes.halvings if probes is not None else 0,
         },
         "alignment": {
-            "records": len(align_records) if config.align_steps > 0 else 0,
-            "record_ids": [r.id for r in align_records] if config.align_steps > 0 else [],
-            "steps": config.align_steps,
+            "records": len(align_records) if config.aligns else 0,
+            "record_ids": [r.id for r in align_records] if config.aligns else [],
+            "steps": len(history),
             "first": history[0] if history else None,
             "last": history[-1] if history else None,
         },

@@ -20,6 +20,12 @@ def loss_positions(labels: torch.Tensor) -> torch.Tensor:
     return mask
 
 
+def all_token_labels(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Labels that put loss on every attended token (prompt included), as the authors' probes
+    do: ``input_ids`` with padding set to ``IGNORE_INDEX``; ``(batch, seq)``."""
+    return batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE_INDEX)
+
+
 def sequence_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy over each sequence's response tokens
     (:func:`worker.engine.math.nll.response_loss`).

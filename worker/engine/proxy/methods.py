@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from worker.engine.errors import ConfigError
-from worker.engine.math.ipsvd import ipsvd, random_factors, svd_factors
+from worker.engine.math.ipsvd import ipsvd, random_factors, spectrum, svd_factors, whitened_problem
 from worker.engine.proxy.config import ProxyConfig
 
 Factors = tuple[torch.Tensor, torch.Tensor, float | None]
@@ -28,6 +28,10 @@ Probe = tuple[torch.Tensor, torch.Tensor]
 Factorise = Callable[[torch.Tensor, int, ProxyConfig, Probe | None, torch.Generator], Factors]
 """``(W: (out, in), rank, config, probe, generator) -> Factors``."""
 
+Spectrum = Callable[[torch.Tensor, ProxyConfig, Probe | None], torch.Tensor]
+"""``(W: (out, in), config, probe) -> (min(out, in),)``: the singular values (descending) of
+the matrix the method truncates, from which global rank allocation reads each layer's error."""
+
 
 @dataclass(frozen=True)
 class MethodEntry:
@@ -38,6 +42,8 @@ class MethodEntry:
     needs_probes: bool
     """It weighs the factorisation by probe covariances: a probe set is drawn and collected."""
     factorise: Factorise
+    spectrum: Spectrum | None = None
+    """None: the method has no spectrum, so ranks can only be allocated per layer."""
 
 
 def _dtype(config: ProxyConfig) -> torch.dtype:
@@ -49,8 +55,23 @@ def _ipsvd(
 ) -> Factors:
     if probe is None:
         raise ConfigError("method: ipsvd needs probes (H, Delta); none were collected")
-    result = ipsvd(W, probe[0], probe[1], rank, config.ridge, _dtype(config))
+    absolute = config.ridge_mode == "absolute"
+    result = ipsvd(W, probe[0], probe[1], rank, config.ridge, _dtype(config), absolute=absolute)
     return result.A, result.B, result.weighted_error
+
+
+def _ipsvd_spectrum(W: torch.Tensor, config: ProxyConfig, probe: Probe | None) -> torch.Tensor:
+    if probe is None:
+        raise ConfigError("method: ipsvd needs probes (H, Delta); none were collected")
+    absolute = config.ridge_mode == "absolute"
+    core, _, _ = whitened_problem(
+        W, probe[0], probe[1], config.ridge, _dtype(config), absolute=absolute
+    )
+    return spectrum(core)
+
+
+def _svd_spectrum(W: torch.Tensor, config: ProxyConfig, _: Probe | None) -> torch.Tensor:
+    return spectrum(W.to(_dtype(config)))
 
 
 def _svd(
@@ -72,8 +93,15 @@ METHODS: dict[str, MethodEntry] = {
         "output-gradient covariances",
         needs_probes=True,
         factorise=_ipsvd,
+        spectrum=_ipsvd_spectrum,
     ),
-    "svd": MethodEntry("svd", "truncated SVD of each weight", needs_probes=False, factorise=_svd),
+    "svd": MethodEntry(
+        "svd",
+        "truncated SVD of each weight",
+        needs_probes=False,
+        factorise=_svd,
+        spectrum=_svd_spectrum,
+    ),
     "random": MethodEntry(
         "random",
         "each weight restricted to a random input subspace (seeded)",

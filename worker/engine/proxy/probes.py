@@ -27,7 +27,7 @@ from worker.engine.data import Example, batches, collate
 from worker.engine.device import model_device, to_device
 from worker.engine.layers import named_layers
 from worker.engine.progress import ProgressFn, StopFn, check_stop, report
-from worker.engine.proxy.lm import loss_positions, sequence_losses
+from worker.engine.proxy.lm import all_token_labels, loss_positions, sequence_losses
 
 
 @dataclass
@@ -129,12 +129,14 @@ def collect_probes(
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
     checkpointing: bool = False,
+    all_tokens: bool = False,
 ) -> Probes:
     """One forward/backward pass per batch of ``examples`` over ``model``; see the module doc.
     ``checkpointing``: recompute decoder layers' activations in the backward pass (less
     memory, one more forward; the captures are the same). A batch that runs out of device
     memory is split in two and retried (down to one sequence, where the error is raised);
-    the probes are the ones the smaller batches give, and ``halvings`` counts the splits."""
+    the probes are the ones the smaller batches give, and ``halvings`` counts the splits.
+    ``all_tokens``: positions and loss over every attended token, not just the response."""
     capture = _Capture(inputs={name: [] for name in layers}, grads={name: [] for name in layers})
     handles = [mod.register_forward_hook(capture.hook(name)) for name, mod in layers.items()]
     generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -143,6 +145,8 @@ def collect_probes(
 
     def one_pass(chunk: Sequence[Example]) -> None:
         batch = collate(chunk, pad_id)  # on the CPU: positions are drawn there
+        if all_tokens:
+            batch["labels"] = all_token_labels(batch)
         capture.rows, capture.cols = sample_positions(
             batch["labels"], positions_per_sequence, generator
         )
