@@ -113,6 +113,23 @@ class ProxyConfig:
     seed: int = field(
         default=0, metadata=_help("seeds the probe/alignment split, positions and random method")
     )
+    fidelity_samples: int = field(
+        default=64,
+        metadata=_help(
+            "records of the fidelity report's calibration slice: a seeded slice of the pool, "
+            "disjoint from the probe and alignment records, scored exactly by the proxy and the "
+            "target (Spearman, top-10% overlap, seconds per sample); fewer when the pool has "
+            "fewer left; 0: no report"
+        ),
+    )
+    fidelity_targets: int = field(
+        default=32,
+        metadata=_help(
+            "target records the fidelity report scores against at most: a seeded sample of the "
+            "job's target set, or without one, this many more pool records (disjoint from the "
+            "rest) as their own target"
+        ),
+    )
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -143,6 +160,13 @@ class ProxyConfig:
             )
         if not 0.0 <= self.warmup_fraction < 1.0:
             problems.append(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        if self.fidelity_samples != 0 and self.fidelity_samples < 2:
+            problems.append(
+                "fidelity_samples must be 0 (no fidelity report) or at least 2 (a rank "
+                f"correlation needs two records), got {self.fidelity_samples}"
+            )
+        if self.fidelity_targets < 1:
+            problems.append(f"fidelity_targets must be at least 1, got {self.fidelity_targets}")
         if self.factor_dtype not in ("float64", "float32"):
             problems.append(f"factor_dtype must be float64 or float32, got {self.factor_dtype!r}")
         if problems:
