@@ -35,6 +35,8 @@ _FLAGS: dict[str, Any] = {
     "batch_size": int,
     "max_length": int,
     "seed": int,
+    "fidelity_samples": int,
+    "fidelity_targets": int,
 }
 
 
@@ -84,6 +86,15 @@ def register(subparsers: Any) -> None:
         help="comma-separated layer-name suffixes to compress",
     )
     build.add_argument(
+        "--target",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a target-task file the fidelity report scores against (repeatable; the files' "
+        "records together form one target set); default: a slice of --data",
+    )
+    build.add_argument(
         "--standalone",
         action="store_true",
         help="store the whole proxy (config, tokenizer, all weights), not just the factors",
@@ -110,6 +121,7 @@ def _build(args: argparse.Namespace) -> int:
     from worker.engine.data import load_records
     from worker.engine.models import load_model
     from worker.engine.proxy import build_proxy, save_proxy
+    from worker.engine.proxy.fidelity import summary_line
 
     runtime = runtime_of(args)  # before anything is loaded
     values = {name: getattr(args, name) for name in _FLAGS}
@@ -122,9 +134,10 @@ def _build(args: argparse.Namespace) -> int:
         **values,
     )
     records = load_records(args.data)
+    targets = [r for path in args.target for r in load_records(path)] or None
     print(f"iprox proxy: loading {args.model}", file=sys.stderr, flush=True)
     target = load_model(args.model, cache_dir=args.cache_dir, runtime=runtime)
-    proxy = build_proxy(target, records, config, progress=_stderr_progress())
+    proxy = build_proxy(target, records, config, progress=_stderr_progress(), targets=targets)
     path = save_proxy(proxy, args.out, storage="standalone" if args.standalone else "factors")
     m = proxy.manifest
     summary = {
@@ -137,6 +150,18 @@ def _build(args: argparse.Namespace) -> int:
         "alignment": m["alignment"]["last"],
         "timings_s": m["timings_s"],
         "runtime": runtime.describe(),
+        "fidelity": _fidelity_figures(m.get("fidelity")),
     }
+    print(f"iprox proxy: {summary_line(m.get('fidelity'))}", file=sys.stderr, flush=True)
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _fidelity_figures(report: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The report without its record ids (those stay in ``proxy.json``)."""
+    if report is None:
+        return None
+    out = dict(report)
+    out["calibration"] = {k: v for k, v in report["calibration"].items() if k != "record_ids"}
+    out["targets"] = {k: v for k, v in report["targets"].items() if k != "record_ids"}
+    return out

@@ -141,14 +141,24 @@ def build_proxy_from_files(
     should_stop: StopFn | None = None,
     runtime: Runtime = CPU,
     models: ModelCache | None = None,
+    targets: Sequence[Path] = (),
 ) -> dict[str, Any]:
     """Build a proxy of ``model_ref`` from the records of ``data`` on ``runtime``, save it to
-    ``out_dir`` and return its manifest."""
+    ``out_dir`` and return its manifest. The manifest's fidelity report scores against the
+    records of the ``targets`` files together (none: a slice of the pool)."""
     from worker.engine.proxy import build_proxy, save_proxy
 
     target = _load(model_ref, progress, runtime, models)
     records = load_records(data)
-    proxy = build_proxy(target, records, config, progress=progress, should_stop=should_stop)
+    target_records = [r for path in targets for r in load_records(Path(path))] or None
+    proxy = build_proxy(
+        target,
+        records,
+        config,
+        progress=progress,
+        should_stop=should_stop,
+        targets=target_records,
+    )
     save_proxy(proxy, Path(out_dir))
     return dict(proxy.manifest)
 
