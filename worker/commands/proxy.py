@@ -121,7 +121,7 @@ def _build(args: argparse.Namespace) -> int:
     from worker.engine.data import load_records
     from worker.engine.models import load_model
     from worker.engine.proxy import build_proxy, save_proxy
-    from worker.engine.proxy.fidelity import summary_line
+    from worker.engine.proxy.fidelity import summary_line, without_record_ids
 
     runtime = runtime_of(args)  # before anything is loaded
     values = {name: getattr(args, name) for name in _FLAGS}
@@ -150,18 +150,8 @@ def _build(args: argparse.Namespace) -> int:
         "alignment": m["alignment"]["last"],
         "timings_s": m["timings_s"],
         "runtime": runtime.describe(),
-        "fidelity": _fidelity_figures(m.get("fidelity")),
+        "fidelity": without_record_ids(m.get("fidelity")),
     }
     print(f"iprox proxy: {summary_line(m.get('fidelity'))}", file=sys.stderr, flush=True)
     print(json.dumps(summary, indent=2))
     return 0
-
-
-def _fidelity_figures(report: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The report without its record ids (those stay in ``proxy.json``)."""
-    if report is None:
-        return None
-    out = dict(report)
-    out["calibration"] = {k: v for k, v in report["calibration"].items() if k != "record_ids"}
-    out["targets"] = {k: v for k, v in report["targets"].items() if k != "record_ids"}
-    return out

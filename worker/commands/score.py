@@ -137,6 +137,12 @@ def register(subparsers: Any) -> None:
     )
     select.add_argument("--align-steps", type=int, default=None, help="proxy alignment steps")
     select.add_argument("--probe-samples", type=int, default=None, help="IPSVD probe records")
+    select.add_argument(
+        "--fidelity-samples",
+        type=int,
+        default=None,
+        help="records of the proxy's fidelity report (default 64; 0: none; see iprox proxy build)",
+    )
     select.set_defaults(func=_select)
 
 
@@ -244,6 +250,8 @@ def _select(args: argparse.Namespace) -> int:
             proxy = replace(proxy, align_steps=args.align_steps)
         if args.probe_samples is not None:
             proxy = replace(proxy, probe_samples=args.probe_samples)
+        if args.fidelity_samples is not None:
+            proxy = replace(proxy, fidelity_samples=args.fidelity_samples)
     bars = _Bars()
     try:
         result = run_selection(

@@ -169,11 +169,13 @@ def _scoring_model(
     train: Path,
     progress: ProgressFn | None,
     should_stop: StopFn | None,
+    targets: Sequence[Path] = (),
 ) -> tuple[Any, Any, str, dict[str, Any] | None]:
     """The model to score with, its tokenizer, its store key, and the proxy's manifest.
 
-    ``proxy``: a saved proxy directory, a :class:`ProxyConfig` to build one now from the pool,
-    or ``None`` for the full target (no manifest).
+    ``proxy``: a saved proxy directory, a :class:`ProxyConfig` to build one now from the pool
+    (its fidelity report against the ``targets`` files), or ``None`` for the full target (no
+    manifest).
     """
     from worker.engine.proxy import ProxyConfig, build_proxy, load_proxy
     from worker.engine.scoring.store import tensor_fingerprint
@@ -182,7 +184,15 @@ def _scoring_model(
         return target.model, target.tokenizer, f"target:{target.sha256}", None
     if isinstance(proxy, ProxyConfig):
         records = load_records(train)
-        built = build_proxy(target, records, proxy, progress=progress, should_stop=should_stop)
+        target_records = [r for path in targets for r in load_records(Path(path))] or None
+        built = build_proxy(
+            target,
+            records,
+            proxy,
+            progress=progress,
+            should_stop=should_stop,
+            targets=target_records,
+        )
     else:
         built = load_proxy(Path(proxy), target)
     model_hash = f"proxy:{tensor_fingerprint(built.model)}"
@@ -211,6 +221,7 @@ def _scorers(
     adam: bool,
     progress: ProgressFn | None,
     should_stop: StopFn | None,
+    targets: Sequence[Path] = (),
 ) -> Iterator[_Scorer]:
     """The models to score with, one at a time (one model in memory at once): the target or its
     proxy; or, with ``checkpoints``, each checkpoint of that run (or a proxy built from it)."""
@@ -221,7 +232,9 @@ def _scorers(
                 "checkpoint of a warm-up or fine-tuning run (give its directory)"
             )
         t = time.perf_counter()
-        model, tok, key, manifest = _scoring_model(target, proxy, train, progress, should_stop)
+        model, tok, key, manifest = _scoring_model(
+            target, proxy, train, progress, should_stop, targets
+        )
         yield _Scorer(model, tok, key, manifest, 1.0, None, "model", time.perf_counter() - t)
         return
     from worker.engine.proxy import ProxyConfig
@@ -243,7 +256,9 @@ def _scorers(
         t = time.perf_counter()
         state = load_adam_state(ckpt.path) if adam else None  # fail before the costly part
         loaded = load_checkpoint(ckpt, base=target)
-        model, tok, key, manifest = _scoring_model(loaded, proxy, train, progress, should_stop)
+        model, tok, key, manifest = _scoring_model(
+            loaded, proxy, train, progress, should_stop, targets
+        )
         label = f"step {ckpt.step}"
         yield _Scorer(
             model, tok, key, manifest, ckpt.mean_lr, state, label, time.perf_counter() - t
@@ -342,7 +357,7 @@ def iter_scores(
     ``models`` keeps it loaded between calls.
     """
     target = _load(model_ref, progress, runtime, models)
-    scorers = _scorers(target, proxy, Path(train), checkpoints, adam, progress, None)
+    scorers = _scorers(target, proxy, Path(train), checkpoints, adam, progress, None, targets)
     yield from _weighted_scores(
         scorers,
         Path(train),
@@ -425,7 +440,7 @@ def run_selection(
     t = time.perf_counter()
     # Proxy builds happen inside the stream (one per checkpoint); their time is split out below.
     for batch in _weighted_scores(
-        _scorers(target, proxy, Path(train), checkpoints, adam, progress, should_stop),
+        _scorers(target, proxy, Path(train), checkpoints, adam, progress, should_stop, targets),
         Path(train),
         targets,
         config,
@@ -445,6 +460,9 @@ def run_selection(
         timings["proxy"] = build_s
         keys = ("method", "sparsity", "target_params", "proxy_params")
         proxy_info = {k: seen[0]["manifest"].get(k) for k in keys}
+        from worker.engine.proxy.fidelity import without_record_ids
+
+        proxy_info["fidelity"] = without_record_ids(seen[0]["manifest"].get("fidelity"))
     timings["scoring"] = time.perf_counter() - t - build_s
     tokenizer = seen[0]["tokenizer"]
     t = time.perf_counter()

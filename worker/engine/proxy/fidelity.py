@@ -174,6 +174,7 @@ def exact_calibration_scores(
         return scorer.target_vectors([batches], normalize=True)
 
     check_stop(should_stop, STAGE)
+    report(progress, STAGE, 0, len(slices.calibration))  # a heartbeat before the target set
     t0 = time.perf_counter()
     vectors = oom_retry(batch_size, vectors_at, events)[1]
     if vectors[0].is_cuda:
@@ -321,3 +322,13 @@ def summary_line(report: dict[str, Any] | None) -> str:
         f"(top {report['top_k']}); seconds per sample: target {t:.4f}, proxy {p:.4f}{speed} "
         f"[{sizes}; {report['seconds']:.1f} s]"
     )
+
+
+def without_record_ids(report: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``report`` without its record ids (summaries; the manifest keeps them)."""
+    if report is None:
+        return None
+    out = dict(report)
+    for side in ("calibration", "targets"):
+        out[side] = {k: v for k, v in report[side].items() if k != "record_ids"}
+    return out
