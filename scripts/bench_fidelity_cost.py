@@ -113,6 +113,7 @@ def main() -> None:
         "method": args.method,
         "sparsity": args.sparsity,
         "param_ratio": m["param_ratio"],
+        "probe_records": m["probe"]["records"],
         "timings_s": m["timings_s"],
         "wall_s": round(wall, 1),
         "fidelity": {k: v for k, v in f.items() if k not in ("calibration", "targets")},
@@ -154,9 +155,10 @@ def render(row: dict[str, Any], args: argparse.Namespace) -> str:
         f"Sizes: `{row['model']}` (float32); pool {args.pool_size} records (seeded slice of "
         f"Dolly-3k, skewed toward short items, + {round(args.gsm_fraction * args.pool_size)} "
         f"GSM8K train records); {row['method']} proxy at rho {row['sparsity']} "
-        f"({100 * row['param_ratio']:.1f}% of the target's parameters), {args.probe_samples} "
-        f"probe records, {args.align_steps} alignment steps (the report's cost does not depend "
-        f"on alignment); {args.max_length} tokens per record, batch {args.batch_size}. Report: "
+        f"({100 * row['param_ratio']:.1f}% of the target's parameters), {row['probe_records']} "
+        f"probe records, {args.align_steps} alignment steps (the report's cost depends on "
+        "neither the method nor alignment, only on the proxy's shapes); "
+        f"{args.max_length} tokens per record, batch {args.batch_size}. Report: "
         f"{row['calibration_records']} calibration records ({row['calibration_tokens']} tokens) "
         f"against {row['target_records']} GSM8K test records ({row['target_tokens']} tokens), "
         "each model scoring both exactly (the target set's vector takes two passes over it: "
