@@ -194,7 +194,9 @@ def exact_calibration_scores(
         report(progress, STAGE, len(by_example), total)
         check_stop(should_stop, f"{STAGE} ({label})")
     calibration_s = time.perf_counter() - t0
-    scores = torch.tensor([by_example[id(e)] for e in slices.calibration], dtype=torch.float64)
+    scores = torch.tensor(
+        [by_example[id(e)] for e in slices.calibration], dtype=torch.float64, device="cpu"
+    )
     params = sum(rows * cols for _, _, (rows, cols) in scorer.blocks)
     return ModelScores(scores, target_s, calibration_s, params)
 
