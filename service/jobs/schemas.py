@@ -68,6 +68,27 @@ class ProxySpec(BaseModel):
     factor_dtype: Literal["float64", "float32"] | None = Field(
         None, description="Precision of the IPSVD factorisation (float32 for slow-float64 GPUs)."
     )
+    fidelity_samples: int | None = Field(
+        None,
+        ge=0,
+        le=100_000,
+        description="Pool records the fidelity report scores with both the proxy and the target "
+        "(a seeded slice disjoint from probes and alignment; default 64; 0: no report).",
+    )
+    fidelity_targets: int | None = Field(
+        None,
+        gt=0,
+        le=100_000,
+        description="Target records the fidelity report scores against at most (a seeded sample "
+        "of target_uri's records; without target_uri, pool records; default 32).",
+    )
+
+    @field_validator("fidelity_samples")
+    @classmethod
+    def _a_pair_to_rank(cls, value: int | None) -> int | None:
+        if value == 1:
+            raise ValueError("0 (no fidelity report) or at least 2 (a rank correlation needs two)")
+        return value
 
     @model_validator(mode="after")
     def _reuse_excludes_settings(self) -> ProxySpec:

@@ -3,9 +3,134 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class FidelitySlice(BaseModel):
+    """The records one side of the fidelity report scored."""
+
+    records: int = Field(
+        description="Records scored (fewer than requested when the pool had fewer)."
+    )
+    requested: int = Field(description="Records asked for (fidelity_samples or fidelity_targets).")
+    tokens: int = Field(description="Tokens in those records, after truncation to max_length.")
+    record_ids: list[str] = Field(description="Their record ids, in draw order.")
+
+
+class FidelityCalibration(FidelitySlice):
+    eligible_pool_records: int = Field(
+        description="Pool records that are neither probe nor alignment records."
+    )
+
+
+class FidelityTargets(FidelitySlice):
+    source: Literal["job", "pool"] = Field(
+        description="job: a seeded sample of the job's target set; pool: pool records, disjoint "
+        "from the calibration, probe and alignment records, as their own target."
+    )
+    available: int | None = Field(description="Records in the job's target set (pool: null).")
+
+
+class FidelityCost(BaseModel):
+    """What scoring the calibration slice exactly cost one model, on the worker that built it."""
+
+    seconds_per_sample: float = Field(description="Seconds per calibration record scored.")
+    calibration_s: float = Field(description="Seconds to score the calibration slice.")
+    target_set_s: float = Field(description="Seconds to build the target set's vector.")
+    scored_params: int = Field(description="Parameters whose gradients are scored.")
+
+
+class FidelityRead(BaseModel):
+    """Does the proxy rank data like its target? Both score a calibration slice of the pool
+    exactly (TracIn cosine against the target set); ``spearman`` and ``top_overlap`` compare
+    the two rankings (1.0: the same). Read it before scoring a large pool with the proxy."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "status": "measured",
+                "reason": None,
+                "spearman": 0.62,
+                "top_overlap": 0.5,
+                "top_fraction": 0.1,
+                "top_k": 6,
+                "speedup": 0.95,
+                "seconds": 224.0,
+                "seed": 0,
+                "max_length": 256,
+                "batch_size": 8,
+                "layers": [
+                    "q_proj",
+                    "k_proj",
+                    "v_proj",
+                    "o_proj",
+                    "gate_proj",
+                    "up_proj",
+                    "down_proj",
+                ],
+                "skipped_records": 0,
+                "calibration": {
+                    "records": 64,
+                    "requested": 64,
+                    "tokens": 6144,
+                    "eligible_pool_records": 1200,
+                    "record_ids": ["dolly-17", "gsm8k-3"],
+                },
+                "targets": {
+                    "source": "job",
+                    "records": 32,
+                    "requested": 32,
+                    "available": 200,
+                    "tokens": 3072,
+                    "record_ids": ["dev-0", "dev-5"],
+                },
+                "target": {
+                    "seconds_per_sample": 0.83,
+                    "calibration_s": 53.1,
+                    "target_set_s": 55.6,
+                    "scored_params": 106_168_320,
+                },
+                "proxy": {
+                    "seconds_per_sample": 0.88,
+                    "calibration_s": 56.3,
+                    "target_set_s": 57.9,
+                    "scored_params": 52_997_760,
+                },
+            }
+        }
+    )
+
+    status: Literal["measured", "skipped", "failed"] = Field(
+        description="measured; skipped: the pool left too few records (reason says how many); "
+        "failed: scoring raised an engine error (reason), the proxy was still built."
+    )
+    reason: str | None = Field(description="Why the report was skipped or failed.")
+    spearman: float | None = Field(
+        description="Spearman correlation of proxy and target scores (ties averaged); null when "
+        "not measured or a score vector is constant."
+    )
+    top_overlap: float | None = Field(
+        description="Share of the target's top top_fraction also in the proxy's top top_fraction."
+    )
+    top_fraction: float = Field(description="The top share top_overlap compares (0.1).")
+    top_k: int | None = Field(description="Records in that top share of the calibration slice.")
+    speedup: float | None = Field(
+        description="Target seconds per sample over the proxy's (above 1: the proxy is faster)."
+    )
+    seconds: float | None = Field(description="Seconds the whole report took.")
+    seed: int
+    max_length: int = Field(description="Tokens per record at most (the proxy build's).")
+    batch_size: int = Field(description="Records per scoring pass (the proxy build's).")
+    layers: list[str] = Field(description="Layer-name suffixes whose gradients are scored.")
+    skipped_records: int = Field(description="Records drawn but left out: no response token.")
+    calibration: FidelityCalibration
+    targets: FidelityTargets
+    target: FidelityCost | None = Field(
+        description="The full target's cost (null unless measured)."
+    )
+    proxy: FidelityCost | None = Field(description="The proxy's cost (null unless measured).")
 
 
 class ProxyRead(BaseModel):
@@ -16,6 +141,11 @@ class ProxyRead(BaseModel):
     sparsity: float
     sha256: str
     manifest: dict[str, Any]
+    fidelity: FidelityRead | None = Field(
+        None,
+        description="The fidelity report of the build (manifest.fidelity); null for proxies "
+        "built before it existed or with fidelity_samples 0.",
+    )
     created_at: datetime
 
 

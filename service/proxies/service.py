@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from service.errors import NotFound, ValidationFailed
 from service.jobs.repository import decode_cursor, encode_cursor
 from service.models import Proxy
 from service.proxies import repository as repo
-from service.proxies.schemas import ProxyPage, ProxyRead
+from service.proxies.schemas import FidelityRead, ProxyPage, ProxyRead
 from service.text import unstorable
+
+
+def fidelity_of(manifest: dict[str, Any]) -> FidelityRead | None:
+    """The manifest's fidelity report; ``None`` when it has none or one of another shape."""
+    report = manifest.get("fidelity")
+    if not isinstance(report, dict):
+        return None
+    try:
+        return FidelityRead.model_validate(report)
+    except ValidationError:
+        return None
 
 
 def to_read(p: Proxy) -> ProxyRead:
@@ -21,6 +35,7 @@ def to_read(p: Proxy) -> ProxyRead:
         sparsity=p.sparsity,
         sha256=p.sha256,
         manifest=p.manifest,
+        fidelity=fidelity_of(p.manifest),
         created_at=p.created_at,
     )
 

@@ -11,7 +11,9 @@ from service.db import session_scope
 from service.models import Proxy
 
 
-def _add_proxy(auth: dict[str, str], target_model: str) -> str:
+def _add_proxy(
+    auth: dict[str, str], target_model: str, manifest: dict[str, Any] | None = None
+) -> str:
     key = auth["Authorization"].removeprefix("Bearer ")
     with session_scope() as s:
         tenant = tenant_for_key(s, key)
@@ -23,7 +25,7 @@ def _add_proxy(auth: dict[str, str], target_model: str) -> str:
             sparsity=0.5,
             path="/nowhere",
             sha256="0" * 64,
-            manifest={"method": "ipsvd", "proxy_params": 10},
+            manifest=manifest or {"method": "ipsvd", "proxy_params": 10},
         )
         s.add(proxy)
         s.flush()
@@ -63,3 +65,39 @@ def test_reusing_a_proxy_is_checked(
     both = select_body | {"proxy": {"proxy_id": mine, "sparsity": 0.3}}
     r = client.post("/jobs", json=both, headers=auth)
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "proxy"
+
+
+def test_the_fidelity_report_is_a_typed_field_and_old_proxies_have_none(
+    client: TestClient, auth: dict[str, str], model_dir: str
+) -> None:
+    from service.proxies.schemas import FidelityRead
+
+    example = FidelityRead.model_config["json_schema_extra"]["example"]  # type: ignore[index]
+    report = FidelityRead.model_validate(example).model_dump()
+    with_report = _add_proxy(auth, model_dir, {"method": "ipsvd", "fidelity": report})
+    got = client.get(f"/proxies/{with_report}", headers=auth).json()
+    assert got["fidelity"] == report and got["fidelity"]["spearman"] == 0.62
+    old = _add_proxy(auth, model_dir)  # built before the report existed
+    assert client.get(f"/proxies/{old}", headers=auth).json()["fidelity"] is None
+    odd = _add_proxy(auth, model_dir, {"method": "ipsvd", "fidelity": {"spearman": "high"}})
+    r = client.get(f"/proxies/{odd}", headers=auth)  # another version's shape: null, never a 500
+    assert r.status_code == 200 and r.json()["fidelity"] is None
+    schema = client.get("/openapi.json").json()["components"]["schemas"]
+    assert schema["FidelityRead"]["example"]["status"] == "measured"
+    assert "spearman" in schema["FidelityRead"]["properties"]
+
+
+def test_fidelity_settings_are_checked_at_submission(
+    client: TestClient, auth: dict[str, str], select_body: dict[str, Any]
+) -> None:
+    for value in (1, -1):
+        body = select_body | {"proxy": {"fidelity_samples": value}}
+        r = client.post("/jobs", json=body, headers=auth)
+        assert r.status_code == 422, r.text
+        assert r.json()["errors"][0]["field"] == "proxy.fidelity_samples"
+    r = client.post("/jobs", json=select_body | {"proxy": {"fidelity_targets": 0}}, headers=auth)
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "proxy.fidelity_targets"
+    body = select_body | {"proxy": {"fidelity_samples": 0, "fidelity_targets": 8}}
+    r = client.post("/jobs", json=body, headers=auth)
+    assert r.status_code == 202, r.text
+    assert r.json()["request"]["proxy"]["fidelity_samples"] == 0

@@ -23,7 +23,7 @@ from service.models import JobShard, Proxy
 from service.models.base import utcnow
 from service.queue import TASK_RANK_JOB, TASK_SCORE_SHARD
 from tests.service.kit import service_environ
-from tests.worker.conftest import FAST_SCORER, POOL, read_jsonl
+from tests.worker.conftest import FAST_PROXY, FAST_SCORER, POOL, read_jsonl
 from tests.worker.inline import InlineQueue
 from worker.tasks import steps
 
@@ -189,6 +189,41 @@ def test_proxy_build_then_select_reuses_it(
         row = s.get(Proxy, proxy_id)
         assert row is not None and row.path == str(artifacts.workspace("proxies", proxy_id))
     assert not artifacts.workspace("cache").exists()
+
+
+def test_the_fidelity_report_reaches_events_result_and_proxy_read(
+    client: TestClient, auth: dict[str, str], job_body: Callable[..., dict[str, Any]]
+) -> None:
+    # 6 pool records, 4 of them probes: 2 left to calibrate on, against the job's 1 target.
+    job_id = submit(client, auth, job_body())
+    InlineQueue().run(job_id)
+    job = client.get(f"/jobs/{job_id}", headers=auth).json()
+    assert job["status"] == "succeeded", job["error"]
+    figures = job["result"]["fidelity"]
+    assert figures["status"] == "measured" and figures["target_source"] == "job"
+    assert (figures["calibration_records"], figures["target_records"]) == (2, 1)
+    assert figures["spearman"] in (-1.0, 1.0) and figures["proxy_seconds_per_sample"] > 0
+    events = client.get(f"/jobs/{job_id}/events", headers=auth).json()["items"]
+    (event,) = [e for e in events if e["message"] == "proxy fidelity"]
+    assert event["data"] == {"proxy_id": job["proxy_id"]} | figures
+    proxy = client.get(f"/proxies/{job['proxy_id']}", headers=auth).json()
+    assert proxy["fidelity"] == proxy["manifest"]["fidelity"]
+    calibration = set(proxy["fidelity"]["calibration"]["record_ids"])
+    assert len(calibration) == 2 and not calibration & set(proxy["manifest"]["probe"]["record_ids"])
+    # A proxy_build job has no target set: the pool's 2 spare records split 1 + 1, too few.
+    build_id = submit(client, auth, job_body("proxy_build"))
+    InlineQueue().run(build_id)
+    built = client.get(f"/jobs/{build_id}", headers=auth).json()
+    assert built["result"]["fidelity"]["status"] == "skipped"
+    assert "too few records" in built["result"]["fidelity"]["reason"]
+    # fidelity_samples 0: no report anywhere.
+    off_id = submit(client, auth, job_body(proxy=FAST_PROXY | {"fidelity_samples": 0}))
+    InlineQueue().run(off_id)
+    off = client.get(f"/jobs/{off_id}", headers=auth).json()
+    assert off["status"] == "succeeded" and off["result"]["fidelity"] is None
+    assert client.get(f"/proxies/{off['proxy_id']}", headers=auth).json()["fidelity"] is None
+    events = client.get(f"/jobs/{off_id}/events", headers=auth).json()["items"]
+    assert not [e for e in events if e["message"] == "proxy fidelity"]
 
 
 @pytest.fixture

@@ -51,6 +51,8 @@ _FLAGS: tuple[str, ...] = (
     "batch_size",
     "max_length",
     "seed",
+    "fidelity_samples",
+    "fidelity_targets",
 )
 
 
@@ -97,6 +99,15 @@ def register(subparsers: Any) -> None:
         help="comma-separated layer-name suffixes to compress",
     )
     build.add_argument(
+        "--target",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a target-task file the fidelity report scores against (repeatable; the files' "
+        "records together form one target set); default: a slice of --data",
+    )
+    build.add_argument(
         "--standalone",
         action="store_true",
         help="store the whole proxy (config, tokenizer, all weights), not just the factors",
@@ -123,6 +134,7 @@ def _build(args: argparse.Namespace) -> int:
     from worker.engine.data import load_records
     from worker.engine.models import load_model
     from worker.engine.proxy import build_proxy, save_proxy
+    from worker.engine.proxy.fidelity import summary_line, without_record_ids
 
     runtime = runtime_of(args)  # before anything is loaded
     names = (*_FLAGS, "balance")
@@ -137,9 +149,10 @@ def _build(args: argparse.Namespace) -> int:
         **values,
     )
     records = load_records(args.data)
+    targets = [r for path in args.target for r in load_records(path)] or None
     print(f"iprox proxy: loading {args.model}", file=sys.stderr, flush=True)
     target = load_model(args.model, cache_dir=args.cache_dir, runtime=runtime)
-    proxy = build_proxy(target, records, config, progress=_stderr_progress())
+    proxy = build_proxy(target, records, config, progress=_stderr_progress(), targets=targets)
     path = save_proxy(proxy, args.out, storage="standalone" if args.standalone else "factors")
     m = proxy.manifest
     summary = {
@@ -154,6 +167,8 @@ def _build(args: argparse.Namespace) -> int:
         "alignment": m["alignment"]["last"],
         "timings_s": m["timings_s"],
         "runtime": runtime.describe(),
+        "fidelity": without_record_ids(m.get("fidelity")),
     }
+    print(f"iprox proxy: {summary_line(m.get('fidelity'))}", file=sys.stderr, flush=True)
     print(json.dumps(summary, indent=2))
     return 0

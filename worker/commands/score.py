@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,7 @@ def register(subparsers: Any) -> None:
     add_flag(select, ProxyConfig, "sparsity")
     add_flag(select, ProxyConfig, "align_steps")
     add_flag(select, ProxyConfig, "probe_samples")
+    add_flag(select, ProxyConfig, "fidelity_samples", default=None)
     select.set_defaults(func=_select)
 
 
@@ -221,6 +223,8 @@ def _select(args: argparse.Namespace) -> int:
             align_steps=args.align_steps,
             probe_samples=args.probe_samples,
         )
+        if args.fidelity_samples is not None:
+            proxy = replace(proxy, fidelity_samples=args.fidelity_samples)
     bars = _Bars()
     try:
         result = run_selection(

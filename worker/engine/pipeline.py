@@ -141,15 +141,25 @@ def build_proxy_from_files(
     should_stop: StopFn | None = None,
     runtime: Runtime = CPU,
     models: ModelCache | None = None,
+    targets: Sequence[Path] = (),
 ) -> dict[str, Any]:
     """Build a proxy of ``model_ref`` from the records of ``data`` on ``runtime``, save it to
-    ``out_dir`` and return its manifest."""
+    ``out_dir`` and return its manifest. The manifest's fidelity report scores against the
+    records of the ``targets`` files together (none: a slice of the pool)."""
     from worker.engine.proxy import build_proxy, save_proxy
 
     target = _load(model_ref, progress, runtime, models)
     records = load_records(data)
+    target_records = [r for path in targets for r in load_records(Path(path))] or None
     with math_boundary():
-        proxy = build_proxy(target, records, config, progress=progress, should_stop=should_stop)
+        proxy = build_proxy(
+            target,
+            records,
+            config,
+            progress=progress,
+            should_stop=should_stop,
+            targets=target_records,
+        )
     save_proxy(proxy, Path(out_dir))
     return dict(proxy.manifest)
 
@@ -160,11 +170,13 @@ def _scoring_model(
     train: Path,
     progress: ProgressFn | None,
     should_stop: StopFn | None,
+    targets: Sequence[Path] = (),
 ) -> tuple[Any, Any, str, dict[str, Any] | None]:
     """The model to score with, its tokenizer, its store key, and the proxy's manifest.
 
-    ``proxy``: a saved proxy directory, a :class:`ProxyConfig` to build one now from the pool,
-    or ``None`` for the full target (no manifest).
+    ``proxy``: a saved proxy directory, a :class:`ProxyConfig` to build one now from the pool
+    (its fidelity report against the ``targets`` files), or ``None`` for the full target (no
+    manifest).
     """
     from worker.engine.proxy import ProxyConfig, build_proxy, load_proxy
     from worker.engine.scoring.store import tensor_fingerprint
@@ -173,7 +185,15 @@ def _scoring_model(
         return target.model, target.tokenizer, f"target:{target.sha256}", None
     if isinstance(proxy, ProxyConfig):
         records = load_records(train)
-        built = build_proxy(target, records, proxy, progress=progress, should_stop=should_stop)
+        target_records = [r for path in targets for r in load_records(Path(path))] or None
+        built = build_proxy(
+            target,
+            records,
+            proxy,
+            progress=progress,
+            should_stop=should_stop,
+            targets=target_records,
+        )
     else:
         built = load_proxy(Path(proxy), target)
     model_hash = f"proxy:{tensor_fingerprint(built.model)}"
@@ -202,6 +222,7 @@ def _scorers(
     adam: bool,
     progress: ProgressFn | None,
     should_stop: StopFn | None,
+    targets: Sequence[Path] = (),
 ) -> Iterator[_Scorer]:
     """The models to score with, one at a time (one model in memory at once): the target or its
     proxy; or, with ``checkpoints``, each checkpoint of that run (or a proxy built from it)."""
@@ -212,7 +233,9 @@ def _scorers(
                 "checkpoint of a warm-up or fine-tuning run (give its directory)"
             )
         t = time.perf_counter()
-        model, tok, key, manifest = _scoring_model(target, proxy, train, progress, should_stop)
+        model, tok, key, manifest = _scoring_model(
+            target, proxy, train, progress, should_stop, targets
+        )
         yield _Scorer(model, tok, key, manifest, 1.0, None, "model", time.perf_counter() - t)
         return
     from worker.engine.proxy import ProxyConfig
@@ -234,7 +257,9 @@ def _scorers(
         t = time.perf_counter()
         state = load_adam_state(ckpt.path) if adam else None  # fail before the costly part
         loaded = load_checkpoint(ckpt, base=target)
-        model, tok, key, manifest = _scoring_model(loaded, proxy, train, progress, should_stop)
+        model, tok, key, manifest = _scoring_model(
+            loaded, proxy, train, progress, should_stop, targets
+        )
         label = f"step {ckpt.step}"
         yield _Scorer(
             model, tok, key, manifest, ckpt.mean_lr, state, label, time.perf_counter() - t
@@ -333,7 +358,7 @@ def iter_scores(
     ``models`` keeps it loaded between calls.
     """
     target = _load(model_ref, progress, runtime, models)
-    scorers = _scorers(target, proxy, Path(train), checkpoints, adam, progress, None)
+    scorers = _scorers(target, proxy, Path(train), checkpoints, adam, progress, None, targets)
     with math_boundary():
         yield from _weighted_scores(
             scorers,
@@ -418,7 +443,7 @@ def run_selection(
     # Proxy builds happen inside the stream (one per checkpoint); their time is split out below.
     with math_boundary():
         for batch in _weighted_scores(
-            _scorers(target, proxy, Path(train), checkpoints, adam, progress, should_stop),
+            _scorers(target, proxy, Path(train), checkpoints, adam, progress, should_stop, targets),
             Path(train),
             targets,
             config,
@@ -438,6 +463,9 @@ def run_selection(
         timings["proxy"] = build_s
         keys = ("method", "sparsity", "target_params", "proxy_params")
         proxy_info = {k: seen[0]["manifest"].get(k) for k in keys}
+        from worker.engine.proxy.fidelity import without_record_ids
+
+        proxy_info["fidelity"] = without_record_ids(seen[0]["manifest"].get("fidelity"))
     timings["scoring"] = time.perf_counter() - t - build_s
     tokenizer = seen[0]["tokenizer"]
     t = time.perf_counter()

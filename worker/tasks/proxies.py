@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,36 @@ from worker.tasks.runtime import model_cache, worker_runtime
 PROXY_NAMESPACE = uuid.UUID("6f1d3c56-0c8e-4d8e-9a3e-2f4b8d1e7a10")
 
 
-def ensure_proxy(job: dict[str, Any], model: str, pool: Path, settings: Settings) -> Proxy:
+FIDELITY_FIGURES = ("status", "reason", "spearman", "top_overlap", "top_fraction", "speedup")
+
+
+def fidelity_summary(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The fidelity report's figures (no record ids) for a job's events and result; ``None``
+    when the proxy has no report (built before it existed, or with fidelity_samples 0)."""
+    report = manifest.get("fidelity")
+    if not isinstance(report, dict):
+        return None
+    out = {k: report.get(k) for k in FIDELITY_FIGURES}
+    calibration, targets = report.get("calibration") or {}, report.get("targets") or {}
+    out["calibration_records"] = calibration.get("records")
+    out["target_records"] = targets.get("records")
+    out["target_source"] = targets.get("source")
+    for side in ("target", "proxy"):
+        out[f"{side}_seconds_per_sample"] = (report.get(side) or {}).get("seconds_per_sample")
+    out["seconds"] = report.get("seconds")
+    return out
+
+
+def ensure_proxy(
+    job: dict[str, Any],
+    model: str,
+    pool: Path,
+    settings: Settings,
+    targets: Sequence[Path] = (),
+) -> Proxy:
     """The proxy this job built, building it now from ``pool`` if needed (its id derives from
-    the job id, so a redelivered build writes to the same folder and row)."""
+    the job id, so a redelivered build writes to the same folder and row). Its fidelity report
+    scores against the ``targets`` files (none: a slice of the pool)."""
     from worker.engine.pipeline import build_proxy_from_files
 
     job_id = job["id"]
@@ -47,6 +75,7 @@ def ensure_proxy(job: dict[str, Any], model: str, pool: Path, settings: Settings
         should_stop=reporter.should_stop,
         runtime=worker_runtime(settings),
         models=model_cache(settings),
+        targets=targets,
     )
     manifest_file = out_dir / "proxy.json"
     manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
@@ -72,6 +101,9 @@ def ensure_proxy(job: dict[str, Any], model: str, pool: Path, settings: Settings
         halvings = (manifest.get("probe") or {}).get("oom_halvings", 0)
         sizes["probe_oom_halvings"] = halvings
         state.metric(s, job_id, "proxy built", {"proxy_id": proxy_id} | sizes)
+        fidelity = fidelity_summary(manifest)
+        if fidelity is not None:
+            state.metric(s, job_id, "proxy fidelity", {"proxy_id": proxy_id} | fidelity)
     return proxy
 
 

@@ -44,7 +44,7 @@ from service.queue import TASK_RANK_JOB, TASK_SCORE_SHARD
 from worker.engine.errors import Cancelled, EmptyDatasetError, EngineError
 from worker.tasks.configs import named_errors, score_config, selection_config
 from worker.tasks.inputs import local_input
-from worker.tasks.proxies import ensure_proxy, local_proxy
+from worker.tasks.proxies import ensure_proxy, fidelity_summary, local_proxy
 from worker.tasks.reporting import Reporter
 from worker.tasks.runtime import model_cache, worker_runtime
 
@@ -156,15 +156,19 @@ def run_job(job_id: str, settings: Settings, enqueue: Enqueue) -> None:
         proxy_id = row.proxy_id
     inputs = _inputs(job["request"], job_id, settings)
     if not kind_entry(job["kind"]).scores:  # the proxy is the job's result
-        proxy = ensure_proxy(job, inputs.model, inputs.pool, settings)
-        result = {"proxy_id": proxy.id, "links": proxy_result_links(proxy.id)}
+        proxy = ensure_proxy(job, inputs.model, inputs.pool, settings, inputs.targets)
+        result: dict[str, Any] = {
+            "proxy_id": proxy.id,
+            "links": proxy_result_links(proxy.id),
+            "fidelity": fidelity_summary(proxy.manifest),
+        }
         with session_scope() as s:
             state.succeed(
                 s, job_id, result | _pick(proxy.manifest, ("proxy_params", "target_params"))
             )
         return
     if proxy_id is None:
-        proxy_id = ensure_proxy(job, inputs.model, inputs.pool, settings).id
+        proxy_id = ensure_proxy(job, inputs.model, inputs.pool, settings, inputs.targets).id
         with session_scope() as s:
             state.attach_proxy(s, job_id, proxy_id)
     from worker.engine.scoring.registry import scorer_entry
@@ -287,6 +291,8 @@ def rank_job(job_id: str, settings: Settings) -> None:
         job = _snapshot(row)
         proxy_id, pool_size = row.proxy_id, row.progress_total
         scores = repo.all_scores(s, job_id)
+        proxy = proxy_repo.get_proxy_any_tenant(s, proxy_id) if proxy_id else None
+        fidelity = fidelity_summary(proxy.manifest) if proxy is not None else None
     request = job["request"]
     inputs = _inputs(request, job_id, settings)
     selection = selection_config(request["selection"])
@@ -315,6 +321,7 @@ def rank_job(job_id: str, settings: Settings) -> None:
         "selected": len(ranked),
         "proxy_id": proxy_id,
         "selection": selection.to_dict(),
+        "fidelity": fidelity,
         "subset_sha256": sha256_file(out),
         "links": select_result_links(job_id, proxy_id),
     }

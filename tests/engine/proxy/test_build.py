@@ -138,7 +138,7 @@ def test_progress_is_reported_and_stop_cancels(
     cfg = ProxyConfig(**{**FAST, "align_steps": 2, "align_batch_size": 2})  # type: ignore[arg-type]
     build_proxy(target, records, cfg, progress=lambda s, d, t: seen.append((s, d, t)))
     stages = {s for s, _, _ in seen}
-    assert stages == {"compressing", "aligning"}
+    assert stages == {"compressing", "aligning", "fidelity"}
     assert ("aligning", 2, 2) in seen
     calls = iter(range(100))
     with pytest.raises(Cancelled):

@@ -101,6 +101,8 @@ def test_bad_arguments_exit_non_zero_with_the_field_named(
     assert "sparsity must be in [0, 1)" in capsys.readouterr().err
     assert main([*base, "--out", str(tmp_path / "o"), "--target-modules", "nope"]) == 2
     assert "target_modules" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "o"), "--fidelity-samples", "1"]) == 2
+    assert "fidelity_samples must be 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([*base, "--out", str(tmp_path / "o"), "--method", "pca"])
 
@@ -125,3 +127,35 @@ def test_build_from_a_gguf_file(
     target = load_model(str(gguf), cache_dir=tmp_path / "c")
     assert manifest["target"]["sha256"] == target.sha256
     assert load_proxy(out, target).manifest["proxy_params"] == manifest["proxy_params"]
+
+
+def test_build_prints_the_fidelity_report(
+    tmp_path: Path,
+    write_jsonl: Callable[[list[dict[str, Any]], str], Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    model_dir = save_tiny_model(tmp_path / "tiny", "llama")
+    data = write_jsonl(_rows(20), "pool.jsonl")
+    targets = write_jsonl(
+        [{"id": f"t{i}", "question": f"{i} + 1?", "answer": str(i + 1)} for i in range(5)],
+        "target.jsonl",
+    )
+    out = tmp_path / "proxy"
+    argv = [
+        "proxy", "build", "--model", str(model_dir), "--data", str(data), "--out", str(out),
+        "--method", "svd", "--align-steps", "0", "--max-length", "48", "--fidelity-samples", "8",
+        "--fidelity-targets", "3", "--target", str(targets), "--cache-dir", str(tmp_path / "c"),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    line = next(x for x in captured.err.splitlines() if "fidelity:" in x)
+    assert line.startswith("iprox proxy: fidelity: Spearman ") and "top-10% overlap" in line
+    assert "8 calibration records vs 3 target records (the job's)" in line
+    report = json.loads((out / "proxy.json").read_text())["fidelity"]
+    summary = json.loads(captured.out)["fidelity"]
+    assert summary["spearman"] == report["spearman"] is not None
+    assert summary["targets"]["source"] == "job" and summary["targets"]["available"] == 5
+    assert (
+        "record_ids" not in summary["calibration"] and len(report["calibration"]["record_ids"]) == 8
+    )
+    assert set(report["targets"]["record_ids"]) <= {f"t{i}" for i in range(5)}

@@ -66,6 +66,10 @@ def test_select_writes_ranked_records_with_original_fields(files, tmp_path, caps
     assert set(summary["timings_s"]) >= {"loading", "scoring", "ranking"}
     if method == "svd":
         assert summary["proxy"]["proxy_params"] < summary["proxy"]["target_params"]
+        fidelity = summary["proxy"]["fidelity"]  # scored against the --target file
+        assert fidelity["targets"]["source"] == "job" and fidelity["targets"]["records"] == 2
+        assert main([*argv, "--fidelity-samples", "0"]) == 0
+        assert json.loads(capsys.readouterr().out)["proxy"]["fidelity"] is None
     else:
         assert summary["proxy"] is None
         assert {r["question"] for r in selected if "question" in r} == {

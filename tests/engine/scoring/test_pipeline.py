@@ -15,6 +15,7 @@ from worker.engine.pipeline import (
     build_proxy_from_files,
     iter_scores,
     rank,
+    run_selection,
 )
 from worker.engine.proxy import ProxyConfig
 
@@ -67,3 +68,30 @@ def test_saved_proxy_built_proxy_and_full_model_paths(tmp_path: Path) -> None:
     assert (again.train_computed, again.train_loaded) == (0, 8)
     top = rank(train, full, SelectionConfig(top_k=3))
     assert [r.rank for r in top] == [1, 2, 3]
+
+
+def test_proxy_builds_report_fidelity_against_the_target_files(tmp_path: Path) -> None:
+    model = save_tiny_model(tmp_path / "model", "llama")
+    train = write(tmp_path / "pool.jsonl", pool_rows(16))
+    target = write(tmp_path / "t.jsonl", target_rows(3))
+    pcfg = ProxyConfig(
+        method="svd", align_steps=0, max_length=64, fidelity_samples=6, fidelity_targets=2
+    )
+    report = build_proxy_from_files(
+        str(model), train, tmp_path / "proxy", pcfg, targets=[target, target]
+    )["fidelity"]
+    # Two files, one target set of their 6 records, sampled down to 2.
+    t = report["targets"]
+    assert (t["source"], t["available"], t["records"]) == ("job", 6, 2)
+    assert report["calibration"]["records"] == 6 and report["status"] == "measured"
+    result = run_selection(
+        str(model),
+        train,
+        [target],
+        proxy=pcfg,
+        config=ScoreConfig(max_length=64),
+        selection=SelectionConfig(top_k=2),
+    )
+    fidelity = result.summary["proxy"]["fidelity"]
+    assert fidelity["targets"]["source"] == "job" and fidelity["targets"]["available"] == 3
+    assert "record_ids" not in fidelity["calibration"] and fidelity["status"] == "measured"

@@ -63,23 +63,43 @@ def influence_direction(F: torch.Tensor, v: torch.Tensor, damping: float) -> tor
     return torch.cholesky_solve(v.double().unsqueeze(1), chol).squeeze(1).float()
 
 
+def average_ranks(x: torch.Tensor) -> torch.Tensor:
+    """0-based ranks of ``x: (n,)`` in ascending order, tied values sharing the mean of their
+    positions: ``(n,)`` float64 (``[1, 3, 3, 7] -> [0, 1.5, 1.5, 3]``)."""
+    _, inverse, counts = torch.unique(x, sorted=True, return_inverse=True, return_counts=True)
+    ends = counts.cumsum(0).double()
+    return ((2 * ends - counts.double() - 1) / 2)[inverse]
+
+
 def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Spearman rank correlation of two ``(n,)`` score vectors (ties ranked by position)."""
-    if x.shape != y.shape or x.numel() < 2:
+    """Spearman rank correlation of two ``(n,)`` score vectors: the Pearson correlation of their
+    :func:`average_ranks` (ties averaged). NaN when either vector is constant (no ranking)."""
+    if x.shape != y.shape or x.ndim != 1 or x.numel() < 2:
         raise ValueError("need two score vectors of the same length >= 2")
-    rx = torch.empty_like(x, dtype=torch.float64)
-    ry = torch.empty_like(y, dtype=torch.float64)
-    ar = torch.arange(x.numel(), dtype=torch.float64, device=x.device)
-    rx[torch.argsort(x, stable=True)] = ar
-    ry[torch.argsort(y, stable=True)] = ar
+    rx = average_ranks(x)
+    ry = average_ranks(y)
     rx -= rx.mean()
     ry -= ry.mean()
-    return float((rx @ ry) / (rx.norm() * ry.norm()))
+    denom = rx.norm() * ry.norm()
+    if float(denom) == 0.0:
+        return float("nan")
+    return float((rx @ ry) / denom)
 
 
 def top_overlap(x: torch.Tensor, y: torch.Tensor, fraction: float) -> float:
-    """Fraction of ``x``'s top ``fraction`` (at least one item) that is also in ``y``'s top."""
+    """Fraction of ``x``'s top ``fraction`` (``k = max(1, round(fraction * n))`` items of the
+    ``(n,)`` vectors) that is also in ``y``'s top ``k``. Ties at the cut go to the lower index,
+    so the result is deterministic."""
+    if x.shape != y.shape or x.ndim != 1 or x.numel() < 1:
+        raise ValueError("need two non-empty score vectors of the same length")
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     k = max(1, round(fraction * x.numel()))
-    a = set(torch.topk(x, k).indices.tolist())
-    b = set(torch.topk(y, k).indices.tolist())
+    a = set(_top_indices(x, k))
+    b = set(_top_indices(y, k))
     return len(a & b) / k
+
+
+def _top_indices(x: torch.Tensor, k: int) -> list[int]:
+    # Descending by value, ascending by index among equals (a stable sort of the negation).
+    return torch.argsort(-x.double(), stable=True)[:k].tolist()

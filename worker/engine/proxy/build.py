@@ -25,6 +25,7 @@ from worker.engine.proxy.compress import (
     ranks_by_type,
 )
 from worker.engine.proxy.config import ProxyConfig
+from worker.engine.proxy.fidelity import fidelity_report
 from worker.engine.proxy.methods import method_entry
 from worker.engine.proxy.probes import collect_probes, select_layers
 
@@ -88,6 +89,7 @@ def build_proxy(
     *,
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
+    targets: Sequence[Record] | None = None,
 ) -> Proxy:
     """Compress ``target`` by ``config.method`` at ``config.sparsity`` and align the factors.
 
@@ -95,6 +97,10 @@ def build_proxy(
     :func:`split_records`). The target model is not modified. Raises ``ConfigError`` when no
     layer matches ``config.target_modules`` and ``EmptyDatasetError`` when the records leave
     nothing to probe or align with.
+
+    The manifest's ``fidelity`` is the report of :mod:`worker.engine.proxy.fidelity` on a
+    calibration slice of ``records`` against ``targets`` (the job's target set; ``None``: a
+    slice of the pool), absent when ``config.fidelity_samples`` is 0.
     """
     started = time.perf_counter()
     if not records:
@@ -198,4 +204,20 @@ def build_proxy(
         },
         "versions": library_versions(),
     }
+    t0 = time.perf_counter()
+    fidelity = fidelity_report(
+        model,
+        proxy_model,
+        tok,
+        records,
+        config,
+        exclude_ids={*manifest["probe"]["record_ids"], *manifest["alignment"]["record_ids"]},
+        targets=targets,
+        progress=progress,
+        should_stop=should_stop,
+    )
+    if fidelity is not None:
+        manifest["fidelity"] = fidelity
+        manifest["timings_s"]["fidelity"] = round(time.perf_counter() - t0, 3)
+        manifest["timings_s"]["total"] = round(time.perf_counter() - started, 3)
     return Proxy(proxy_model, tok, config, manifest)

@@ -213,6 +213,23 @@ class ProxyConfig:
     seed: int = field(
         default=0, metadata=_help("seeds the probe/alignment split, positions and random method")
     )
+    fidelity_samples: int = field(
+        default=64,
+        metadata=_help(
+            "records of the fidelity report's calibration slice: a seeded slice of the pool, "
+            "disjoint from the probe and alignment records, scored exactly by the proxy and the "
+            "target (Spearman, top-10% overlap, seconds per sample); fewer when the pool has "
+            "fewer left; 0: no report"
+        ),
+    )
+    fidelity_targets: int = field(
+        default=32,
+        metadata=_help(
+            "target records the fidelity report scores against at most: a seeded sample of the "
+            "job's target set, or without one, this many more pool records (disjoint from the "
+            "rest) as their own target"
+        ),
+    )
 
     def __post_init__(self) -> None:
         check_params(self, RANGES)
@@ -230,6 +247,12 @@ class ProxyConfig:
             raise ConfigError(
                 "gram_weight needs align_hvp exact (its gradient is a double backward)",
                 field="gram_weight",
+            )
+        if self.fidelity_samples == 1:
+            raise ConfigError(
+                "fidelity_samples must be 0 (no fidelity report) or at least 2 (a rank "
+                "correlation needs two records), got 1",
+                field="fidelity_samples",
             )
         if self.gram_weight > 0 and self.align_batch_size < 2:
             raise ConfigError(
@@ -298,6 +321,8 @@ RANGES: dict[str, Range] = {
     "ga_weight": NON_NEGATIVE,
     "gram_weight": NON_NEGATIVE,
     "weight_decay": NON_NEGATIVE,
+    "fidelity_samples": Range(ge=0, le=100_000),
+    "fidelity_targets": Range(gt=0, le=100_000),
 }
 """The range of each numeric field of :class:`ProxyConfig` (choices come from its ``Literal``
 types); :func:`worker.engine.params.check_params` is the one check. Kept beside the field list
