@@ -209,6 +209,12 @@ class ScoreRead(BaseModel):
     index: int
     id: str
     score: float
+    rank: int | None = Field(
+        None,
+        description="Position in the ranking (1 is the best score; ties by pool index); "
+        "given with order=rank.",
+        examples=[1],
+    )
 
 
 class ScorePage(BaseModel):

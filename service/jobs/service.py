@@ -40,12 +40,15 @@ def request_hash(body: JobCreate) -> str:
 
 
 SUBSET_FILE = "subset.jsonl"
+SUBSET_FORMATS = ("jsonl", "json", "parquet")
+"""What GET /jobs/{id}/subset serves: JSON is made from the JSONL file as it streams."""
 
 
-def subset_parts(job_id: str) -> tuple[str, ...]:
-    """The ranked subset of a job under the artifact root: made and published by the worker,
-    read by the API (a path under a folder root, a URL under a URL root)."""
-    return ("jobs", job_id, SUBSET_FILE)
+def subset_parts(job_id: str, fmt: str = "jsonl") -> tuple[str, ...]:
+    """The ranked subset of a job under the artifact root (``jsonl`` or ``parquet``): made and
+    published by the worker, read by the API (a path under a folder root, a URL under a URL
+    root)."""
+    return ("jobs", job_id, SUBSET_FILE if fmt == "jsonl" else f"subset.{fmt}")
 
 
 def links(job_id: str) -> dict[str, str]:
@@ -276,28 +279,56 @@ def events(session: Session, tenant_id: str, job_id: str, after: int, limit: int
     return EventPage(items=items, next_after=items[-1].id if len(items) == limit else None)
 
 
-def scores(session: Session, tenant_id: str, job_id: str, after: int, limit: int) -> ScorePage:
+def scores(
+    session: Session,
+    tenant_id: str,
+    job_id: str,
+    after: int,
+    limit: int,
+    order: str = "index",
+) -> ScorePage:
+    """A page of scores by pool index (``after``: the last index seen), or in rank order
+    (``after``: how many rows the earlier pages held, -1 for none)."""
     job = get_job(session, tenant_id, job_id)
-    rows = repo.list_scores(session, job_id, after=after, limit=limit)
-    items = [ScoreRead(index=s.sample_index, id=s.sample_id, score=s.score) for s in rows]
+    if order == "rank":
+        offset = max(after, 0)
+        rows = repo.scores_by_rank(session, job_id, offset=offset, limit=limit)
+        items = [
+            ScoreRead(index=s.sample_index, id=s.sample_id, score=s.score, rank=offset + k)
+            for k, s in enumerate(rows, start=1)
+        ]
+        nxt = offset + len(items) if len(items) == limit else None
+    else:
+        rows = repo.list_scores(session, job_id, after=after, limit=limit)
+        items = [ScoreRead(index=s.sample_index, id=s.sample_id, score=s.score) for s in rows]
+        nxt = items[-1].index if len(items) == limit else None
     partial = job.partial or job.status is not JobStatus.SUCCEEDED
     return ScorePage(
         items=items,
-        next_cursor=items[-1].index if len(items) == limit else None,
+        next_cursor=nxt,
         partial=partial,
         count=repo.count_scores(session, job_id),
     )
 
 
-def subset_location(session: Session, settings: Settings, tenant_id: str, job_id: str) -> str:
-    """Where the job's subset file lies under the artifact root (a folder or a URL)."""
+def subset_location(
+    session: Session, settings: Settings, tenant_id: str, job_id: str, fmt: str = "jsonl"
+) -> str:
+    """Where the job's subset file in ``fmt`` (jsonl or parquet) lies under the artifact root
+    (a folder or a URL)."""
     job = get_job(session, tenant_id, job_id)
     if job.kind is not JobKind.SELECT:
         raise Conflict(f"job {job_id} is a {job.kind.value} job; it selects nothing")
     if job.status is not JobStatus.SUCCEEDED:
         hint = " (its partial scores are at /scores)" if job.partial else ""
         raise Conflict(f"job {job_id} is {job.status.value}; no subset{hint}")
-    return settings.artifacts.location(*subset_parts(job_id))
+    written = (job.result or {}).get("subset_formats", ["jsonl"])
+    if fmt not in written:
+        raise NotFound(
+            f"job {job_id} has no {fmt} subset (its records have no single Parquet type per "
+            "field, or it finished before Parquet output existed); use format=jsonl"
+        )
+    return settings.artifacts.location(*subset_parts(job_id, fmt))
 
 
 def open_subset(location: str, job_id: str) -> IO[bytes]:

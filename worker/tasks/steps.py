@@ -13,7 +13,6 @@ Every step is safe to run twice: a redelivered message finds its work done or ov
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import uuid
@@ -39,7 +38,7 @@ from service.models import Job, JobKind, JobStage, JobStatus, ShardStatus
 from service.models.base import utcnow
 from service.proxies import repository as proxy_repo
 from service.queue import TASK_RANK_JOB, TASK_SCORE_SHARD
-from worker.engine.errors import Cancelled, EmptyDatasetError, EngineError
+from worker.engine.errors import Cancelled, DataFormatError, EmptyDatasetError, EngineError
 from worker.tasks.configs import score_config, selection_config
 from worker.tasks.inputs import local_input
 from worker.tasks.proxies import ensure_proxy, local_proxy
@@ -185,8 +184,14 @@ def _plan_shards(
             return  # a redelivered plan after the shards finished: nothing left to plan
         if not state.set_stage(s, job_id, JobStage.SCORING):
             return
-    # Streams the whole pool once: a corrupt record fails the job here, before any scoring.
-    size = sum(1 for _ in iter_records(pool))
+    from worker.engine.scoring.output import check_fields
+
+    # Streams the whole pool once: a corrupt record, or one with a field the subset would
+    # overwrite (rank, score), fails the job here, before any scoring.
+    size = 0
+    for rec in iter_records(pool):
+        check_fields(rec.fields, rec.index, rec.id)
+        size += 1
     if size == 0:
         raise EmptyDatasetError(f"{pool.name}: holds no records")
     step = size if whole_pool else settings.shard_size
@@ -301,6 +306,31 @@ def _settle_shard(
         enqueue(TASK_RANK_JOB, job_id)
 
 
+def _write_subset(job_id: str, ranked: list[Any], settings: Settings) -> list[str]:
+    """Write and publish the subset as JSONL and Parquet (before the job says it succeeded);
+    returns the formats written. Each file is written under a name of its own delivery (a
+    ranking re-queued by the reconciler may overlap a slow one) and renamed when whole. A
+    selection whose fields have no single Parquet type each is served as JSONL only."""
+    from worker.engine.scoring.output import write_selection
+
+    formats = []
+    for fmt in ("jsonl", "parquet"):
+        out = settings.artifacts.workspace(*subset_parts(job_id, fmt))
+        tmp = out.with_name(f"{out.name}.{uuid.uuid4().hex[:8]}.part")
+        try:
+            write_selection(tmp, ranked, fmt)
+        except DataFormatError as exc:
+            if fmt == "jsonl":
+                raise
+            with session_scope() as s:
+                state.metric(s, job_id, "no parquet subset", {"reason": exc.message})
+            continue
+        os.replace(tmp, out)
+        settings.artifacts.publish(*subset_parts(job_id, fmt))
+        formats.append(fmt)
+    return formats
+
+
 def rank_job(job_id: str, settings: Settings) -> None:
     """Rank every score, write the subset file, finish the job."""
     from worker.engine.pipeline import rank, token_counts
@@ -330,14 +360,7 @@ def rank_job(job_id: str, settings: Settings) -> None:
         )
     ranked = rank(inputs.pool, scores, selection, token_counts=counts)
     out = settings.artifacts.workspace(*subset_parts(job_id))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Named per delivery: a ranking re-queued by the reconciler may overlap a slow one.
-    tmp = out.with_suffix(f".{uuid.uuid4().hex[:8]}.part")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for r in ranked:
-            fh.write(json.dumps(dict(r.fields) | {"rank": r.rank, "score": r.score}) + "\n")
-    os.replace(tmp, out)
-    settings.artifacts.publish(*subset_parts(job_id))  # before the job says it succeeded
+    formats = _write_subset(job_id, ranked, settings)
     result = {
         "pool_size": pool_size,
         "scored": len(scores),
@@ -345,6 +368,7 @@ def rank_job(job_id: str, settings: Settings) -> None:
         "proxy_id": proxy_id,
         "selection": selection.to_dict(),
         "subset_sha256": sha256_file(out),
+        "subset_formats": formats,
         "links": {
             "subset": f"/jobs/{job_id}/subset",
             "scores": f"/jobs/{job_id}/scores",
