@@ -97,6 +97,7 @@ def add_jobs_parser(sub: Any) -> None:
     jobs = sub.add_parser("jobs", help="submit, follow and download jobs of an iprox API")
     jobs.add_argument("--url", default=None, help="the API (default: $IPROX_URL or :8000)")
     jobs.add_argument("--api-key", default=None, help="the API key (default: $IPROX_API_KEY)")
+    jobs.set_defaults(func=run)
     cmds = jobs.add_subparsers(dest="jobs_command", required=True, metavar="COMMAND")
 
     s = cmds.add_parser("submit", help="POST a job request (a JSON file, or - for stdin)")
@@ -105,21 +106,21 @@ def add_jobs_parser(sub: Any) -> None:
     s.add_argument("--wait", action="store_true", help="wait for the job to end")
     s.add_argument("--timeout", type=float, default=None, help="seconds --wait may take")
     s.add_argument("--json", action="store_true", help="print the job, not only its id")
-    s.set_defaults(func=_submit)
+    s.set_defaults(jobs_func=_submit)
 
     w = cmds.add_parser("wait", help="wait for a job to end; print it")
     w.add_argument("job_id")
     w.add_argument("--timeout", type=float, default=None, help="give up after this many s")
     w.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    w.set_defaults(func=_wait)
+    w.set_defaults(jobs_func=_wait)
 
     st = cmds.add_parser("status", help="print a job")
     st.add_argument("job_id")
-    st.set_defaults(func=_status)
+    st.set_defaults(jobs_func=_status)
 
     c = cmds.add_parser("cancel", help="cancel a job")
     c.add_argument("job_id")
-    c.set_defaults(func=_cancel)
+    c.set_defaults(jobs_func=_cancel)
 
     d = cmds.add_parser("download", help="save a job's subset (or, with --scores, its scores)")
     d.add_argument("job_id")
@@ -132,13 +133,13 @@ def add_jobs_parser(sub: Any) -> None:
     )
     d.add_argument("--top-k", type=int, default=None, help="only the best top_k records")
     d.add_argument("--scores", action="store_true", help="every score, in rank order")
-    d.set_defaults(func=_download)
+    d.set_defaults(jobs_func=_download)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run a parsed ``jobs`` command, turning the client's errors into exit codes."""
     try:
-        return int(args.func(args))
+        return int(args.jobs_func(args))
     except JobFailed as exc:
         print(f"iprox: {exc}", file=sys.stderr)
         _print(exc.job)
@@ -151,7 +152,8 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="iprox-client", description=__doc__)
     add_jobs_parser(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
-    return run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
 
 
 if __name__ == "__main__":
