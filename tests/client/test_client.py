@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
-
 import iprox_client
+import pytest
 from iprox_client import Client
 
 JOB: dict[str, Any] = {
@@ -112,7 +111,7 @@ def test_problems_become_typed_exceptions_naming_the_field(
 
 
 def test_wait_reports_each_change_and_ends_on_a_terminal_status() -> None:
-    states = [
+    states: list[dict[str, Any]] = [
         {"status": "queued"},
         {"status": "running", "stage": "scoring", "progress": {"done": 2, "total": 6}},
         {"status": "running", "stage": "scoring", "progress": {"done": 2, "total": 6}},
@@ -132,7 +131,7 @@ def test_wait_raises_on_failure_and_on_timeout() -> None:
     with pytest.raises(iprox_client.JobFailed, match=r"\[data_format\] bad row"):
         c.wait("j1")
     assert c.wait("j1", raise_on_failure=False).status == "failed"
-    c, slept = client(lambda req: httpx.Response(200, json=JOB))
+    c, _ = client(lambda req: httpx.Response(200, json=JOB))
     with pytest.raises(iprox_client.WaitTimeout, match="still queued"):
         c.wait("j1", timeout=0.0)
 

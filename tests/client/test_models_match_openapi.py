@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from iprox_client import models
 from pydantic import BaseModel
 
-from iprox_client import models
 from service.main import create_app
 
 

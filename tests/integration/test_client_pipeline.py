@@ -12,11 +12,11 @@ import sys
 import uuid
 from pathlib import Path
 
+import iprox_client
 import pyarrow.parquet as pq
 import pytest
-
-import iprox_client
 from iprox_client import Client
+
 from tests.integration.conftest import ROOT, Stack
 from tests.integration.helpers import check_subset, jsonl
 from tests.integration.live import live_api

@@ -16,7 +16,6 @@ from iprox_client.client import Client, ScoreFormat, SubsetFormat
 from iprox_client.errors import IproxError, JobFailed
 from iprox_client.models import Job
 
-
 _SCORE_FORMATS: dict[str, ScoreFormat] = {"jsonl": "jsonl", "csv": "csv", "parquet": "parquet"}
 _SUBSET_FORMATS: dict[str, SubsetFormat] = {"jsonl": "jsonl", "json": "json", "parquet": "parquet"}
 
