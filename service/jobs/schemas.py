@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from service.models import JobKind, JobStage, JobStatus
 from service.text import StoredText, unstorable
+from service.webhooks.schemas import NotifySpec
 
 _STRICT = ConfigDict(extra="forbid")
 
@@ -131,6 +132,12 @@ class JobCreate(BaseModel):
     scorer: ScorerSpec = Field(default_factory=lambda: ScorerSpec())
     selection: SelectionSpec | None = Field(None, description="The budget (select).")
     metadata: dict[StoredText, StoredText] = Field(default_factory=dict, description="Free labels.")
+    notify: NotifySpec | None = Field(
+        None,
+        description="A webhook announcing the job's end (Standard Webhooks, signed with the "
+        "tenant's secret from GET /webhooks/secret).",
+        examples=[{"url": "https://hooks.example.com/iprox", "events": ["succeeded", "failed"]}],
+    )
 
     @field_validator("target_uri")
     @classmethod

@@ -32,6 +32,7 @@ from service.models import Job, JobKind, JobStatus
 from service.proxies import repository as proxy_repo
 from service.targets import resolve_target_model
 from service.text import unstorable
+from service.webhooks import service as webhooks
 
 
 def request_hash(body: JobCreate) -> str:
@@ -141,6 +142,8 @@ def check_inputs(settings: Settings, body: JobCreate) -> dict[str, str]:
         )
     for k, uri in enumerate(body.target_uris()):
         check(uri, "target_uri" if isinstance(body.target_uri, str) else f"target_uri.{k}")
+    if body.notify is not None:
+        webhooks.check_url(body.notify.url, settings.outbound)
     return {"target_model": model}
 
 
@@ -191,6 +194,8 @@ def create_job(
         existing = replayed_job(session, tenant_id, body, idempotency_key)
         if existing is not None:  # a request with the key won while this one was checking
             return existing, False
+    if body.notify is not None:
+        webhooks.ensure_secret(session, tenant_id)  # deliveries are signed with it
     request = body.model_dump(mode="json") | {"resolved": resolved}
     job = Job(
         tenant_id=tenant_id,

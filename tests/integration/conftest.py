@@ -78,6 +78,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "IPROX_SHARD_SIZE": "4",  # the 6-record pool splits into two shards
             "IPROX_TASK_SOFT_TIME_LIMIT_S": "300",
             "IPROX_TASK_TIME_LIMIT_S": "330",
+            # Webhook receivers of the tests listen on 127.0.0.1; their retries come fast.
+            "IPROX_ALLOWED_HOSTS": "127.0.0.1",
+            "IPROX_WEBHOOK_BACKOFF_S": "0.5",
         }
         with service_environ(env):
             log = base / "worker.log"
