@@ -47,6 +47,12 @@ def local_hooks(monkeypatch: pytest.MonkeyPatch, service_db: str) -> Iterator[No
     yield
 
 
+def _ids(args: tuple[object, ...]) -> tuple[str, str, str]:
+    """(job id, ending, webhook id) of a queued delivery."""
+    job_id, ending, msg_id = (str(a) for a in args)
+    return job_id, ending, msg_id
+
+
 def _webhooks(client: TestClient, auth: dict[str, str], job_id: str) -> list[dict[str, Any]]:
     items = client.get(f"/jobs/{job_id}/events", headers=auth).json()["items"]
     return [e for e in items if e["type"] == "webhook"]
@@ -106,7 +112,7 @@ def test_a_cancelled_job_is_announced_signed_after_two_failures(
         assert hooks == [(job_id, "cancelled", f"msg_{job_id}_cancelled")]  # after the commit
         # What the Celery task does: one attempt, then the next after the returned backoff.
         waits, attempt = [], 1
-        while (wait := delivery.deliver(*hooks[0], attempt, get_settings())) is not None:  # type: ignore[arg-type]
+        while (wait := delivery.deliver(*_ids(hooks[0]), attempt, get_settings())) is not None:
             waits.append(wait)
             attempt += 1
         assert waits == [0.25, 0.5] and attempt == 3
@@ -135,7 +141,7 @@ def test_a_receiver_that_keeps_failing_is_given_up_and_events_not_asked_for_are_
         client.post(f"/jobs/{job_id}/cancel", headers=auth)
         args = next(a for n, a in queue.sent if n == TASK_DELIVER_WEBHOOK)
         attempt = 1
-        while delivery.deliver(*args, attempt, get_settings()) is not None:  # type: ignore[arg-type]
+        while delivery.deliver(*_ids(args), attempt, get_settings()) is not None:
             attempt += 1
         assert attempt == 4 and hook.received == []
         assert (
@@ -163,5 +169,5 @@ def test_a_tampered_secret_fails_verification(
         hook.secret = "whsec_" + "A" * 44
         client.post(f"/jobs/{job_id}/cancel", headers=auth)
         args = next(a for n, a in queue.sent if n == TASK_DELIVER_WEBHOOK)
-        assert delivery.deliver(*args, 1, get_settings()) == 0.25  # type: ignore[arg-type]
+        assert delivery.deliver(*_ids(args), 1, get_settings()) == 0.25
     assert hook.rejected == ["no signature matches"] and hook.received == []
