@@ -109,6 +109,26 @@ def check_inputs(settings: Settings, body: JobCreate) -> dict[str, str]:
             raise ValidationFailed("target_uri is required for a select job", field="target_uri")
         if body.selection is None:
             raise ValidationFailed("selection is required for a select job", field="selection")
+        if body.scorer.adam and body.warmup is None:
+            raise ValidationFailed(
+                "Adam preconditioning uses the warm-up checkpoints' moments; add warmup",
+                field="scorer.adam",
+            )
+        if body.scorer.adam and body.warmup is not None and (body.warmup.lora_rank or 0) > 0:
+            # The engine maps a full fine-tune's moments into each proxy's factors; a LoRA
+            # run's moments belong to its adapters, which the proxy does not have.
+            raise ValidationFailed(
+                "Adam preconditioning of a proxy needs a full warm-up (warmup.lora_rank 0); "
+                "a LoRA warm-up scores without adam",
+                field="scorer.adam",
+            )
+        if body.warmup is not None and body.proxy.proxy_id is not None:
+            raise ValidationFailed(
+                "with warmup a proxy is built from each checkpoint; drop proxy.proxy_id",
+                field="proxy.proxy_id",
+            )
+    elif body.warmup is not None:
+        raise ValidationFailed("a proxy_build job takes no warmup", field="warmup")
     elif body.proxy.proxy_id is not None:
         raise ValidationFailed(
             "a proxy_build job builds a new proxy; drop proxy.proxy_id", field="proxy.proxy_id"

@@ -20,7 +20,9 @@ def proxy_config(spec: dict[str, Any]) -> ProxyConfig:
 def score_config(spec: dict[str, Any]) -> ScoreConfig:
     from worker.engine.scoring import ScoreConfig
 
-    given = {k: v for k, v in spec.items() if v is not None}
+    # adam is how the job scores its warm-up checkpoints (worker/tasks/steps.py), not a
+    # setting of the score function.
+    given = {k: v for k, v in spec.items() if v is not None and k != "adam"}
     given["scorer"] = given.pop("method", "tracin")
     return ScoreConfig.from_dict(given)
 

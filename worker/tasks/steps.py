@@ -39,11 +39,12 @@ from service.models.base import utcnow
 from service.proxies import repository as proxy_repo
 from service.queue import TASK_RANK_JOB, TASK_SCORE_SHARD
 from worker.engine.errors import Cancelled, DataFormatError, EmptyDatasetError, EngineError
-from worker.tasks.configs import score_config, selection_config
+from worker.tasks.configs import proxy_config, score_config, selection_config
 from worker.tasks.inputs import local_input
 from worker.tasks.proxies import ensure_proxy, local_proxy
 from worker.tasks.reporting import Reporter
 from worker.tasks.runtime import model_cache, worker_runtime
+from worker.tasks.warmup import WARMUP_DIR, ensure_warmup
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +161,14 @@ def run_job(job_id: str, settings: Settings, enqueue: Enqueue) -> None:
                 s, job_id, result | _pick(proxy.manifest, ("proxy_params", "target_params"))
             )
         return
+    if job["request"].get("warmup"):
+        # The paper's recipe: warm up, then a proxy per checkpoint, built while scoring (one
+        # shard, so that each checkpoint's proxy is built once).
+        ensure_warmup(
+            job_id, job["request"], inputs.model, inputs.pool, job_dir(settings, job_id), settings
+        )
+        _plan_shards(job_id, inputs.pool, settings, enqueue, whole_pool=True)
+        return
     if proxy_id is None:
         proxy_id = ensure_proxy(job, inputs.model, inputs.pool, settings).id
         with session_scope() as s:
@@ -251,11 +260,15 @@ def score_shard(
         # writers, and a redelivered shard resumes from its own store. Exact scores have no
         # features to store.
         store = job_dir(settings, job_id) / "store" / f"shard-{shard_index:05d}"
+        request = job["request"]
+        warm = job_dir(settings, job_id) / WARMUP_DIR if request.get("warmup") else None
         batches = iter_scores(
             inputs.model,
             inputs.pool,
             inputs.targets,
-            proxy=proxy_path,
+            proxy=proxy_config(request.get("proxy") or {}) if warm is not None else proxy_path,
+            checkpoints=warm,
+            adam=bool((request.get("scorer") or {}).get("adam")),
             config=config,
             store_dir=store if config.features == "projected" else None,
             indices=range(start, stop),
@@ -375,5 +388,13 @@ def rank_job(job_id: str, settings: Settings) -> None:
             "proxy": f"/proxies/{proxy_id}" if proxy_id else None,
         },
     }
+    if request.get("warmup"):
+        from worker.engine.train.checkpoints import list_checkpoints
+
+        ckpts = list_checkpoints(job_dir(settings, job_id) / WARMUP_DIR)
+        result["warmup"] = {
+            "checkpoints": [{"step": c.step, "weight": c.mean_lr} for c in ckpts],
+            "adam": bool((request.get("scorer") or {}).get("adam")),
+        }
     with session_scope() as s:
         state.succeed(s, job_id, result)
