@@ -10,12 +10,14 @@ from collections.abc import Iterator
 from typing import IO, Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from service.auth.deps import TenantDep
 from service.config import get_settings
 from service.db import read_connection, session_scope
 from service.errors import Unavailable, ValidationFailed
+from service.estimates import service as estimates
+from service.estimates.schemas import Estimate
 from service.jobs import exports, service, state
 from service.jobs.schemas import EventPage, JobCreate, JobPage, JobRead, ScorePage
 from service.models import JobStatus
@@ -27,15 +29,28 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 _METADATA_PREFIX = "metadata."
 
 
-@router.post("", status_code=202, response_model=JobRead)
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobRead,
+    responses={200: {"model": Estimate, "description": "A dry_run's estimate."}},
+)
 def create_job(
     body: JobCreate,
     tenant: TenantDep,
     response: Response,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
-) -> JobRead:
-    """Validate, store the job, commit, then queue it by task name with its id."""
+) -> JobRead | JSONResponse:
+    """Validate, store the job, commit, then queue it by task name with its id. With
+    ``dry_run``: validate the same way and answer the estimate (200), storing nothing."""
     settings = get_settings()
+    if body.dry_run:
+        resolved = service.check_inputs(settings, body)
+        with session_scope() as session:
+            predicted = estimates.estimate(
+                session, settings, body, resolved["target_model"], resolved.get("pool_size")
+            )
+        return JSONResponse(predicted.model_dump(mode="json"), status_code=200)
     with session_scope() as session:
         replayed = service.replayed_job(session, tenant, body, idempotency_key)
         read = service.read_job(session, replayed) if replayed is not None else None

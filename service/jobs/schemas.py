@@ -175,6 +175,12 @@ class JobCreate(BaseModel):
         description="Select jobs: warm up and score with a proxy per checkpoint (see WarmupSpec).",
         examples=[{"fraction": 0.05, "checkpoints": 4, "epochs": 4, "lora_rank": 128}],
     )
+    dry_run: bool = Field(
+        False,
+        description="Only estimate: answer 200 with the predicted samples, tokens and seconds "
+        "per stage (from rates measured on this deployment), storing and queueing nothing.",
+        examples=[True],
+    )
     notify: NotifySpec | None = Field(
         None,
         description="A webhook announcing the job's end (Standard Webhooks, signed with the "

@@ -15,6 +15,7 @@ from service.artifacts import open_binary
 from service.config import Settings
 from service.datasets import check_uri
 from service.errors import Conflict, IdempotencyConflict, NotFound, Unavailable, ValidationFailed
+from service.estimates import service as estimates
 from service.jobs import repository as repo
 from service.jobs import state
 from service.jobs.schemas import (
@@ -100,10 +101,11 @@ def read_job_by_id(conn: Connection, tenant_id: str, job_id: str) -> JobRead:
     return to_read(*found)
 
 
-def check_inputs(settings: Settings, body: JobCreate) -> dict[str, str]:
+def check_inputs(settings: Settings, body: JobCreate) -> dict[str, Any]:
     """Every check of the request that needs no database: its shape, the model, the dataset
     files and URLs (which may wait on the network, so no session may be open). Returns the
-    resolved references. Raises 422."""
+    resolved references (and ``pool_size``, an upper bound on the pool's records, when it is
+    cheap to know). Raises 422."""
     if body.kind is JobKind.SELECT:
         if not body.target_uris():
             raise ValidationFailed("target_uri is required for a select job", field="target_uri")
@@ -164,7 +166,10 @@ def check_inputs(settings: Settings, body: JobCreate) -> dict[str, str]:
         check(uri, "target_uri" if isinstance(body.target_uri, str) else f"target_uri.{k}")
     if body.notify is not None:
         webhooks.check_url(body.notify.url, settings.outbound)
-    return {"target_model": model}
+    resolved: dict[str, Any] = {"target_model": model}
+    if pool_size is not None:
+        resolved["pool_size"] = pool_size
+    return resolved
 
 
 def check_proxy(session: Session, tenant_id: str, body: JobCreate, model: str) -> None:
@@ -204,7 +209,7 @@ def create_job(
     tenant_id: str,
     body: JobCreate,
     idempotency_key: str | None,
-    resolved: dict[str, str],
+    resolved: dict[str, Any],
 ) -> tuple[Job, bool]:
     """Insert a queued job whose inputs :func:`check_inputs` passed; returns (job, created).
     A replayed key returns the original job (created False)."""
@@ -216,7 +221,14 @@ def create_job(
             return existing, False
     if body.notify is not None:
         webhooks.ensure_secret(session, tenant_id)  # deliveries are signed with it
-    request = body.model_dump(mode="json") | {"resolved": resolved}
+    # The prediction goes with the job; its result compares it with what was measured.
+    predicted = estimates.estimate(
+        session, settings, body, resolved["target_model"], resolved.get("pool_size")
+    )
+    request = body.model_dump(mode="json") | {
+        "resolved": resolved,
+        "estimate": predicted.model_dump(mode="json"),
+    }
     job = Job(
         tenant_id=tenant_id,
         kind=body.kind,

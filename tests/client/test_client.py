@@ -220,3 +220,15 @@ def test_signatures_match_the_standard_webhooks_example() -> None:
         b'{"test": 2432232314}',
     )
     assert got == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+
+
+def test_estimate_posts_a_dry_run_and_returns_its_answer() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        seen.append(req)
+        return httpx.Response(200, json={"dry_run": True, "total_seconds": 12.5})
+
+    c, _ = client(handler)
+    assert c.estimate({"kind": "select"})["total_seconds"] == 12.5
+    assert json.loads(seen[0].content) == {"kind": "select", "dry_run": True}

@@ -27,6 +27,7 @@ TABLES = {
     "job_shards",
     "scores",
     "proxies",
+    "calibrations",
 }
 
 

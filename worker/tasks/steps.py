@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -344,6 +345,32 @@ def _write_subset(job_id: str, ranked: list[Any], settings: Settings) -> list[st
     return formats
 
 
+def _calibrate(
+    job_id: str,
+    request: dict[str, Any],
+    inputs: Inputs,
+    samples: int,
+    settings: Settings,
+    ranking_s: float,
+) -> dict[str, Any] | None:
+    """Record the job's rates for later estimates; its estimate vs actual (None if they could
+    not be measured: a failure here never fails the job)."""
+    from worker.engine.pipeline import ModelCache
+    from worker.tasks import calibrate
+
+    try:
+        runtime = worker_runtime(settings)
+        tokenizer = (model_cache(settings) or ModelCache()).get(inputs.model, runtime).tokenizer
+        return calibrate.record(
+            job_id, request, inputs.pool, samples, tokenizer, runtime.describe(), ranking_s
+        )
+    except Exception as exc:
+        if is_transient(exc):
+            raise
+        log.warning("job %s: no calibration recorded: %s", job_id, exc)
+        return None
+
+
 def rank_job(job_id: str, settings: Settings) -> None:
     """Rank every score, write the subset file, finish the job."""
     from worker.engine.pipeline import rank, token_counts
@@ -360,6 +387,7 @@ def rank_job(job_id: str, settings: Settings) -> None:
         proxy_id, pool_size = row.proxy_id, row.progress_total
         scores = repo.all_scores(s, job_id)
     request = job["request"]
+    ranking_started = time.perf_counter()
     inputs = _inputs(request, job_id, settings)
     selection = selection_config(request["selection"])
     counts = None
@@ -388,6 +416,9 @@ def rank_job(job_id: str, settings: Settings) -> None:
             "proxy": f"/proxies/{proxy_id}" if proxy_id else None,
         },
     }
+    result["estimate_vs_actual"] = _calibrate(
+        job_id, request, inputs, len(scores), settings, time.perf_counter() - ranking_started
+    )
     if request.get("warmup"):
         from worker.engine.train.checkpoints import list_checkpoints
 

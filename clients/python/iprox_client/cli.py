@@ -105,6 +105,7 @@ def add_jobs_parser(sub: Any) -> None:
     s.add_argument("--wait", action="store_true", help="wait for the job to end")
     s.add_argument("--timeout", type=float, default=None, help="seconds --wait may take")
     s.add_argument("--json", action="store_true", help="print the job, not only its id")
+    s.add_argument("--dry-run", action="store_true", help="print the cost estimate; submit nothing")
     s.set_defaults(jobs_func=_submit)
 
     w = cmds.add_parser("wait", help="wait for a job to end; print it")

@@ -134,12 +134,18 @@ class Client:
     ) -> Job:
         """``POST /jobs`` with ``request`` (a dict as the API takes it) and/or keyword fields
         (``kind=``, ``dataset_uri=``, ...). The Idempotency-Key is ``idempotency_key`` or a fresh
-        UUID, the same for every retry of this call. A ``dry_run`` request answers its estimate
-        in the returned job's ``result``."""
+        UUID, the same for every retry of this call. For a ``dry_run`` use :meth:`estimate`."""
         body = {**(request or {}), **fields}
         key = idempotency_key or str(uuid.uuid4())
         data = self._json("POST", "/jobs", json=body, headers={"Idempotency-Key": key})
         return Job.model_validate(data)
+
+    def estimate(self, request: Mapping[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
+        """``POST /jobs`` with ``dry_run``: the predicted samples, tokens and seconds per stage
+        (``stages``, ``total_seconds``, ``calibration``); nothing is stored or queued."""
+        body = {**(request or {}), **fields, "dry_run": True}
+        answer: dict[str, Any] = self._json("POST", "/jobs", json=body)
+        return answer
 
     def get(self, job_id: str) -> Job:
         """``GET /jobs/{id}``."""
