@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from worker.engine.data import encode, load_records
+from worker.engine.data import encode, iter_records, load_records
 from worker.engine.device import CPU, Runtime
 from worker.engine.errors import ArtifactError, ConfigError, NoResponseTokensError
 from worker.engine.progress import EventFn, ProgressFn, StopFn, check_stop, report
@@ -361,7 +361,7 @@ def rank(
 def token_counts(tokenizer: Any, train: Path, max_length: int) -> dict[int, int]:
     """Tokens per record of ``train`` as scoring sees them (after truncation), for token budgets."""
     out = {}
-    for rec in load_records(train):
+    for rec in iter_records(train):  # streamed: one record in memory at a time
         try:
             out[rec.index] = len(encode(rec, tokenizer, max_length).input_ids)
         except NoResponseTokensError as exc:
