@@ -118,7 +118,7 @@ def parquet_schema(rows: Iterable[dict[str, Any]]) -> Any:
         if not schemas:
             return pa.schema([("rank", pa.int64()), ("score", pa.float64())])
         return pa.unify_schemas(schemas, promote_options="permissive")
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+    except pa.ArrowException as exc:  # invalid, type or not-implemented
         raise DataFormatError(
             f"the records' fields have no single Parquet type each ({exc}); use JSONL"
         ) from None
@@ -142,7 +142,7 @@ def write_parquet(path: Path, rows: Iterable[dict[str, Any]]) -> int:
             for chunk in _chunks(rows):
                 try:
                     writer.write_table(pa.Table.from_pylist(chunk, schema=schema))
-                except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+                except pa.ArrowException as exc:  # invalid, type or not-implemented
                     raise DataFormatError(
                         f"a record does not fit the Parquet schema ({exc}); use JSONL"
                     ) from None
