@@ -31,6 +31,9 @@ from tests.tiny import save_tiny_model
 ROOT = Path(__file__).resolve().parents[2]
 
 
+WORKER_ONLY_ENV = {"IPROX_ALLOWED_HOSTS": "127.0.0.1", "IPROX_WEBHOOK_BACKOFF_S": "0.5"}
+
+
 @dataclass(frozen=True)
 class Stack:
     env: dict[str, str]
@@ -78,9 +81,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "IPROX_SHARD_SIZE": "4",  # the 6-record pool splits into two shards
             "IPROX_TASK_SOFT_TIME_LIMIT_S": "300",
             "IPROX_TASK_TIME_LIMIT_S": "330",
-            # Webhook receivers of the tests listen on 127.0.0.1; their retries come fast.
-            "IPROX_ALLOWED_HOSTS": "127.0.0.1",
-            "IPROX_WEBHOOK_BACKOFF_S": "0.5",
         }
         with service_environ(env):
             log = base / "worker.log"
@@ -88,7 +88,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             cmd += ["-Q", env["IPROX_QUEUE"], "--concurrency", "2"]
             cmd += ["--without-gossip", "--without-mingle"]
             cmd += ["--loglevel", "INFO", "--logfile", str(log)]
-            child_env = os.environ | {"PYTHONPATH": str(ROOT)}
+            # The worker may reach the tests' webhook receivers on 127.0.0.1 and retries them
+            # fast (the API side allows them per test: tests/integration/test_webhooks_worker.py).
+            child_env = os.environ | {"PYTHONPATH": str(ROOT)} | WORKER_ONLY_ENV
             proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env, start_new_session=True)
             try:
                 _wait_for(log, "ready.", proc, timeout=120)

@@ -3,7 +3,6 @@ talk to it as a pipeline would: the Python client, the CLI in a subprocess."""
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 import time
@@ -13,14 +12,17 @@ from contextlib import contextmanager
 import uvicorn
 
 from tests.integration.conftest import Stack
-from tests.service.kit import reset_caches
+from tests.service.kit import service_environ
 
 
 @contextmanager
 def live_api(stack: Stack) -> Iterator[str]:
-    """Serve the app on a free port; yields its base URL."""
-    os.environ.update(stack.env)
-    reset_caches()
+    """Serve the app on a free port; yields its base URL (the stack's settings set meanwhile)."""
+    with service_environ(stack.env):
+        yield from _serve()
+
+
+def _serve() -> Iterator[str]:
     from service.main import create_app
 
     with socket.socket() as s:

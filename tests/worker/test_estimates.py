@@ -5,7 +5,7 @@ its estimate against what it took."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -50,12 +50,25 @@ def test_a_dry_run_stores_nothing_and_uses_the_built_in_table_at_first(
     assert bad.status_code == 422  # validated as a real submission is
 
 
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One torch thread: a multi-threaded kernel on cores that other processes share waits on
+    its slowest thread, so its wall time swings far more than a single thread's."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def test_after_one_calibration_job_the_estimate_is_within_2x(
     client: TestClient,
     auth: dict[str, str],
     job_body: Callable[..., dict[str, Any]],
     own_model: str,
     svc_roots: dict[str, Path],
+    one_thread: None,
 ) -> None:
     # A worker is long-lived: its first job in a process also pays one-off costs (torch's
     # first kernels, imports) that no later job does. Pay them here, on another model.

@@ -113,6 +113,16 @@ class ModelCache:
         self.misses += 1
         return loaded
 
+    def peek(self, model_ref: str, runtime: Runtime = CPU) -> LoadedModel | None:
+        """The loaded ``model_ref`` if this cache holds a current copy; never loads, and is
+        not counted as a hit or a miss."""
+        from worker.engine.models import resolve_model
+
+        source = resolve_model(model_ref)
+        fingerprint = (source.identity, _weights_signature(source.path))
+        hit = self._entries.get((model_ref, str(runtime.device), runtime.dtype_name))
+        return hit[1] if hit is not None and hit[0] == fingerprint else None
+
     def clear(self) -> None:
         self._entries.clear()
 

@@ -354,13 +354,18 @@ def _calibrate(
     ranking_s: float,
 ) -> dict[str, Any] | None:
     """Record the job's rates for later estimates; its estimate vs actual (None if they could
-    not be measured: a failure here never fails the job)."""
-    from worker.engine.pipeline import ModelCache
+    not be measured: a failure here never fails the job). Tokens are counted with the model's
+    tokenizer only when this worker holds the model already (no model is loaded for this)."""
     from worker.tasks import calibrate
 
     try:
         runtime = worker_runtime(settings)
-        tokenizer = (model_cache(settings) or ModelCache()).get(inputs.model, runtime).tokenizer
+        cache = model_cache(settings)
+        loaded = cache.peek(inputs.model, runtime) if cache is not None else None
+        if loaded is None:
+            log.info("job %s: model not loaded here; no calibration recorded", job_id)
+            return None
+        tokenizer = loaded.tokenizer
         return calibrate.record(
             job_id, request, inputs.pool, samples, tokenizer, runtime.describe(), ranking_s
         )
