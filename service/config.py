@@ -119,6 +119,25 @@ class Settings(BaseSettings):
         description="Host names or networks (CIDR) that outbound http(s) requests may reach "
         "although they are not public addresses (',' separated), e.g. 10.0.0.0/8,files.lan.",
     )
+    webhook_max_attempts: int = Field(
+        default=8,
+        ge=1,
+        description="Deliveries of one webhook event tried before it is given up (recorded in "
+        "the job's events).",
+    )
+    webhook_backoff_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Wait before a webhook's second attempt, s; doubled for each later one.",
+    )
+    webhook_max_backoff_s: float = Field(
+        default=1800.0, gt=0, description="Longest wait between two webhook attempts, s."
+    )
+    webhook_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Time a webhook receiver has to answer one delivery (connect and read), s.",
+    )
     shard_stale_after_s: int = Field(
         default=300,
         gt=0,

@@ -11,6 +11,7 @@ import asyncio
 import csv
 import io
 import json
+import re
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -22,8 +23,15 @@ from service.errors import ValidationFailed
 from service.outbound import OutboundPolicy, OutboundRefused, send_checked
 from service.text import unstorable
 
-REMOTE_SCHEMES = ("http", "https", "s3", "gs")
-SUFFIXES = (".jsonl", ".json", ".csv")
+REMOTE_SCHEMES = ("http", "https", "s3", "gs", "hf")
+COLUMNAR = (".parquet", ".arrow")
+SUFFIXES = (".jsonl", ".json", ".csv", *COLUMNAR)
+_SUFFIX_HINT = "use .jsonl, .json, .csv, .parquet or .arrow"
+# hf://datasets/ORG/NAME[@REVISION]/PATH: a file of a dataset repository on the Hugging Face hub
+# (huggingface_hub's fsspec file system; a revision with a slash is written %2F-encoded).
+HF_URI = re.compile(
+    r"^hf://datasets/(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<rev>[^/]+))?/(?P<path>.+)$"
+)
 # Key sets the engine's record reader understands (worker/engine/data/records.py).
 RECORD_KEYS: tuple[frozenset[str], ...] = (
     frozenset({"messages"}),
@@ -75,9 +83,11 @@ def resolve_file_uri(uri: str, roots: Sequence[Path], field: str) -> Path:
 def _check_record(obj: Any, where: str, field: str) -> None:
     if not isinstance(obj, dict):
         raise ValidationFailed(f"{where}: a record must be a JSON object", field=field)
-    if not any(keys <= obj.keys() for keys in RECORD_KEYS):
+    # A null field counts as absent, as the engine reads it (columnar rows have every column).
+    present = {k for k, v in obj.items() if v is not None}
+    if not any(keys <= present for keys in RECORD_KEYS):
         raise ValidationFailed(
-            f"{where}: unknown record format (keys: {', '.join(sorted(obj)) or 'none'})",
+            f"{where}: unknown record format (keys: {', '.join(sorted(present)) or 'none'})",
             field=field,
         )
 
@@ -129,8 +139,102 @@ def sniff_text(head: str, suffix: str, where: str, field: str, complete: bool) -
         _first_record_json(doc, where, field)
     else:
         raise ValidationFailed(
-            f"{where}: unknown file type {suffix!r}; use .jsonl, .json or .csv", field=field
+            f"{where}: unknown file type {suffix!r}; {_SUFFIX_HINT}", field=field
         )
+
+
+def check_columnar(source: Any, suffix: str, where: str, field: str) -> int | None:
+    """Open a Parquet or Arrow IPC file (a seekable binary file) with pyarrow and check that its
+    first row is a record in a known format. Returns a Parquet file's row count (its footer
+    says), else None; 0 for a file seen to hold no rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        if suffix == ".parquet":
+            pf = pq.ParquetFile(source)
+            rows: int | None = pf.metadata.num_rows
+            first = next(pf.iter_batches(batch_size=1), None)
+        else:
+            rows = None  # counting an Arrow file reads its batches: left to local files
+            try:
+                reader: Any = pa.ipc.open_file(source)
+                batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
+            except pa.ArrowInvalid:  # the stream form, as datasets writes it
+                source.seek(0)
+                batches = iter(pa.ipc.open_stream(source))
+            first = next((b for b in batches if b.num_rows), None)
+    except (pa.ArrowException, OSError) as exc:
+        raise ValidationFailed(
+            f"{where}: not a readable {suffix} file ({exc})", field=field
+        ) from None
+    if first is None:
+        return 0
+    _check_record(first.slice(0, 1).to_pylist()[0], where, field)
+    return rows
+
+
+def columnar_folder(folder: Path, uri: str, field: str) -> list[Path]:
+    """The data files of a ``datasets`` ``save_to_disk`` folder (from its ``state.json``) or of
+    a folder of Parquet files; [] when the folder is neither (the engine reads it the same way,
+    worker/engine/data/records.py)."""
+    state = folder / "state.json"
+    if state.is_file():
+        try:
+            names = [f["filename"] for f in json.loads(state.read_text())["_data_files"]]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise ValidationFailed(
+                f"{uri!r}: state.json is not a datasets save_to_disk state file", field=field
+            ) from None
+        files = [folder / str(n) for n in names]
+        if any(f.parent != folder or not f.is_file() for f in files):
+            raise ValidationFailed(
+                f"{uri!r}: state.json names data files missing from the folder", field=field
+            )
+        return files
+    if (folder / "dataset_dict.json").is_file():
+        raise ValidationFailed(
+            f"{uri!r} is a DatasetDict folder; give one split's folder (e.g. {uri}/train)",
+            field=field,
+        )
+    return sorted(folder.glob("*.parquet"))
+
+
+def _check_columnar_files(files: Sequence[Path], uri: str, field: str) -> int | None:
+    """Check the first record of local columnar files (the first file with rows) and count
+    their rows from metadata or memory maps (nothing is read whole)."""
+    import pyarrow as pa
+
+    checked = False
+    total: int | None = 0
+    for path in files:
+        if not checked:
+            with pa.memory_map(str(path), "r") as source:
+                checked = check_columnar(source, path.suffix.lower(), uri, field) != 0
+        rows = check_columnar_count(path)
+        total = None if total is None or rows is None else total + rows
+    if not checked:
+        raise ValidationFailed(f"{uri!r}: the data set holds no records", field=field)
+    return total
+
+
+def check_columnar_count(path: Path) -> int | None:
+    """Rows of a local Parquet file (from its footer) or Arrow file (memory-mapped, no copy)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        if path.suffix.lower() == ".parquet":
+            return int(pq.ParquetFile(path).metadata.num_rows)
+        with pa.memory_map(str(path), "r") as source:
+            try:
+                reader: Any = pa.ipc.open_file(source)
+                return sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+            except pa.ArrowInvalid:
+                source.seek(0)
+                return sum(b.num_rows for b in pa.ipc.open_stream(source))
+    except (pa.ArrowException, OSError):
+        return None  # the engine reports the broken file when it reads it
 
 
 def read_head(fh: IO[bytes], suffix: str, cap: int) -> bytes:
@@ -179,15 +283,25 @@ def count_lines(path: Path) -> int:
 
 
 def check_local(path: Path, uri: str, field: str, max_bytes: int) -> int | None:
-    """Sniff a local file (or a folder of MMLU CSVs). Returns an upper bound on a JSONL file's
-    records when it is small enough to count cheaply, else None."""
+    """Sniff a local file or folder (a save_to_disk folder, Parquet files, MMLU CSVs). Returns
+    an upper bound on the records when it is cheap to know (a JSONL file small enough to count,
+    Parquet footers, Arrow files), else None."""
     if path.is_dir():
+        columnar = columnar_folder(path, uri, field)
+        if columnar:
+            return _check_columnar_files(columnar, uri, field)
         csvs = sorted(path.glob("*.csv"))
         if not csvs:
-            raise ValidationFailed(f"{uri!r}: a folder must hold .csv files", field=field)
+            raise ValidationFailed(
+                f"{uri!r}: a folder must be a datasets save_to_disk folder or hold .parquet "
+                "or MMLU-style .csv files",
+                field=field,
+            )
         path = csvs[0]
-    size = path.stat().st_size
     suffix = path.suffix.lower()
+    if suffix in COLUMNAR:
+        return _check_columnar_files([path], uri, field)
+    size = path.stat().st_size
     with path.open("rb") as fh:
         _sniff_file(fh, uri, suffix, field, max_bytes, size)
     if suffix == ".jsonl" and size <= COUNT_BYTES:
@@ -249,9 +363,10 @@ def check_http(
         )
 
 
-def check_fsspec(uri: str, field: str, *, max_bytes: int) -> None:
-    """s3:// and gs:// through fsspec (the protocol's package is an optional extra): the object
-    exists, is a file no larger than ``max_bytes``, and starts like data."""
+def check_fsspec(uri: str, field: str, *, max_bytes: int) -> int | None:
+    """s3://, gs:// and hf:// through fsspec (s3 and gs need an optional extra; hf is
+    huggingface_hub's file system): the object exists, is a file no larger than ``max_bytes``,
+    and starts like data (a columnar file: its footer or schema and first row)."""
     import fsspec
 
     scheme = urlsplit(uri).scheme
@@ -273,7 +388,13 @@ def check_fsspec(uri: str, field: str, *, max_bytes: int) -> None:
             )
         suffix = Path(path).suffix.lower()
         with fs.open(path, "rb") as fh:
+            if suffix in COLUMNAR:
+                rows = check_columnar(fh, suffix, uri, field)
+                if rows == 0:
+                    raise ValidationFailed(f"{uri!r}: the file holds no records", field=field)
+                return rows
             _sniff_file(fh, uri, suffix, field, max_bytes, size)
+            return None
     except FileNotFoundError:
         raise ValidationFailed(f"{uri!r}: no such object", field=field) from None
     except ValidationFailed:
@@ -294,7 +415,7 @@ def check_uri(
 ) -> int | None:
     """Refuse a dataset URI that cannot be read or does not look like data (422 on ``field``).
     Returns an upper bound on its records when that is cheap to know (a local JSONL file up
-    to COUNT_BYTES), else None."""
+    to COUNT_BYTES, a Parquet file's footer, local Arrow files), else None."""
     unfit = unstorable(uri)
     if unfit:
         raise ValidationFailed(f"the URI {unfit}", field=field)
@@ -304,12 +425,19 @@ def check_uri(
         return check_local(resolve_file_uri(uri, data_roots, field), uri, field, http_max_bytes)
     if scheme not in REMOTE_SCHEMES:
         raise ValidationFailed(
-            f"{uri!r}: unsupported scheme {scheme or '(none)'!r}; use file://, http(s)://, s3://, gs://",
+            f"{uri!r}: unsupported scheme {scheme or '(none)'!r}; use file://, http(s)://, "
+            "s3://, gs://, hf://",
+            field=field,
+        )
+    if scheme == "hf" and not HF_URI.match(uri):
+        raise ValidationFailed(
+            f"{uri!r}: a hub URI is hf://datasets/ORG/NAME[@REVISION]/PATH (a file of a "
+            "dataset repository)",
             field=field,
         )
     if suffix not in SUFFIXES:
         raise ValidationFailed(
-            f"{uri!r}: unknown file type {suffix!r}; use .jsonl, .json or .csv", field=field
+            f"{uri!r}: unknown file type {suffix!r}; {_SUFFIX_HINT}", field=field
         )
     if scheme in ("http", "https"):
         check_http(
@@ -320,6 +448,5 @@ def check_uri(
             total_s=http_total_timeout_s,
             outbound=outbound,
         )
-    else:
-        check_fsspec(uri, field, max_bytes=http_max_bytes)
-    return None
+        return None
+    return check_fsspec(uri, field, max_bytes=http_max_bytes)

@@ -15,6 +15,7 @@ from service.jobs.router import router as jobs_router
 from service.limits import InflightLimit
 from service.proxies.router import router as proxies_router
 from service.queue import get_dispatcher
+from service.webhooks.router import router as webhooks_router
 
 
 @asynccontextmanager
@@ -36,6 +37,7 @@ def create_app() -> FastAPI:
     app.add_middleware(InflightLimit, limit=get_settings().api_max_inflight)
     app.include_router(jobs_router)
     app.include_router(proxies_router)
+    app.include_router(webhooks_router)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

@@ -14,6 +14,7 @@ TASK_RUN_JOB = "iprox.run_job"
 TASK_SCORE_SHARD = "iprox.score_shard"
 TASK_RANK_JOB = "iprox.rank_job"
 TASK_RECONCILE = "iprox.reconcile"
+TASK_DELIVER_WEBHOOK = "iprox.deliver_webhook"
 
 
 def make_celery(settings: Settings) -> Celery:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from worker.engine.errors import EngineError
 
-COMMAND_MODULES: tuple[str, ...] = ("train", "proxy", "score", "serve", "migrate", "keys")
+COMMAND_MODULES: tuple[str, ...] = ("train", "proxy", "score", "serve", "migrate", "keys", "jobs")
 
 
 def build_parser() -> argparse.ArgumentParser:

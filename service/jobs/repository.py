@@ -178,6 +178,26 @@ def list_scores(session: Session, job_id: str, *, after: int, limit: int) -> lis
     return list(session.scalars(q))
 
 
+def scores_by_rank(
+    session: Session,
+    job_id: str,
+    *,
+    after: tuple[float, int] | None = None,
+    offset: int = 0,
+    limit: int,
+) -> list[Score]:
+    """A job's scores best first (score descending, ties by ascending index: the order the
+    ranking uses), after the key ``(score, index)`` of the last row seen, or from ``offset``."""
+    q = select(Score).where(Score.job_id == job_id)
+    if after is not None:
+        score, index = after
+        q = q.where(
+            or_(Score.score < score, and_(Score.score == score, Score.sample_index > index))
+        )
+    q = q.order_by(Score.score.desc(), Score.sample_index).offset(offset).limit(limit)
+    return list(session.scalars(q))
+
+
 def count_scores(session: Session, job_id: str) -> int:
     """How many samples of a job have a score."""
     return int(session.scalar(select(func.count()).where(Score.job_id == job_id)) or 0)

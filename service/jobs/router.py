@@ -10,13 +10,15 @@ from collections.abc import Iterator
 from typing import IO, Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from service.auth.deps import TenantDep
 from service.config import get_settings
 from service.db import read_connection, session_scope
 from service.errors import Unavailable, ValidationFailed
-from service.jobs import service, state
+from service.estimates import service as estimates
+from service.estimates.schemas import Estimate
+from service.jobs import exports, service, state
 from service.jobs.schemas import EventPage, JobCreate, JobPage, JobRead, ScorePage
 from service.models import JobStatus
 from service.queue import TASK_RUN_JOB, get_dispatcher
@@ -27,15 +29,28 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 _METADATA_PREFIX = "metadata."
 
 
-@router.post("", status_code=202, response_model=JobRead)
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobRead,
+    responses={200: {"model": Estimate, "description": "A dry_run's estimate."}},
+)
 def create_job(
     body: JobCreate,
     tenant: TenantDep,
     response: Response,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
-) -> JobRead:
-    """Validate, store the job, commit, then queue it by task name with its id."""
+) -> JobRead | JSONResponse:
+    """Validate, store the job, commit, then queue it by task name with its id. With
+    ``dry_run``: validate the same way and answer the estimate (200), storing nothing."""
     settings = get_settings()
+    if body.dry_run:
+        resolved = service.check_inputs(settings, body)
+        with session_scope() as session:
+            predicted = estimates.estimate(
+                session, settings, body, resolved["target_model"], resolved.get("pool_size")
+            )
+        return JSONResponse(predicted.model_dump(mode="json"), status_code=200)
     with session_scope() as session:
         replayed = service.replayed_job(session, tenant, body, idempotency_key)
         read = service.read_job(session, replayed) if replayed is not None else None
@@ -114,16 +129,54 @@ def job_events(
         return service.events(session, tenant, job_id, after, limit)
 
 
-@router.get("/{job_id}/scores", response_model=ScorePage)
+_SCORE_MEDIA = {
+    "jsonl": "application/x-ndjson",
+    "csv": "text/csv",
+    "parquet": "application/vnd.apache.parquet",
+}
+
+
+@router.get(
+    "/{job_id}/scores",
+    response_model=ScorePage,
+    responses={200: {"content": {m: {} for m in _SCORE_MEDIA.values()}}},
+)
 def job_scores(
     job_id: str,
     tenant: TenantDep,
     cursor: Annotated[int, Query(ge=-1, description="next_cursor of the previous page.")] = -1,
     limit: Annotated[int, Query(ge=1, le=1000)] = 500,
-) -> ScorePage:
-    """Every scored sample by pool index; ``partial`` says whether scoring finished."""
+    order: Annotated[
+        exports.ScoreOrder,
+        Query(
+            description="index: by pool index; rank: best score first (ties by index), each "
+            "item with its rank.",
+            examples=["rank"],
+        ),
+    ] = "index",
+    format: Annotated[
+        Literal["json", "jsonl", "csv", "parquet"],
+        Query(
+            description="json: one page (cursor, limit); jsonl, csv, parquet: every score as "
+            "one file, streamed.",
+            examples=["parquet"],
+        ),
+    ] = "json",
+) -> ScorePage | Response:
+    """Every scored sample, by pool index or by rank; ``partial`` says whether scoring
+    finished. As a file (``format`` jsonl, csv, parquet) it holds every score."""
     with session_scope() as session:
-        return service.scores(session, tenant, job_id, cursor, limit)
+        if format == "json":
+            return service.scores(session, tenant, job_id, cursor, limit, order)
+        service.get_job(session, tenant, job_id)  # 404 before anything streams
+    rows = exports.score_rows(job_id, order)
+    name = f'attachment; filename="scores-{job_id}.{format}"'
+    headers = {"Content-Disposition": name}
+    if format == "parquet":
+        body: Iterator[bytes] = exports.chunks(exports.scores_parquet(rows, order))
+    else:
+        body = exports.scores_text(rows, format, order)
+    return StreamingResponse(body, media_type=_SCORE_MEDIA[format], headers=headers)
 
 
 def _stream(fh: IO[bytes], top_k: int | None, fmt: str) -> Iterator[bytes]:
@@ -141,24 +194,42 @@ def _stream(fh: IO[bytes], top_k: int | None, fmt: str) -> Iterator[bytes]:
         yield b"]"
 
 
+_SUBSET_MEDIA = {
+    "jsonl": "application/x-ndjson",
+    "json": "application/json",
+    "parquet": "application/vnd.apache.parquet",
+}
+
+
 @router.get(
     "/{job_id}/subset",
-    responses={200: {"content": {"application/x-ndjson": {}, "application/json": {}}}},
+    responses={200: {"content": {m: {} for m in _SUBSET_MEDIA.values()}}},
 )
 def job_subset(
     job_id: str,
     tenant: TenantDep,
     top_k: Annotated[int | None, Query(ge=1, description="Only the best top_k records.")] = None,
-    format: Annotated[Literal["jsonl", "json"], Query()] = "jsonl",
+    format: Annotated[
+        Literal["jsonl", "json", "parquet"],
+        Query(
+            description="jsonl: one record per line; json: one list; parquet: one Parquet file "
+            "(columns: the records' fields, rank, score).",
+            examples=["parquet"],
+        ),
+    ] = "jsonl",
 ) -> StreamingResponse:
     """The ranked records, best first: original fields plus ``rank`` and ``score``."""
+    stored = "parquet" if format == "parquet" else "jsonl"
     with session_scope() as session:
-        location = service.subset_location(session, get_settings(), tenant, job_id)
+        location = service.subset_location(session, get_settings(), tenant, job_id, stored)
     fh = service.open_subset(location, job_id)  # a remote store may be slow: no session open
-    media = "application/x-ndjson" if format == "jsonl" else "application/json"
     name = f"subset-{job_id}.{format}"
+    if format == "parquet":
+        body = exports.chunks(exports.parquet_head(fh, top_k) if top_k is not None else fh)
+    else:
+        body = _stream(fh, top_k, format)
     return StreamingResponse(
-        _stream(fh, top_k, format),
-        media_type=media,
+        body,
+        media_type=_SUBSET_MEDIA[format],
         headers={"Content-Disposition": f'attachment; filename="{name}"'},
     )

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from service.models import JobKind, JobStage, JobStatus
 from service.text import StoredText, unstorable
+from service.webhooks.schemas import NotifySpec
 
 _STRICT = ConfigDict(extra="forbid")
 
@@ -128,6 +129,12 @@ class ScorerSpec(BaseModel):
     batch_size: int | None = Field(None, gt=0)
     max_length: int | None = Field(None, ge=2)
     damping: float | None = Field(None, gt=0, description="Influence damping.")
+    adam: bool = Field(
+        False,
+        description="Precondition the pool's gradients with each warm-up checkpoint's Adam "
+        "moments, as LESS does (needs warmup).",
+        examples=[True],
+    )
     seed: int | None = Field(None, ge=0, description="Projection seed (projected features only).")
 
     @field_validator("features")
@@ -138,6 +145,38 @@ class ScorerSpec(BaseModel):
         if value is not None and method in PROJECTED_ONLY and value != "projected":
             raise ValueError(f"the {method} scorer scores from projected features only")
         return value
+
+
+class WarmupSpec(BaseModel):
+    """The paper's (and LESS's) recipe: fine-tune the target briefly on a seeded slice of the
+    pool, keep ``checkpoints`` checkpoints, build a proxy from each and sum their scores weighted
+    by the learning rate of the steps each ends. Unset training settings take the engine's
+    defaults (FinetuneConfig)."""
+
+    model_config = _STRICT
+
+    fraction: float = Field(
+        0.05, gt=0, le=1, description="Share of the pool the warm-up trains on.", examples=[0.05]
+    )
+    checkpoints: int = Field(
+        4, ge=1, le=32, description="Checkpoints kept, evenly spaced over the run.", examples=[4]
+    )
+    epochs: float | None = Field(
+        None, gt=0, le=100, description="Passes over the slice (default 1).", examples=[4]
+    )
+    lora_rank: int | None = Field(
+        None,
+        ge=0,
+        le=4096,
+        description="LoRA rank of the warm-up; 0 fine-tunes every weight (default 0).",
+        examples=[128],
+    )
+    lr: float | None = Field(None, gt=0, description="Peak learning rate.", examples=[2e-5])
+    batch_size: int | None = Field(None, gt=0, description="Records per step.", examples=[4])
+    max_length: int | None = Field(None, gt=0, description="Tokens per record.", examples=[512])
+    seed: int | None = Field(
+        None, ge=0, description="Seeds the slice, the data order and LoRA.", examples=[0]
+    )
 
 
 class SelectionSpec(BaseModel):
@@ -180,6 +219,23 @@ class JobCreate(BaseModel):
     scorer: ScorerSpec = Field(default_factory=lambda: ScorerSpec())
     selection: SelectionSpec | None = Field(None, description="The budget (select).")
     metadata: dict[StoredText, StoredText] = Field(default_factory=dict, description="Free labels.")
+    warmup: WarmupSpec | None = Field(
+        None,
+        description="Select jobs: warm up and score with a proxy per checkpoint (see WarmupSpec).",
+        examples=[{"fraction": 0.05, "checkpoints": 4, "epochs": 4, "lora_rank": 128}],
+    )
+    dry_run: bool = Field(
+        False,
+        description="Only estimate: answer 200 with the predicted samples, tokens and seconds "
+        "per stage (from rates measured on this deployment), storing and queueing nothing.",
+        examples=[True],
+    )
+    notify: NotifySpec | None = Field(
+        None,
+        description="A webhook announcing the job's end (Standard Webhooks, signed with the "
+        "tenant's secret from GET /webhooks/secret).",
+        examples=[{"url": "https://hooks.example.com/iprox", "events": ["succeeded", "failed"]}],
+    )
 
     @field_validator("target_uri")
     @classmethod
@@ -258,6 +314,12 @@ class ScoreRead(BaseModel):
     index: int
     id: str
     score: float
+    rank: int | None = Field(
+        None,
+        description="Position in the ranking (1 is the best score; ties by pool index); "
+        "given with order=rank.",
+        examples=[1],
+    )
 
 
 class ScorePage(BaseModel):

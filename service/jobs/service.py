@@ -15,6 +15,7 @@ from service.artifacts import open_binary
 from service.config import Settings
 from service.datasets import check_uri
 from service.errors import Conflict, IdempotencyConflict, NotFound, Unavailable, ValidationFailed
+from service.estimates import service as estimates
 from service.jobs import repository as repo
 from service.jobs import state
 from service.jobs.kinds import kind_entry
@@ -34,6 +35,7 @@ from service.models import Job, JobStatus
 from service.proxies import repository as proxy_repo
 from service.targets import resolve_target_model
 from service.text import unstorable
+from service.webhooks import service as webhooks
 
 
 def request_hash(body: JobCreate) -> str:
@@ -42,12 +44,15 @@ def request_hash(body: JobCreate) -> str:
 
 
 SUBSET_FILE = "subset.jsonl"
+SUBSET_FORMATS = ("jsonl", "json", "parquet")
+"""What GET /jobs/{id}/subset serves: JSON is made from the JSONL file as it streams."""
 
 
-def subset_parts(job_id: str) -> tuple[str, ...]:
-    """The ranked subset of a job under the artifact root: made and published by the worker,
-    read by the API (a path under a folder root, a URL under a URL root)."""
-    return ("jobs", job_id, SUBSET_FILE)
+def subset_parts(job_id: str, fmt: str = "jsonl") -> tuple[str, ...]:
+    """The ranked subset of a job under the artifact root (``jsonl`` or ``parquet``): made and
+    published by the worker, read by the API (a path under a folder root, a URL under a URL
+    root)."""
+    return ("jobs", job_id, SUBSET_FILE if fmt == "jsonl" else f"subset.{fmt}")
 
 
 def to_read(job: Job | Row[Any], labels: dict[str, str]) -> JobRead:
@@ -87,15 +92,36 @@ def read_job_by_id(conn: Connection, tenant_id: str, job_id: str) -> JobRead:
     return to_read(*found)
 
 
-def check_inputs(settings: Settings, body: JobCreate) -> dict[str, str]:
+def check_inputs(settings: Settings, body: JobCreate) -> dict[str, Any]:
     """Every check of the request that needs no database: its shape, the model, the dataset
     files and URLs (which may wait on the network, so no session may be open). Returns the
-    resolved references. Raises 422."""
+    resolved references (and ``pool_size``, an upper bound on the pool's records, when it is
+    cheap to know). Raises 422."""
     entry, kind = kind_entry(body.kind), body.kind.value
     if entry.targets and not body.target_uris():
         raise ValidationFailed(f"target_uri is required for a {kind} job", field="target_uri")
     if entry.selection and body.selection is None:
         raise ValidationFailed(f"selection is required for a {kind} job", field="selection")
+    if body.warmup is not None and not entry.scores:
+        raise ValidationFailed(f"a {kind} job takes no warmup", field="warmup")
+    if body.scorer.adam and body.warmup is None:
+        raise ValidationFailed(
+            "Adam preconditioning uses the warm-up checkpoints' moments; add warmup",
+            field="scorer.adam",
+        )
+    if body.scorer.adam and body.warmup is not None and (body.warmup.lora_rank or 0) > 0:
+        # The engine maps a full fine-tune's moments into each proxy's factors; a LoRA
+        # run's moments belong to its adapters, which the proxy does not have.
+        raise ValidationFailed(
+            "Adam preconditioning of a proxy needs a full warm-up (warmup.lora_rank 0); "
+            "a LoRA warm-up scores without adam",
+            field="scorer.adam",
+        )
+    if body.warmup is not None and body.proxy.proxy_id is not None:
+        raise ValidationFailed(
+            "with warmup a proxy is built from each checkpoint; drop proxy.proxy_id",
+            field="proxy.proxy_id",
+        )
     if not entry.reuses_proxy and body.proxy.proxy_id is not None:
         raise ValidationFailed(
             f"a {kind} job builds a new proxy; drop proxy.proxy_id", field="proxy.proxy_id"
@@ -132,7 +158,12 @@ def check_inputs(settings: Settings, body: JobCreate) -> dict[str, str]:
         )
     for k, uri in enumerate(body.target_uris()):
         check(uri, "target_uri" if isinstance(body.target_uri, str) else f"target_uri.{k}")
-    return {"target_model": model}
+    if body.notify is not None:
+        webhooks.check_url(body.notify.url, settings.outbound)
+    resolved: dict[str, Any] = {"target_model": model}
+    if pool_size is not None:
+        resolved["pool_size"] = pool_size
+    return resolved
 
 
 def check_proxy(session: Session, tenant_id: str, body: JobCreate, model: str) -> None:
@@ -172,7 +203,7 @@ def create_job(
     tenant_id: str,
     body: JobCreate,
     idempotency_key: str | None,
-    resolved: dict[str, str],
+    resolved: dict[str, Any],
 ) -> tuple[Job, bool]:
     """Insert a queued job whose inputs :func:`check_inputs` passed; returns (job, created).
     A replayed key returns the original job (created False)."""
@@ -182,7 +213,16 @@ def create_job(
         existing = replayed_job(session, tenant_id, body, idempotency_key)
         if existing is not None:  # a request with the key won while this one was checking
             return existing, False
-    request = body.model_dump(mode="json") | {"resolved": resolved}
+    if body.notify is not None:
+        webhooks.ensure_secret(session, tenant_id)  # deliveries are signed with it
+    # The prediction goes with the job; its result compares it with what was measured.
+    predicted = estimates.estimate(
+        session, settings, body, resolved["target_model"], resolved.get("pool_size")
+    )
+    request = body.model_dump(mode="json") | {
+        "resolved": resolved,
+        "estimate": predicted.model_dump(mode="json"),
+    }
     job = Job(
         tenant_id=tenant_id,
         kind=body.kind,
@@ -270,28 +310,56 @@ def events(session: Session, tenant_id: str, job_id: str, after: int, limit: int
     return EventPage(items=items, next_after=items[-1].id if len(items) == limit else None)
 
 
-def scores(session: Session, tenant_id: str, job_id: str, after: int, limit: int) -> ScorePage:
+def scores(
+    session: Session,
+    tenant_id: str,
+    job_id: str,
+    after: int,
+    limit: int,
+    order: str = "index",
+) -> ScorePage:
+    """A page of scores by pool index (``after``: the last index seen), or in rank order
+    (``after``: how many rows the earlier pages held, -1 for none)."""
     job = get_job(session, tenant_id, job_id)
-    rows = repo.list_scores(session, job_id, after=after, limit=limit)
-    items = [ScoreRead(index=s.sample_index, id=s.sample_id, score=s.score) for s in rows]
+    if order == "rank":
+        offset = max(after, 0)
+        rows = repo.scores_by_rank(session, job_id, offset=offset, limit=limit)
+        items = [
+            ScoreRead(index=s.sample_index, id=s.sample_id, score=s.score, rank=offset + k)
+            for k, s in enumerate(rows, start=1)
+        ]
+        nxt = offset + len(items) if len(items) == limit else None
+    else:
+        rows = repo.list_scores(session, job_id, after=after, limit=limit)
+        items = [ScoreRead(index=s.sample_index, id=s.sample_id, score=s.score) for s in rows]
+        nxt = items[-1].index if len(items) == limit else None
     partial = job.partial or job.status is not JobStatus.SUCCEEDED
     return ScorePage(
         items=items,
-        next_cursor=items[-1].index if len(items) == limit else None,
+        next_cursor=nxt,
         partial=partial,
         count=repo.count_scores(session, job_id),
     )
 
 
-def subset_location(session: Session, settings: Settings, tenant_id: str, job_id: str) -> str:
-    """Where the job's subset file lies under the artifact root (a folder or a URL)."""
+def subset_location(
+    session: Session, settings: Settings, tenant_id: str, job_id: str, fmt: str = "jsonl"
+) -> str:
+    """Where the job's subset file in ``fmt`` (jsonl or parquet) lies under the artifact root
+    (a folder or a URL)."""
     job = get_job(session, tenant_id, job_id)
     if not kind_entry(job.kind).scores:
         raise Conflict(f"job {job_id} is a {job.kind.value} job; it selects nothing")
     if job.status is not JobStatus.SUCCEEDED:
         hint = " (its partial scores are at /scores)" if job.partial else ""
         raise Conflict(f"job {job_id} is {job.status.value}; no subset{hint}")
-    return settings.artifacts.location(*subset_parts(job_id))
+    written = (job.result or {}).get("subset_formats", ["jsonl"])
+    if fmt not in written:
+        raise NotFound(
+            f"job {job_id} has no {fmt} subset (its records have no single Parquet type per "
+            "field, or it finished before Parquet output existed); use format=jsonl"
+        )
+    return settings.artifacts.location(*subset_parts(job_id, fmt))
 
 
 def open_subset(location: str, job_id: str) -> IO[bytes]:

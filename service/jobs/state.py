@@ -18,6 +18,7 @@ from service.jobs import repository as repo
 from service.models import Job, JobStage, JobStatus, ShardStatus
 from service.models.base import utcnow
 from service.queue import TASK_RANK_JOB, TASK_RUN_JOB, TASK_SCORE_SHARD
+from service.webhooks.service import announce_on_commit
 
 
 class JobGone(LookupError):
@@ -36,6 +37,7 @@ def _finish(session: Session, job: Job, status: JobStatus, message: str, **data:
     job.finished_at = utcnow()
     repo.touch(job)
     repo.add_event(session, job.id, "status", message, stage=job.stage, data=data or None)
+    announce_on_commit(session, job.id, job.request, status.value)  # its webhook, if asked
 
 
 def start(session: Session, job_id: str) -> Job | None:

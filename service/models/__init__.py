@@ -1,6 +1,7 @@
 """SQLAlchemy ORM models; importing this package registers every table on ``Base.metadata``."""
 
 from service.models.base import Base
+from service.models.calibration import Calibration
 from service.models.job import (
     Job,
     JobEvent,
@@ -18,6 +19,7 @@ from service.models.tenant import ApiKey, Tenant
 __all__ = [
     "ApiKey",
     "Base",
+    "Calibration",
     "Job",
     "JobEvent",
     "JobKind",

@@ -44,6 +44,7 @@ class JobStatus(enum.StrEnum):
 
 class JobStage(enum.StrEnum):
     LOADING = "loading"
+    WARMUP = "warmup"  # a select job's warm-up fine-tune (its request's ``warmup``)
     COMPRESSING = "compressing"
     ALIGNING = "aligning"
     SCORING = "scoring"

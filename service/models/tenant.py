@@ -17,6 +17,9 @@ class Tenant(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Signs the tenant's webhook deliveries (``whsec_`` + base64 of 32 random bytes); made on
+    # the first job that asks for notifications, replaced by POST /webhooks/secret.
+    webhook_secret: Mapped[str | None] = mapped_column(String(64), default=None)
 
 
 class ApiKey(Base):

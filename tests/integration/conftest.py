@@ -31,6 +31,9 @@ from tests.tiny import save_tiny_model
 ROOT = Path(__file__).resolve().parents[2]
 
 
+WORKER_ONLY_ENV = {"IPROX_ALLOWED_HOSTS": "127.0.0.1", "IPROX_WEBHOOK_BACKOFF_S": "0.5"}
+
+
 @dataclass(frozen=True)
 class Stack:
     env: dict[str, str]
@@ -85,7 +88,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             cmd += ["-Q", env["IPROX_QUEUE"], "--concurrency", "2"]
             cmd += ["--without-gossip", "--without-mingle"]
             cmd += ["--loglevel", "INFO", "--logfile", str(log)]
-            child_env = os.environ | {"PYTHONPATH": str(ROOT)}
+            # The worker may reach the tests' webhook receivers on 127.0.0.1 and retries them
+            # fast (the API side allows them per test: tests/integration/test_webhooks_worker.py).
+            child_env = os.environ | {"PYTHONPATH": str(ROOT)} | WORKER_ONLY_ENV
             proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env, start_new_session=True)
             try:
                 _wait_for(log, "ready.", proc, timeout=120)

@@ -125,4 +125,8 @@ def service_env(
         "IPROX_ARTIFACT_ROOT": str(home / "artifacts"),
         "IPROX_DATA_ROOTS": str(data_root),
         "IPROX_MODEL_ROOTS": str(model_root),
+        # No private address is reachable unless a tier says so (the integration tier allows
+        # its 127.0.0.1 webhook receivers); set here so one tier's choice never leaks into
+        # another's through the process environment.
+        "IPROX_ALLOWED_HOSTS": "",
     }

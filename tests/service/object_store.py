@@ -1,5 +1,5 @@
-"""Object stores without a network: fsspec's in-memory file system registered under the s3 and
-gs protocols, so that ``s3://`` and ``gs://`` URIs take the real fsspec code paths."""
+"""Object stores without a network: fsspec's in-memory file system registered under the s3, gs
+and hf protocols, so that ``s3://``, ``gs://`` and ``hf://`` URIs take the real fsspec code paths."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import fsspec
 from fsspec.implementations.memory import MemoryFileSystem
 
-PROTOCOLS = ("s3", "gs")
+PROTOCOLS = ("s3", "gs", "hf")
 
 
 @contextmanager

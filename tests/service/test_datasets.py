@@ -104,7 +104,7 @@ def test_http_is_checked_with_head(www: tuple[str, Path]) -> None:
     with pytest.raises(ValidationFailed, match="unreachable"):
         _check("http://127.0.0.1:9/pool.jsonl", [])
     with pytest.raises(ValidationFailed, match="unknown file type"):
-        _check(f"{base}/pool.parquet", [])
+        _check(f"{base}/pool.xlsx", [])
 
 
 def test_http_check_has_a_total_deadline() -> None:

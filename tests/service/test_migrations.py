@@ -27,6 +27,7 @@ TABLES = {
     "job_shards",
     "scores",
     "proxies",
+    "calibrations",
 }
 
 
@@ -78,3 +79,36 @@ def test_score_upsert_overwrites_on_both_backends(backend: str, tmp_path: Path) 
     else:
         with fresh_postgres() as url:
             run(url)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_the_warmup_stage_is_storable_after_the_migration(backend: str, tmp_path: Path) -> None:
+    from service.models import JobStage, JobStatus
+
+    def check(url: str) -> None:
+        upgrade(url)
+        engine = make_engine(url)
+        with Session(engine) as s:
+            tenant = Tenant(name="t")
+            s.add(tenant)
+            s.flush()
+            s.add(
+                Job(
+                    tenant_id=tenant.id,
+                    kind=JobKind.SELECT,
+                    status=JobStatus.RUNNING,
+                    stage=JobStage.WARMUP,
+                    request={},
+                    request_hash="h",
+                )
+            )
+            s.commit()
+        engine.dispose()
+        downgrade(url, "0004")  # a warm-up stage is mapped back to loading
+        upgrade(url)
+
+    if backend == "sqlite":
+        check(f"sqlite:///{tmp_path / 'm.db'}")
+    else:
+        with fresh_postgres() as url:
+            check(url)

@@ -54,7 +54,9 @@ def test_proxy_recipe_resolves_in_the_worker_with_overrides() -> None:
 
 def test_scorer_and_selection_specs_map_onto_engine_configs() -> None:
     names = {f.name for f in fields(ScoreConfig)}
-    assert set(ScorerSpec.model_fields) - {"method"} <= names
+    # adam is how the job scores its warm-up checkpoints (iter_scores(adam=...)), not a
+    # ScoreConfig field.
+    assert set(ScorerSpec.model_fields) - {"method", "adam"} <= names
     cfg = score_config(ScorerSpec(method="influence", proj_dim=32).model_dump())
     assert (cfg.scorer, cfg.proj_dim) == ("influence", 32)
     assert set(SelectionSpec.model_fields) == {f.name for f in fields(SelectionConfig)}

@@ -115,3 +115,22 @@ def test_object_store_download_has_a_total_time_limit(
         settings.http_total_timeout_s = 1000
         got = local_input("s3://bucket/slow.jsonl", "dataset_uri", job, settings)
         assert got.read_bytes() == b'{"text": "a"}\n' * 4
+
+
+def test_hf_dataset_files_download_as_columnar_files(tmp_path: Path) -> None:
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from worker.engine.data import load_records
+
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"text": ["a", "b", "c"]}), buf)
+    settings = Settings(home=tmp_path, http_max_bytes=1 << 20)
+    uri = "hf://datasets/org/pool@main/data/train-00000-of-00001.parquet"
+    with memory_object_stores() as store:
+        store.pipe(uri, buf.getvalue())
+        got = local_input(uri, "dataset_uri", tmp_path / "job", settings)
+    assert got.suffix == ".parquet"
+    assert [r.response for r in load_records(got)] == ["a", "b", "c"]

@@ -98,7 +98,12 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     _add_scoring(select)
-    select.add_argument("--out", type=Path, required=True, help="selected records (JSONL)")
+    select.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="selected records: Parquet for a .parquet name, a JSON list for .json, else JSONL",
+    )
     select.add_argument(
         "--scores-out", type=Path, default=None, help="full scores file (default: OUT.scores.jsonl)"
     )
@@ -203,8 +208,10 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _select(args: argparse.Namespace) -> int:
-    from worker.engine.pipeline import run_selection
-    from worker.engine.scoring.output import write_scores, write_selection
+
+    from worker.engine.pipeline import SelectionConfig, run_selection
+    from worker.engine.proxy import ProxyConfig
+    from worker.engine.scoring.output import format_of, write_scores, write_selection
 
     runtime = runtime_of(args)
     selection = SelectionConfig(
@@ -243,7 +250,7 @@ def _select(args: argparse.Namespace) -> int:
     finally:
         bars.close()
     scores_out = args.scores_out or args.out.with_name(args.out.stem + ".scores.jsonl")
-    write_selection(args.out, result.ranked)
+    write_selection(args.out, result.ranked, format_of(args.out))
     write_scores(scores_out, result.scores, result.ids)
     summary = dict(result.summary, selected_file=str(args.out), scores_file=str(scores_out))
     print(json.dumps(summary, indent=2))

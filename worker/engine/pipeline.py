@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from worker.engine.data import encode, load_records
+from worker.engine.data import encode, iter_records, load_records
 from worker.engine.device import CPU, Runtime
 from worker.engine.errors import ArtifactError, ConfigError, NoResponseTokensError, math_boundary
 from worker.engine.progress import EventFn, ProgressFn, StopFn, check_stop, report
@@ -112,6 +112,16 @@ class ModelCache:
         self._entries[key] = (fingerprint, loaded)
         self.misses += 1
         return loaded
+
+    def peek(self, model_ref: str, runtime: Runtime = CPU) -> LoadedModel | None:
+        """The loaded ``model_ref`` if this cache holds a current copy; never loads, and is
+        not counted as a hit or a miss."""
+        from worker.engine.models import resolve_model
+
+        source = resolve_model(model_ref)
+        fingerprint = (source.identity, _weights_signature(source.path))
+        hit = self._entries.get((model_ref, str(runtime.device), runtime.dtype_name))
+        return hit[1] if hit is not None and hit[0] == fingerprint else None
 
     def clear(self) -> None:
         self._entries.clear()
@@ -388,7 +398,7 @@ def rank(
 def token_counts(tokenizer: Any, train: Path, max_length: int) -> dict[int, int]:
     """Tokens per record of ``train`` as scoring sees them (after truncation), for token budgets."""
     out = {}
-    for rec in load_records(train):
+    for rec in iter_records(train):  # streamed: one record in memory at a time
         try:
             out[rec.index] = len(encode(rec, tokenizer, max_length).input_ids)
         except NoResponseTokensError as exc:

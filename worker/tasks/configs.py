@@ -47,8 +47,11 @@ def score_config(spec: dict[str, Any]) -> ScoreConfig:
     """The request's ``scorer`` settings over the engine's defaults (ConfigError if invalid)."""
     from worker.engine.scoring import ScoreConfig
 
+    # adam is how the job scores its warm-up checkpoints (worker/tasks/steps.py), not a
+    # setting of the score function.
+    given = {k: v for k, v in _given("scorer", spec).items() if k != "adam"}
     try:
-        return ScoreConfig.from_dict(_given("scorer", spec))
+        return ScoreConfig.from_dict(given)
     except ConfigError as exc:
         raise _named("scorer", exc) from None
 

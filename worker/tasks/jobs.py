@@ -16,7 +16,14 @@ from celery import Task
 
 from service.config import get_settings
 from service.jobs.recovery import reconcile as reconcile_once
-from service.queue import TASK_RANK_JOB, TASK_RECONCILE, TASK_RUN_JOB, TASK_SCORE_SHARD
+from service.queue import (
+    TASK_DELIVER_WEBHOOK,
+    TASK_RANK_JOB,
+    TASK_RECONCILE,
+    TASK_RUN_JOB,
+    TASK_SCORE_SHARD,
+)
+from service.webhooks import delivery
 from worker.celery_app import app
 from worker.tasks import steps
 
@@ -77,3 +84,23 @@ def reconcile(**_: Any) -> int:
             raise
         log.warning("reconciler: skipped this pass (%s); the next one will try again", exc)
         return 0
+
+
+@app.task(name=TASK_DELIVER_WEBHOOK, bind=True)
+def deliver_webhook(self: Task, job_id: str, ending: str, msg_id: str, attempt: int = 1) -> None:
+    """One attempt of a job's webhook; a failed one sends the next attempt after its backoff
+    (service/webhooks/delivery.py). The job itself never waits on this."""
+    try:
+        retry_in = delivery.deliver(job_id, ending, msg_id, attempt, get_settings())
+    except Exception as exc:
+        if not steps.is_transient(exc):
+            raise
+        raise self.retry(
+            exc=exc,
+            countdown=backoff_s(self.request.retries),
+            max_retries=get_settings().transient_retries,
+        ) from exc
+    if retry_in is not None:
+        app.send_task(
+            TASK_DELIVER_WEBHOOK, args=[job_id, ending, msg_id, attempt + 1], countdown=retry_in
+        )

@@ -13,9 +13,9 @@ Every step is safe to run twice: a redelivered message finds its work done or ov
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -41,12 +41,13 @@ from service.models import Job, JobStage, JobStatus, ShardStatus
 from service.models.base import utcnow
 from service.proxies import repository as proxy_repo
 from service.queue import TASK_RANK_JOB, TASK_SCORE_SHARD
-from worker.engine.errors import Cancelled, EmptyDatasetError, EngineError
-from worker.tasks.configs import named_errors, score_config, selection_config
+from worker.engine.errors import Cancelled, DataFormatError, EmptyDatasetError, EngineError
+from worker.tasks.configs import named_errors, proxy_config, score_config, selection_config
 from worker.tasks.inputs import local_input
 from worker.tasks.proxies import ensure_proxy, fidelity_summary, local_proxy
 from worker.tasks.reporting import Reporter
 from worker.tasks.runtime import model_cache, worker_runtime
+from worker.tasks.warmup import WARMUP_DIR, ensure_warmup
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +168,14 @@ def run_job(job_id: str, settings: Settings, enqueue: Enqueue) -> None:
                 s, job_id, result | _pick(proxy.manifest, ("proxy_params", "target_params"))
             )
         return
+    if job["request"].get("warmup"):
+        # The paper's recipe: warm up, then a proxy per checkpoint, built while scoring (one
+        # shard, so that each checkpoint's proxy is built once).
+        ensure_warmup(
+            job_id, job["request"], inputs.model, inputs.pool, job_dir(settings, job_id), settings
+        )
+        _plan_shards(job_id, inputs.pool, settings, enqueue, whole_pool=True)
+        return
     if proxy_id is None:
         proxy_id = ensure_proxy(job, inputs.model, inputs.pool, settings, inputs.targets).id
         with session_scope() as s:
@@ -189,8 +198,14 @@ def _plan_shards(
             return  # a redelivered plan after the shards finished: nothing left to plan
         if not state.set_stage(s, job_id, JobStage.SCORING):
             return
-    # Streams the whole pool once: a corrupt record fails the job here, before any scoring.
-    size = sum(1 for _ in iter_records(pool))
+    from worker.engine.scoring.output import check_fields
+
+    # Streams the whole pool once: a corrupt record, or one with a field the subset would
+    # overwrite (rank, score), fails the job here, before any scoring.
+    size = 0
+    for rec in iter_records(pool):
+        check_fields(rec.fields, rec.index, rec.id)
+        size += 1
     if size == 0:
         raise EmptyDatasetError(f"{pool.name}: holds no records")
     step = size if whole_pool else settings.shard_size
@@ -238,11 +253,15 @@ def score_shard(
         # writers, and a redelivered shard resumes from its own store. Exact scores have no
         # features to store.
         store = job_dir(settings, job_id) / "store" / f"shard-{shard_index:05d}"
+        request = job["request"]
+        warm = job_dir(settings, job_id) / WARMUP_DIR if request.get("warmup") else None
         batches = iter_scores(
             inputs.model,
             inputs.pool,
             inputs.targets,
-            proxy=proxy_path,
+            proxy=proxy_config(request.get("proxy") or {}) if warm is not None else proxy_path,
+            checkpoints=warm,
+            adam=bool((request.get("scorer") or {}).get("adam")),
             config=config,
             store_dir=store if config.features == "projected" else None,
             indices=range(start, stop),
@@ -276,6 +295,62 @@ def _settle_shard(
         enqueue(TASK_RANK_JOB, job_id)
 
 
+def _write_subset(job_id: str, ranked: list[Any], settings: Settings) -> list[str]:
+    """Write and publish the subset as JSONL and Parquet (before the job says it succeeded);
+    returns the formats written. Each file is written under a name of its own delivery (a
+    ranking re-queued by the reconciler may overlap a slow one) and renamed when whole. A
+    selection whose fields have no single Parquet type each is served as JSONL only."""
+    from worker.engine.scoring.output import write_selection
+
+    formats = []
+    for fmt in ("jsonl", "parquet"):
+        out = settings.artifacts.workspace(*subset_parts(job_id, fmt))
+        tmp = out.with_name(f"{out.name}.{uuid.uuid4().hex[:8]}.part")
+        try:
+            write_selection(tmp, ranked, fmt)
+        except DataFormatError as exc:
+            if fmt == "jsonl":
+                raise
+            with session_scope() as s:
+                state.metric(s, job_id, "no parquet subset", {"reason": exc.message})
+            continue
+        os.replace(tmp, out)
+        settings.artifacts.publish(*subset_parts(job_id, fmt))
+        formats.append(fmt)
+    return formats
+
+
+def _calibrate(
+    job_id: str,
+    request: dict[str, Any],
+    inputs: Inputs,
+    samples: int,
+    settings: Settings,
+    ranking_s: float,
+) -> dict[str, Any] | None:
+    """Record the job's rates for later estimates; its estimate vs actual (None if they could
+    not be measured: a failure here never fails the job). Tokens are counted with the model's
+    tokenizer only when this worker holds the model already (no model is loaded for this)."""
+    from worker.tasks import calibrate
+
+    try:
+        runtime = worker_runtime(settings)
+        cache = model_cache(settings)
+        loaded = cache.peek(inputs.model, runtime) if cache is not None else None
+        if loaded is None:
+            log.info("job %s: model not loaded here; no calibration recorded", job_id)
+            return None
+        tokenizer = loaded.tokenizer
+        return calibrate.record(
+            job_id, request, inputs.pool, samples, tokenizer, runtime.describe(), ranking_s
+        )
+    except Exception as exc:
+        if is_transient(exc):
+            raise
+        log.warning("job %s: no calibration recorded: %s", job_id, exc)
+        return None
+
+
 def rank_job(job_id: str, settings: Settings) -> None:
     """Rank every score, write the subset file, finish the job."""
     from worker.engine.pipeline import rank, token_counts
@@ -294,6 +369,7 @@ def rank_job(job_id: str, settings: Settings) -> None:
         proxy = proxy_repo.get_proxy_any_tenant(s, proxy_id) if proxy_id else None
         fidelity = fidelity_summary(proxy.manifest) if proxy is not None else None
     request = job["request"]
+    ranking_started = time.perf_counter()
     inputs = _inputs(request, job_id, settings)
     selection = selection_config(request["selection"])
     counts = None
@@ -307,14 +383,7 @@ def rank_job(job_id: str, settings: Settings) -> None:
         )
     ranked = rank(inputs.pool, scores, selection, token_counts=counts)
     out = settings.artifacts.workspace(*subset_parts(job_id))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Named per delivery: a ranking re-queued by the reconciler may overlap a slow one.
-    tmp = out.with_suffix(f".{uuid.uuid4().hex[:8]}.part")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for r in ranked:
-            fh.write(json.dumps(dict(r.fields) | {"rank": r.rank, "score": r.score}) + "\n")
-    os.replace(tmp, out)
-    settings.artifacts.publish(*subset_parts(job_id))  # before the job says it succeeded
+    formats = _write_subset(job_id, ranked, settings)
     result = {
         "pool_size": pool_size,
         "scored": len(scores),
@@ -323,7 +392,19 @@ def rank_job(job_id: str, settings: Settings) -> None:
         "selection": selection.to_dict(),
         "fidelity": fidelity,
         "subset_sha256": sha256_file(out),
+        "subset_formats": formats,
         "links": select_result_links(job_id, proxy_id),
     }
+    result["estimate_vs_actual"] = _calibrate(
+        job_id, request, inputs, len(scores), settings, time.perf_counter() - ranking_started
+    )
+    if request.get("warmup"):
+        from worker.engine.train.checkpoints import list_checkpoints
+
+        ckpts = list_checkpoints(job_dir(settings, job_id) / WARMUP_DIR)
+        result["warmup"] = {
+            "checkpoints": [{"step": c.step, "weight": c.mean_lr} for c in ckpts],
+            "adam": bool((request.get("scorer") or {}).get("adam")),
+        }
     with session_scope() as s:
         state.succeed(s, job_id, result)

@@ -124,9 +124,9 @@ def test_bad_inputs_name_the_file_and_record(model_and_tok, tmp_path) -> None:  
         _scores(model_and_tok, empty, [good], cfg)
     with pytest.raises(EmptyDatasetError, match=r"empty\.jsonl"):
         _scores(model_and_tok, good, [empty], cfg)
-    weird = tmp_path / "pool.parquet"
+    weird = tmp_path / "pool.xlsx"
     weird.write_text("x", encoding="utf-8")
-    with pytest.raises(DataFormatError, match=r"pool.parquet.*unknown file type"):
+    with pytest.raises(DataFormatError, match=r"pool.xlsx.*unknown file type"):
         _scores(model_and_tok, weird, [good], cfg)
     unknown = write(tmp_path / "keys.jsonl", [{"foo": "bar"}])
     with pytest.raises(DataFormatError, match=r"keys.jsonl:1.*unknown record format"):

@@ -16,7 +16,12 @@ Formats, detected per record by its keys:
 
 Files: JSONL, a JSON list, the LESS target JSON files (a dict of task -> list of records, or
 task -> few-shot prompt string as in ``bbh-three-shot.json``), MMLU's headerless CSV
-(``question,A,B,C,D,answer``), or a directory of MMLU CSV files.
+(``question,A,B,C,D,answer``), or a directory of MMLU CSV files. Columnar data, read with
+pyarrow in batches of rows so that no file is held whole: Parquet (``.parquet``), Arrow IPC in
+its file or stream form (``.arrow``, what ``datasets`` writes), a folder written by
+``datasets.Dataset.save_to_disk`` (its ``state.json`` lists the Arrow files in order), or a
+folder of Parquet files (the Hugging Face hub's ``data/train-0000N-of-0000M.parquet`` layout),
+read in name order as one data set. Each row is a record, its columns the fields.
 """
 
 from __future__ import annotations
@@ -88,37 +93,46 @@ def record_from_obj(obj: Any, index: int, where: str, source: str | None = None)
     """Build a :class:`Record` from one decoded JSON object; ``where`` names it in errors."""
     if not isinstance(obj, Mapping):
         raise DataFormatError(f"{where}: a record must be a JSON object, got {type(obj).__name__}")
+
+    # A null field counts as absent: columnar files give every row every column of the file,
+    # null where a record has none (a Parquet pool mixing Alpaca and prompt/completion rows).
+    def has(key: str) -> bool:
+        return obj.get(key) is not None
+
     plain = False
-    if "messages" in obj:
+    if has("messages"):
         prompt, response = _from_messages(obj, where)
-    elif "prompt" in obj and "completion" in obj:
+    elif has("prompt") and has("completion"):
         prompt, response = _user(_str(obj, "prompt", where)), _str(obj, "completion", where)
-    elif "instruction" in obj and "output" in obj:
+    elif has("instruction") and has("output"):
         text = _join(_str(obj, "instruction", where), _str(obj, "input", where))
         prompt, response = _user(text), _str(obj, "output", where)
-    elif "instruction" in obj and "response" in obj:
+    elif has("instruction") and has("response"):
         text = _join(_str(obj, "instruction", where), _str(obj, "context", where))
         prompt, response = _user(text), _str(obj, "response", where)
-    elif "question" in obj and "answers" in obj:
+    elif has("question") and has("answers"):
         answers = obj["answers"]
         first = answers[0] if isinstance(answers, list) and answers else None
         if not isinstance(first, Mapping) or not isinstance(first.get("text"), str):
             raise DataFormatError(f"{where}: field 'answers' must be a list of {{text: ...}}")
         text = _join(_str(obj, "context", where), _str(obj, "question", where))
         prompt, response = _user(text), first["text"]
-    elif "question" in obj and "answer" in obj:
+    elif has("question") and has("answer"):
         prompt, response = _user(_str(obj, "question", where)), _str(obj, "answer", where)
-    elif "text" in obj:
+    elif has("text"):
         prompt, response, plain = (), _str(obj, "text", where), True
     else:
-        keys = ", ".join(sorted(map(str, obj))) or "none"
+        keys = ", ".join(sorted(str(k) for k, v in obj.items() if v is not None)) or "none"
         raise DataFormatError(
             f"{where}: unknown record format (keys: {keys}); expected one of messages, "
             "prompt/completion, instruction/input/output, instruction/context/response, "
             "question/answer, text"
         )
-    rid = obj.get("id", index)
-    src = obj.get("source", obj.get("category", source))
+    rid = obj.get("id")
+    rid = index if rid is None else rid
+    src = obj.get("source")
+    src = obj.get("category") if src is None else src
+    src = source if src is None else src
     return Record(
         index=index,
         id=str(rid),
@@ -232,20 +246,86 @@ def _iter_jsonl(path: Path) -> Iterator[Record]:
             index += 1
 
 
+COLUMNAR_SUFFIXES = (".parquet", ".arrow")
+_ROWS_PER_BATCH = 1024
+
+
+def _arrow_batches(path: Path) -> Iterator[Any]:
+    """The record batches of one Parquet or Arrow IPC file (``pyarrow.RecordBatch``), one at a
+    time: a Parquet file row group by row group, an Arrow file memory-mapped."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        if path.suffix.lower() == ".parquet":
+            yield from pq.ParquetFile(path).iter_batches(batch_size=_ROWS_PER_BATCH)
+            return
+        with pa.memory_map(str(path), "r") as source:
+            try:
+                reader = pa.ipc.open_file(source)
+            except pa.ArrowInvalid:  # the stream form (datasets' .arrow files)
+                source.seek(0)
+                yield from pa.ipc.open_stream(source)
+                return
+            for i in range(reader.num_record_batches):
+                yield reader.get_batch(i)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataFormatError(f"{path}: not a readable {path.suffix} file ({exc})") from None
+
+
+def columnar_files(folder: Path) -> list[Path]:
+    """The data files of a folder in reading order: a ``save_to_disk`` folder's Arrow files as
+    its ``state.json`` lists them, else the folder's Parquet files by name; [] if neither."""
+    state = folder / "state.json"
+    if state.is_file():
+        try:
+            files = [folder / f["filename"] for f in json.loads(state.read_text())["_data_files"]]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise DataFormatError(
+                f"{state}: not a datasets save_to_disk state file ({exc})"
+            ) from None
+        if any(f.parent != folder for f in files):
+            raise DataFormatError(f"{state}: data files must lie in the folder itself")
+        return files
+    if (folder / "dataset_dict.json").is_file():
+        raise DataFormatError(
+            f"{folder}: a DatasetDict folder; give one split's folder (e.g. {folder / 'train'})"
+        )
+    return sorted(folder.glob("*.parquet"))
+
+
+def _iter_columnar(paths: Sequence[Path]) -> Iterator[Record]:
+    index = 0
+    for path in paths:
+        for batch in _arrow_batches(path):
+            for obj in batch.to_pylist():
+                yield record_from_obj(obj, index, f"{path}: row {index}")
+                index += 1
+
+
 def iter_records(path: str | Path) -> Iterator[Record]:
-    """Stream records from ``path`` (JSONL lines are read one at a time)."""
+    """Stream records from ``path`` (JSONL lines one at a time, columnar files by batch)."""
     p = Path(path)
     if not p.exists():
         raise DataFormatError(f"{p}: no such file or directory")
     if p.is_dir():
+        columnar = columnar_files(p)
+        if columnar:
+            yield from _iter_columnar(columnar)
+            return
         csvs = sorted(p.glob("*.csv"))
         if not csvs:
-            raise DataFormatError(f"{p}: a directory must hold MMLU-style .csv files")
+            raise DataFormatError(
+                f"{p}: a directory must be a datasets save_to_disk folder, or hold .parquet "
+                "files or MMLU-style .csv files"
+            )
         yield from _iter_mmlu(csvs)
         return
     suffix = p.suffix.lower()
     if suffix == ".csv":
         yield from _iter_mmlu([p])
+    elif suffix in COLUMNAR_SUFFIXES:
+        yield from _iter_columnar([p])
     elif suffix == ".jsonl":
         yield from _iter_jsonl(p)
     elif suffix == ".json":
@@ -255,7 +335,9 @@ def iter_records(path: str | Path) -> Iterator[Record]:
             raise DataFormatError(f"{p}:{exc.lineno}: not valid JSON ({exc.msg})") from None
         yield from _iter_json_document(p, doc)
     else:
-        raise DataFormatError(f"{p}: unknown file type '{suffix}'; use .jsonl, .json or .csv")
+        raise DataFormatError(
+            f"{p}: unknown file type '{suffix}'; use .jsonl, .json, .csv, .parquet or .arrow"
+        )
 
 
 def load_records(path: str | Path) -> list[Record]:

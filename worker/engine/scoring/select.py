@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from worker.engine.data import Record, load_records
+from worker.engine.data import Record, iter_records
 from worker.engine.errors import ConfigError, DataFormatError
 from worker.engine.scoring.config import SelectionConfig
 
@@ -32,37 +32,13 @@ def order_by_score(scores: Mapping[int, float]) -> list[int]:
     return sorted(scores, key=lambda i: (-scores[i], i))
 
 
-def _source(rec: Record, field: str, train: Path) -> str:
-    if field not in rec.fields:
-        raise DataFormatError(
-            f"{train}: record {rec.index} (id {rec.id!r}) has no field '{field}' for the quota"
-        )
-    return str(rec.fields[field])
-
-
-def rank(
-    train: Path,
-    scores: Mapping[int, float],
+def _chosen(
+    order: list[int],
     selection: SelectionConfig,
-    *,
-    token_counts: Mapping[int, int] | None = None,
-) -> list[RankedRecord]:
-    """The selected records of ``train`` in rank order.
-
-    ``scores`` maps record index to score (a subset of the file is fine: only scored records
-    compete). ``fraction`` keeps ``ceil(fraction * n_scored)``. ``token_budget`` walks the ranking
-    and keeps each record whose tokens (``token_counts[index]``, required) still fit, skipping
-    those that do not. With a quota, a source (the value of ``quota_field``) may fill at most
-    ``floor(quota * size)`` places (at least one), or that share of the token budget; the
-    selection may then come out smaller than asked.
-    """
-    if not scores:
-        raise ConfigError(f"{train}: no scores to rank")
-    records = load_records(train)
-    out_of_range = [i for i in scores if not 0 <= i < len(records)]
-    if out_of_range:
-        raise ConfigError(f"{train}: scored indices not in the file: {sorted(out_of_range)[:5]}")
-    order = order_by_score(scores)
+    token_counts: Mapping[int, int] | None,
+    source_of: Callable[[int], str] | None,
+) -> list[int]:
+    """Walk the ranking and keep what fits the budget (and the quota)."""
     if selection.token_budget is not None:
         if token_counts is None:
             raise ConfigError("a token budget needs the records' token counts")
@@ -85,14 +61,70 @@ def rank(
             if selection.token_budget is None:
                 break
             continue
-        if cap is not None and selection.quota_field is not None:
-            src = _source(records[i], selection.quota_field, train)
+        if cap is not None and source_of is not None:
+            src = source_of(i)
             if used.get(src, 0.0) + cost > cap:
                 continue
             used[src] = used.get(src, 0.0) + cost
         chosen.append(i)
         spent += cost
+    return chosen
+
+
+def rank(
+    train: Path,
+    scores: Mapping[int, float],
+    selection: SelectionConfig,
+    *,
+    token_counts: Mapping[int, int] | None = None,
+) -> list[RankedRecord]:
+    """The selected records of ``train`` in rank order.
+
+    ``scores`` maps record index to score (a subset of the file is fine: only scored records
+    compete). ``fraction`` keeps ``ceil(fraction * n_scored)``. ``token_budget`` walks the ranking
+    and keeps each record whose tokens (``token_counts[index]``, required) still fit, skipping
+    those that do not. With a quota, a source (the value of ``quota_field``) may fill at most
+    ``floor(quota * size)`` places (at least one), or that share of the token budget; the
+    selection may then come out smaller than asked.
+
+    The pool is streamed, never held: the choice needs only the scores (and, with a quota, one
+    pass collecting each scored record's source), and one pass keeps the chosen records, so
+    memory grows with the selection, not with the pool.
+    """
+    if not scores:
+        raise ConfigError(f"{train}: no scores to rank")
+    order = order_by_score(scores)
+    source_of: Callable[[int], str] | None = None
+    if selection.quota is not None and selection.quota_field is not None:
+        field = selection.quota_field
+        found: dict[int, str] = {}
+        missing: dict[int, str] = {}  # index -> id: an error once the walk reaches it
+        for rec in iter_records(train):
+            if rec.index in scores:
+                if field in rec.fields:
+                    found[rec.index] = str(rec.fields[field])
+                else:
+                    missing[rec.index] = rec.id
+
+        def source_of(i: int) -> str:
+            if i in missing:
+                raise DataFormatError(
+                    f"{train}: record {i} (id {missing[i]!r}) has no field '{field}' for the quota"
+                )
+            return found[i]
+
+    chosen = _chosen(order, selection, token_counts, source_of)
+    wanted = set(chosen)
+    kept: dict[int, Record] = {}
+    size = 0
+    for rec in iter_records(train):
+        size += 1
+        if rec.index in wanted:
+            kept[rec.index] = rec
+    out_of_range = [i for i in scores if not 0 <= i < size]
+    if out_of_range:
+        raise ConfigError(f"{train}: scored indices not in the file: {sorted(out_of_range)[:5]}")
     return [
-        RankedRecord(rank=r, index=i, id=records[i].id, score=scores[i], fields=records[i].fields)
+        RankedRecord(rank=r, index=i, id=kept[i].id, score=scores[i], fields=kept[i].fields)
         for r, i in enumerate(chosen, start=1)
     ]

@@ -1,0 +1,1 @@
+"""Webhooks: job notifications signed per tenant (Standard Webhooks), delivered by the worker."""

@@ -1,0 +1,26 @@
+"""HTTP routes of /webhooks: the tenant's signing secret."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from service.auth.deps import TenantDep
+from service.db import session_scope
+from service.webhooks import service
+from service.webhooks.schemas import WebhookSecret
+
+router = APIRouter(prefix="/webhooks", tags=["webhooks"])
+
+
+@router.get("/secret", response_model=WebhookSecret)
+def get_secret(tenant: TenantDep) -> WebhookSecret:
+    """The secret that signs this tenant's webhook deliveries (404 before there is one)."""
+    with session_scope() as session:
+        return WebhookSecret(secret=service.read_secret(session, tenant))
+
+
+@router.post("/secret", response_model=WebhookSecret)
+def rotate_secret(tenant: TenantDep) -> WebhookSecret:
+    """Make a new secret (the old one stops signing at once) and return it."""
+    with session_scope() as session:
+        return WebhookSecret(secret=service.rotate_secret(session, tenant))
