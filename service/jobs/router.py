@@ -19,6 +19,7 @@ from service.errors import Unavailable, ValidationFailed
 from service.jobs import service, state
 from service.jobs.schemas import EventPage, JobCreate, JobPage, JobRead, ScorePage
 from service.models import JobStatus
+from service.pagination import CursorQuery, limit_query
 from service.queue import TASK_RUN_JOB, get_dispatcher
 from service.text import unstorable
 
@@ -65,8 +66,8 @@ def list_jobs(
     request: Request,
     tenant: TenantDep,
     status: Annotated[list[JobStatus] | None, Query(description="Repeat to OR statuses.")] = None,
-    cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    cursor: CursorQuery = None,
+    limit: Annotated[int, limit_query(50)] = 50,
 ) -> JobPage:
     """Newest first. Filter by metadata with ``metadata.<key>=<value>`` (all must match)."""
     labels = {
@@ -107,19 +108,19 @@ def cancel_job(job_id: str, tenant: TenantDep) -> JobRead:
 def job_events(
     job_id: str,
     tenant: TenantDep,
-    after: Annotated[int, Query(ge=0, description="Only events with a larger id.")] = 0,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+    cursor: CursorQuery = None,
+    limit: Annotated[int, limit_query(200)] = 200,
 ) -> EventPage:
     with session_scope() as session:
-        return service.events(session, tenant, job_id, after, limit)
+        return service.events(session, tenant, job_id, cursor, limit)
 
 
 @router.get("/{job_id}/scores", response_model=ScorePage)
 def job_scores(
     job_id: str,
     tenant: TenantDep,
-    cursor: Annotated[int, Query(ge=-1, description="next_cursor of the previous page.")] = -1,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 500,
+    cursor: CursorQuery = None,
+    limit: Annotated[int, limit_query(500)] = 500,
 ) -> ScorePage:
     """Every scored sample by pool index; ``partial`` says whether scoring finished."""
     with session_scope() as session:

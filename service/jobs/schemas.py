@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from service.models import JobKind, JobStage, JobStatus
+from service.pagination import Page
 from service.text import StoredText, unstorable
 
 _STRICT = ConfigDict(extra="forbid")
@@ -186,9 +187,8 @@ class JobRead(BaseModel):
     links: dict[str, str]
 
 
-class JobPage(BaseModel):
-    items: list[JobRead]
-    next_cursor: str | None
+class JobPage(Page[JobRead]):
+    """Jobs, newest first."""
 
 
 class EventRead(BaseModel):
@@ -200,9 +200,8 @@ class EventRead(BaseModel):
     data: dict[str, Any] | None
 
 
-class EventPage(BaseModel):
-    items: list[EventRead]
-    next_after: int | None
+class EventPage(Page[EventRead]):
+    """A job's events, oldest first."""
 
 
 class ScoreRead(BaseModel):
@@ -211,8 +210,8 @@ class ScoreRead(BaseModel):
     score: float
 
 
-class ScorePage(BaseModel):
-    items: list[ScoreRead]
-    next_cursor: int | None
+class ScorePage(Page[ScoreRead]):
+    """A job's scores by pool index."""
+
     partial: bool = Field(description="True while scoring runs, or when the job was cancelled.")
     count: int

@@ -29,6 +29,7 @@ from service.jobs.schemas import (
     ScoreRead,
 )
 from service.models import Job, JobKind, JobStatus
+from service.pagination import int_position, keyset_position, paginate
 from service.proxies import repository as proxy_repo
 from service.targets import resolve_target_model
 from service.text import unstorable
@@ -240,28 +241,31 @@ def list_jobs(
     cursor: str | None,
     limit: int,
 ) -> JobPage:
-    try:
-        after = repo.decode_cursor(cursor) if cursor else None
-    except ValueError:
-        raise ValidationFailed("not a cursor this API issued", field="cursor") from None
-    jobs = repo.list_jobs(
+    after = keyset_position("jobs", cursor)
+    rows = repo.list_jobs(
         session, tenant_id, statuses=statuses, labels=labels, cursor=after, limit=limit + 1
     )
-    more = len(jobs) > limit
-    jobs = jobs[:limit]
+    jobs, nxt, more = paginate("jobs", rows, limit, lambda j: (j.created_at, j.id))
     all_labels = repo.labels_of(session, [j.id for j in jobs])
     items = [to_read(j, all_labels[j.id]) for j in jobs]
-    nxt = repo.encode_cursor(jobs[-1].created_at, jobs[-1].id) if more and jobs else None
-    return JobPage(items=items, next_cursor=nxt)
+    return JobPage(items=items, next_cursor=nxt, has_more=more)
 
 
 def cancel(session: Session, tenant_id: str, job_id: str) -> Job:
     return state.request_cancel(session, get_job(session, tenant_id, job_id))
 
 
-def events(session: Session, tenant_id: str, job_id: str, after: int, limit: int) -> EventPage:
+def events(
+    session: Session, tenant_id: str, job_id: str, cursor: str | None, limit: int
+) -> EventPage:
+    after = int_position("events", cursor, first=0)
     get_job(session, tenant_id, job_id)
-    rows = repo.list_events(session, job_id, after=after, limit=limit)
+    rows, nxt, more = paginate(
+        "events",
+        repo.list_events(session, job_id, after=after, limit=limit + 1),
+        limit,
+        lambda e: (e.id,),
+    )
     items = [
         EventRead(
             id=e.id,
@@ -273,17 +277,26 @@ def events(session: Session, tenant_id: str, job_id: str, after: int, limit: int
         )
         for e in rows
     ]
-    return EventPage(items=items, next_after=items[-1].id if len(items) == limit else None)
+    return EventPage(items=items, next_cursor=nxt, has_more=more)
 
 
-def scores(session: Session, tenant_id: str, job_id: str, after: int, limit: int) -> ScorePage:
+def scores(
+    session: Session, tenant_id: str, job_id: str, cursor: str | None, limit: int
+) -> ScorePage:
+    after = int_position("scores", cursor, first=-1)
     job = get_job(session, tenant_id, job_id)
-    rows = repo.list_scores(session, job_id, after=after, limit=limit)
+    rows, nxt, more = paginate(
+        "scores",
+        repo.list_scores(session, job_id, after=after, limit=limit + 1),
+        limit,
+        lambda s: (s.sample_index,),
+    )
     items = [ScoreRead(index=s.sample_index, id=s.sample_id, score=s.score) for s in rows]
     partial = job.partial or job.status is not JobStatus.SUCCEEDED
     return ScorePage(
         items=items,
-        next_cursor=items[-1].index if len(items) == limit else None,
+        next_cursor=nxt,
+        has_more=more,
         partial=partial,
         count=repo.count_scores(session, job_id),
     )

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 
 from service.auth.deps import TenantDep
 from service.db import session_scope
+from service.pagination import CursorQuery, limit_query
 from service.proxies import service
 from service.proxies.schemas import ProxyPage, ProxyRead
 
@@ -17,8 +18,8 @@ router = APIRouter(prefix="/proxies", tags=["proxies"])
 @router.get("", response_model=ProxyPage)
 def list_proxies(
     tenant: TenantDep,
-    cursor: Annotated[str | None, Query()] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    cursor: CursorQuery = None,
+    limit: Annotated[int, limit_query(50)] = 50,
 ) -> ProxyPage:
     with session_scope() as session:
         return service.list_proxies(session, tenant, cursor, limit)

@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from service.pagination import Page
+
 
 class ProxyRead(BaseModel):
     id: str
@@ -19,6 +21,5 @@ class ProxyRead(BaseModel):
     created_at: datetime
 
 
-class ProxyPage(BaseModel):
-    items: list[ProxyRead]
-    next_cursor: str | None
+class ProxyPage(Page[ProxyRead]):
+    """The tenant's proxies, newest first."""

@@ -183,9 +183,13 @@ def test_list_paginates_and_filters(
         page = client.get("/jobs", params=params, headers=auth).json()
         seen += [j["id"] for j in page["items"]]
         cursor = page["next_cursor"]
-        if cursor is None:
+        if not page["has_more"]:
             break
     assert seen == ids[::-1]
+    # The last page still names its end, so a client can ask again later.
+    assert cursor is not None
+    after_end = client.get("/jobs", params={"cursor": cursor}, headers=auth).json()
+    assert after_end == {"items": [], "next_cursor": None, "has_more": False}
     only_a = client.get("/jobs", params={"metadata.run": "a"}, headers=auth).json()["items"]
     assert sorted(j["id"] for j in only_a) == sorted([ids[1], ids[3]])
     both = client.get("/jobs", params={"metadata.run": "b", "metadata.i": "2"}, headers=auth)
@@ -244,13 +248,13 @@ def test_scores_page_and_upsert_overwrites(
     with session_scope() as s:  # a redelivered shard writes the same keys again
         repo.upsert_scores(s, job_id, [(i, f"id{i}", 10.0 + i) for i in range(3)])
     items: list[dict[str, Any]] = []
-    cursor = -1
-    while cursor is not None:
-        page = client.get(
-            f"/jobs/{job_id}/scores", params={"cursor": cursor, "limit": 2}, headers=auth
-        ).json()
+    params: dict[str, Any] = {"limit": 2}
+    while True:
+        page = client.get(f"/jobs/{job_id}/scores", params=params, headers=auth).json()
         items += page["items"]
-        cursor = page["next_cursor"]
+        params["cursor"] = page["next_cursor"]
+        if not page["has_more"]:
+            break
     assert [(x["index"], x["score"]) for x in items] == [
         (0, 10.0),
         (1, 11.0),
@@ -334,3 +338,25 @@ def test_broker_down_fails_the_job_and_answers_503(
     assert r.status_code == 503 and r.json()["code"] == "unavailable"
     failed = client.get("/jobs", params={"status": "failed"}, headers=auth).json()["items"]
     assert len(failed) == 1 and failed[0]["error"]["code"] == "broker_unavailable"
+
+
+def test_every_list_pages_in_one_style(
+    client: TestClient, auth: dict[str, str], select_body: dict[str, Any]
+) -> None:
+    job_id = client.post("/jobs", json=select_body, headers=auth).json()["id"]
+    client.post(f"/jobs/{job_id}/cancel", headers=auth)
+    first = client.get(f"/jobs/{job_id}/events", params={"limit": 1}, headers=auth).json()
+    assert first["has_more"] is True and [e["message"] for e in first["items"]] == ["queued"]
+    rest = client.get(
+        f"/jobs/{job_id}/events", params={"cursor": first["next_cursor"]}, headers=auth
+    ).json()
+    assert [e["message"] for e in rest["items"]] == ["cancelled while queued"]
+    assert rest["has_more"] is False and rest["next_cursor"] is not None
+    # A cursor of one list is refused by another, naming the parameter.
+    for path in ("/jobs", f"/jobs/{job_id}/scores", "/proxies"):
+        r = client.get(path, params={"cursor": first["next_cursor"]}, headers=auth)
+        assert r.status_code == 422, (path, r.text)
+        assert r.json()["errors"][0]["field"] == "cursor"
+    for path in ("/jobs", f"/jobs/{job_id}/events", f"/jobs/{job_id}/scores", "/proxies"):
+        page = client.get(path, headers=auth).json()
+        assert {"items", "next_cursor", "has_more"} <= set(page), path
