@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,12 @@ class NotFound(AppError):
     status = 404
     code = "not_found"
     title = "Not found"
+
+
+class MethodNotAllowed(AppError):
+    status = 405
+    code = "method_not_allowed"
+    title = "The resource does not answer this method"
 
 
 class Conflict(AppError):
@@ -128,6 +136,55 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "body"
 
 
+# Starlette's own HTTP errors (an unknown route, a wrong method, a body too large) by status.
+_HTTP_CODES: dict[int, tuple[str, str]] = {
+    400: ("bad_request", "The request is malformed"),
+    404: (NotFound.code, NotFound.title),
+    405: (MethodNotAllowed.code, MethodNotAllowed.title),
+    413: ("payload_too_large", "The request body is too large"),
+    415: ("unsupported_media_type", "The request body's media type is not supported"),
+}
+
+
+def _line_column(doc: str, pos: int) -> tuple[int, int]:
+    """1-based line and column of character ``pos`` of ``doc``."""
+    line = doc.count("\n", 0, pos) + 1
+    return line, pos - (doc.rfind("\n", 0, pos) + 1) + 1
+
+
+def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    errors = []
+    for e in exc.errors():
+        if e.get("type") == "json_invalid" and isinstance(exc.body, str | bytes):
+            # FastAPI's loc is ("body", character offset); say where, as an editor would.
+            doc = exc.body.decode("utf-8", "replace") if isinstance(exc.body, bytes) else exc.body
+            pos = e["loc"][1] if len(e["loc"]) > 1 and isinstance(e["loc"][1], int) else 0
+            line, column = _line_column(doc, pos)
+            reason = (e.get("ctx") or {}).get("error") or e["msg"]
+            errors.append(
+                {
+                    "field": "body",
+                    "message": f"malformed JSON at line {line}, column {column}: {reason}",
+                    "line": line,
+                    "column": column,
+                }
+            )
+        else:
+            errors.append({"field": _loc(tuple(e["loc"])), "message": e["msg"]})
+    return errors
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method the API documents on this path (read from its OpenAPI paths, which name
+    every route; the routers nest, so their own route lists would need a walk)."""
+    methods: set[str] = set()
+    for template, operations in request.app.openapi()["paths"].items():
+        pattern = re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template))
+        if re.fullmatch(pattern, request.url.path):
+            methods |= {m.upper() for m in operations}
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Every error leaves the API as problem+json, including FastAPI's own validation."""
 
@@ -163,9 +220,24 @@ def install_error_handlers(app: FastAPI) -> None:
         # Starlette logs the exception; the client gets problem+json, never text/plain.
         return render(request, AppError("an internal error occurred; it has been logged"))
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code, title = _HTTP_CODES.get(exc.status_code, ("http_error", "The request failed"))
+        detail = str(exc.detail)
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"no route {request.url.path}"
+        elif exc.status_code == 405:
+            detail = f"{request.method} is not allowed on {request.url.path}"
+        response = problem(exc.status_code, title, detail, code, request.url.path)
+        for name, value in (exc.headers or {}).items():
+            response.headers[name] = value
+        if exc.status_code == 405:  # Starlette names the first matching route's methods only
+            response.headers["Allow"] = ", ".join(_allowed_methods(request))
+        return response
+
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"field": _loc(tuple(e["loc"])), "message": e["msg"]} for e in exc.errors()]
+        errors = _validation_errors(exc)
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
         return problem(
             422,
