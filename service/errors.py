@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -84,6 +85,71 @@ class Overloaded(Unavailable):
     code = "overloaded"
     title = "The API is busy; retry shortly"
     retry_after = 1
+
+
+class FieldError(BaseModel):
+    """One problem with one field of the request."""
+
+    field: str = Field(
+        description="Dotted path of the field (body fields without 'body.'; query and header "
+        "parameters as query.x, header.x; 'body' for the whole body).",
+        examples=["selection.top_k"],
+    )
+    message: str = Field(
+        description="What is wrong with it.", examples=["top_k is 80 but the pool holds 36"]
+    )
+    line: int | None = Field(
+        None, description="Malformed JSON only: the 1-based line of the error.", examples=[4]
+    )
+    column: int | None = Field(
+        None, description="Malformed JSON only: the 1-based column of the error.", examples=[3]
+    )
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem: every error the API answers (media type application/problem+json)."""
+
+    type: str = Field(
+        description="A URI naming the kind of problem.",
+        examples=["https://iprox.dev/problems/validation_failed"],
+    )
+    title: str = Field(
+        description="The kind of problem, for people.", examples=[ValidationFailed.title]
+    )
+    status: int = Field(description="The HTTP status.", examples=[422])
+    detail: str = Field(
+        description="This occurrence, for people.",
+        examples=["selection.top_k: top_k is 80 but the pool holds 36"],
+    )
+    instance: str = Field(description="The request path.", examples=["/jobs"])
+    code: str = Field(
+        description="Stable machine-readable code (validation_failed, not_found, conflict, "
+        "unauthorized, database_unavailable, overloaded, ...).",
+        examples=["validation_failed"],
+    )
+    errors: list[FieldError] | None = Field(
+        None,
+        description="422 only: each field at fault.",
+        examples=[[{"field": "selection.top_k", "message": "top_k is 80 but the pool holds 36"}]],
+    )
+
+
+_RESPONSE_TEXT = {
+    401: "The API key is missing, unknown or revoked.",
+    404: "No such resource for this API key (another tenant's ids look missing).",
+    405: "The path does not answer this method.",
+    409: "The resource is not in a state that allows this.",
+    422: "The request is invalid; `errors` names each field.",
+    500: "An internal error; it has been logged.",
+    503: "A backing service (database, broker, artifact store) is unavailable or the API is "
+    "busy; retry after Retry-After seconds.",
+}
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error statuses, each a Problem (main.py moves them to
+    application/problem+json)."""
+    return {s: {"model": Problem, "description": _RESPONSE_TEXT[s]} for s in statuses}
 
 
 def database_error(exc: sa_exc.SQLAlchemyError) -> AppError | None:

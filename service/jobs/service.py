@@ -18,6 +18,7 @@ from service.errors import Conflict, IdempotencyConflict, NotFound, Unavailable,
 from service.jobs import repository as repo
 from service.jobs import state
 from service.jobs.schemas import (
+    STAGE_UNITS,
     ErrorInfo,
     EventPage,
     EventRead,
@@ -70,7 +71,11 @@ def to_read(job: Job | Row[Any], labels: dict[str, str]) -> JobRead:
         kind=job.kind,
         status=job.status,
         stage=job.stage,
-        progress=Progress(done=job.progress_done, total=job.progress_total),
+        progress=Progress(
+            done=job.progress_done,
+            total=job.progress_total,
+            unit=STAGE_UNITS.get(job.stage) if job.stage is not None else None,
+        ),
         partial=job.partial,
         created_at=job.created_at,
         started_at=job.started_at,

@@ -45,7 +45,7 @@ def test_select_job_end_to_end(api: TestClient, stack: Stack) -> None:
     job_id = r.json()["id"]
     job = wait_terminal(api, job_id, auth, timeout=300)
     assert job["status"] == "succeeded", (job["error"], stack.worker_log.read_text()[-3000:])
-    assert job["progress"] == {"done": 6, "total": 6}
+    assert job["progress"] == {"done": 6, "total": 6, "unit": "samples"}
     scores = api.get(f"/jobs/{job_id}/scores", headers=auth).json()
     assert scores["count"] == 6 and not scores["partial"]
     by_index = {s["index"]: s["score"] for s in scores["items"]}

@@ -42,7 +42,7 @@ def test_submit_returns_202_location_and_queues_one_message(
     assert r.headers["location"] == f"/jobs/{job['id']}"
     assert job["status"] == "queued" and job["kind"] == "select"
     assert job["metadata"] == {"team": "nlp"}
-    assert job["progress"] == {"done": 0, "total": 0}
+    assert job["progress"] == {"done": 0, "total": 0, "unit": None}
     assert queued_messages() == before + 1
     got = client.get(f"/jobs/{job['id']}", headers=auth).json()
     assert got["id"] == job["id"] and got["request"]["selection"]["top_k"] == 2
@@ -232,7 +232,7 @@ def test_cancel_running_job_asks_the_worker_to_stop(
         state.cancelled(s, job_id, {"scored": 2, "pool_size": 5})
     job = client.get(f"/jobs/{job_id}", headers=auth).json()
     assert job["status"] == "cancelled" and job["partial"] is True
-    assert job["progress"] == {"done": 2, "total": 5}
+    assert job["progress"] == {"done": 2, "total": 5, "unit": "samples"}
     scores = client.get(f"/jobs/{job_id}/scores", headers=auth).json()
     assert scores["partial"] is True and scores["count"] == 2
     subset = client.get(f"/jobs/{job_id}/subset", headers=auth)

@@ -48,6 +48,7 @@ def ensure_proxy(job: dict[str, Any], model: str, pool: Path, settings: Settings
         runtime=worker_runtime(settings),
         models=model_cache(settings),
     )
+    reporter.close()
     manifest_file = out_dir / "proxy.json"
     manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
     location = settings.artifacts.publish(*parts)  # the row is written only once it is there

@@ -136,7 +136,7 @@ def test_progress_is_reported_and_stop_cancels(
     seen: list[tuple[str, int, int]] = []
     target = make_target("llama")
     cfg = ProxyConfig(**{**FAST, "align_steps": 2, "align_batch_size": 2})  # type: ignore[arg-type]
-    build_proxy(target, records, cfg, progress=lambda s, d, t: seen.append((s, d, t)))
+    build_proxy(target, records, cfg, progress=lambda s, d, t, m=None: seen.append((s, d, t)))
     stages = {s for s, _, _ in seen}
     assert stages == {"compressing", "aligning"}
     assert ("aligning", 2, 2) in seen
