@@ -86,14 +86,20 @@ def formatter(fmt: str) -> logging.Formatter:
 _HANDLER_NAME = "iprox"
 
 
-def configure_logging(fmt: str = "json", level: str = "INFO") -> None:
-    """One handler on the root logger writing ``fmt`` lines to stderr (idempotent: a second call
-    replaces the first's). uvicorn's and Celery's loggers propagate to it."""
+def configure_logging(fmt: str = "json", level: str = "INFO", logfile: str | None = None) -> None:
+    """One handler on the root logger writing ``fmt`` lines to stderr, or to ``logfile``
+    (Celery's ``--logfile``), idempotent: a second call replaces the first's. uvicorn's and
+    Celery's loggers propagate to it."""
     root = logging.getLogger()
     for h in list(root.handlers):
         if h.get_name() == _HANDLER_NAME:
             root.removeHandler(h)
-    handler = logging.StreamHandler(sys.stderr)
+            h.close()
+    handler: logging.Handler = (
+        logging.FileHandler(logfile, encoding="utf-8")
+        if logfile
+        else logging.StreamHandler(sys.stderr)
+    )
     handler.set_name(_HANDLER_NAME)
     handler.setFormatter(formatter(fmt))
     handler.addFilter(ContextFilter())

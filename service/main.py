@@ -69,7 +69,8 @@ class Readiness(BaseModel):
     database: str = Field(description="ok when a query answered.", examples=["ok"])
     broker: str = Field(description="ok when the broker accepted a connection.", examples=["ok"])
     workers: list[WorkerInfo] = Field(
-        description="Workers that answered within IPROX_READYZ_WORKER_TIMEOUT_S.",
+        description="Workers consuming this API's queue (IPROX_QUEUE) that answered within "
+        "IPROX_READYZ_WORKER_TIMEOUT_S.",
         examples=[
             [{"name": "celery@w1", "device": "cpu", "dtype": "float32", "queues": ["iprox"]}]
         ],
@@ -227,7 +228,8 @@ def create_app() -> FastAPI:
             found = dispatcher.workers(get_settings().readyz_worker_timeout_s)
         except Exception as exc:
             raise Unavailable(f"the worker ping failed ({type(exc).__name__})") from exc
-        workers = [WorkerInfo(**w) for w in found]
+        queue = get_settings().queue  # a worker of another queue serves another deployment
+        workers = [WorkerInfo(**w) for w in found if queue in w["queues"]]
         if len(workers) < min_workers:
             raise Unavailable(
                 f"{len(workers)} worker(s) answered the ping; min_workers is {min_workers}"

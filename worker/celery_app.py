@@ -54,9 +54,10 @@ with contextlib.suppress(OSError):  # where beat keeps its schedule (a worker's 
 
 
 @setup_logging.connect
-def _keep_our_logging(**_: Any) -> None:
-    """Connected, so that Celery leaves the root logger to configure_logging (JSON lines)."""
-    configure_logging(_settings.log_format, _settings.log_level)
+def _keep_our_logging(logfile: str | None = None, **_: Any) -> None:
+    """Connected, so that Celery leaves the root logger to configure_logging (JSON lines);
+    its ``--logfile`` is honoured, its ``--loglevel`` gives way to ``IPROX_LOG_LEVEL``."""
+    configure_logging(_settings.log_format, _settings.log_level, logfile=logfile or None)
 
 
 @control_command()

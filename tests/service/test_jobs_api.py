@@ -360,3 +360,12 @@ def test_every_list_pages_in_one_style(
     for path in ("/jobs", f"/jobs/{job_id}/events", f"/jobs/{job_id}/scores", "/proxies"):
         page = client.get(path, headers=auth).json()
         assert {"items", "next_cursor", "has_more"} <= set(page), path
+
+
+def test_readyz_lists_no_worker_when_none_answers(client: TestClient) -> None:
+    # The service tier runs no worker on its queue: the ping comes back empty, in bounded time.
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["workers"] == []
+    r = client.get("/readyz", params={"min_workers": 1})
+    assert r.status_code == 503 and r.headers["content-type"].startswith(PROBLEM)
+    assert "0 worker(s) answered" in r.json()["detail"]

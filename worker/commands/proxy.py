@@ -44,7 +44,9 @@ def _default(name: str) -> Any:
 
 
 def _help(name: str) -> str:
-    return f"{ProxyConfig.help_for(name)} (default: {_default(name)})"
+    # argparse %-formats help strings: a literal % in the config's help ("1% of the pool")
+    # would make `iprox proxy build --help` crash.
+    return f"{ProxyConfig.help_for(name)} (default: {_default(name)})".replace("%", "%%")
 
 
 def register(subparsers: Any) -> None:
