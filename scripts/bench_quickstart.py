@@ -51,6 +51,22 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _group_cpu_s(pgid: int) -> float:
+    """CPU seconds (user + system) used so far by the live processes of process group
+    ``pgid`` (iprox serve, its worker and the worker's pool), from /proc."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # fields after the name: state ppid pgrp ...
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def _value(text: str) -> Any:
     try:
         return json.loads(text)
@@ -90,6 +106,7 @@ def run(body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"iprox serve did not come up:\n{log.read_text()}")
                 time.sleep(0.5)
+            cpu0 = _group_cpu_s(proc.pid)
             t0 = time.monotonic()
             r = client.post("/jobs", json=body, headers=auth)
             r.raise_for_status()
@@ -102,6 +119,7 @@ def run(body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
                     raise TimeoutError(f"job still {job['status']} after {timeout_s} s")
                 time.sleep(1)
             wall = time.monotonic() - t0
+            cpu = _group_cpu_s(proc.pid) - cpu0
             events = client.get(
                 f"/jobs/{job_id}/events", params={"limit": 1000}, headers=auth
             ).json()["items"]
@@ -114,18 +132,27 @@ def run(body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
             client.close()
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=60)
-    marks = [(e["message"], datetime.fromisoformat(e["created_at"])) for e in events if e["type"] == "stage"]
+    marks = [
+        (e["message"], datetime.fromisoformat(e["created_at"]))
+        for e in events
+        if e["type"] == "stage"
+    ]
     finished = datetime.fromisoformat(job["finished_at"]) if job["finished_at"] else None
     stages: dict[str, float] = {}
     for i, (name, at) in enumerate(marks):
         until = marks[i + 1][1] if i + 1 < len(marks) else finished
         if until is not None:
             stages[name] = stages.get(name, 0.0) + (until - at).total_seconds()
-    losses = [e["data"]["metrics"] for e in events if e["type"] == "progress" and (e.get("data") or {}).get("metrics")]
+    losses = [
+        e["data"]["metrics"]
+        for e in events
+        if e["type"] == "progress" and (e.get("data") or {}).get("metrics")
+    ]
     return {
         "status": job["status"],
         "error": job["error"],
         "wall_s": wall,
+        "cpu_s": cpu,
         "stages_s": stages,
         "selected_ids": [r.get("id") for r in subset],
         "math_in_top": sum(1 for r in subset if str(r.get("id", "")).startswith("math-")),
@@ -133,7 +160,9 @@ def run(body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
     }
 
 
-def section(body: dict[str, Any], result: dict[str, Any], load: tuple[float, float, float], command: str) -> str:
+def section(
+    body: dict[str, Any], result: dict[str, Any], load: tuple[float, float, float], command: str
+) -> str:
     stages = ", ".join(f"{k} {v:.0f} s" for k, v in result["stages_s"].items())
     return "\n".join(
         [
@@ -148,9 +177,9 @@ def section(body: dict[str, Any], result: dict[str, Any], load: tuple[float, flo
             f"Settings: `proxy` {json.dumps(body.get('proxy'))}, `scorer` "
             f"{json.dumps(body.get('scorer'))}, `selection` {json.dumps(body.get('selection'))}.",
             "",
-            "| status | submit to succeeded | stages | math-* in the selection |",
-            "|---|---:|---|---:|",
-            f"| {result['status']} | {result['wall_s']:.0f} s | {stages} | "
+            "| status | submit to succeeded | CPU s (serve, worker, pool) | stages | math-* in the selection |",
+            "|---|---:|---:|---|---:|",
+            f"| {result['status']} | {result['wall_s']:.0f} s | {result['cpu_s']:.0f} | {stages} | "
             f"{result['math_in_top']} of {len(result['selected_ids'])} |",
             "",
             f"Selected, best first: {', '.join(map(str, result['selected_ids']))}.",
@@ -172,20 +201,24 @@ def write(text: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--proxy", action="append", default=[], help="KEY=VALUE over the README's")
+    p.add_argument("--scorer", action="append", default=[], help="KEY=VALUE over the README's")
     p.add_argument("--timeout-s", type=float, default=1800)
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args(argv)
     body = readme_job()
-    for item in args.proxy:
-        k, _, v = item.partition("=")
-        body["proxy"][k] = _value(v)
+    for part, items in (("proxy", args.proxy), ("scorer", args.scorer)):
+        for item in items:
+            k, _, v = item.partition("=")
+            body[part][k] = _value(v)
     load = os.getloadavg()
     result = run(body, args.timeout_s)
     print(json.dumps(result, indent=2, default=str))
-    command = shlex.join([".venv/bin/python", "scripts/bench_quickstart.py", *(argv or sys.argv[1:])])
+    command = shlex.join(
+        [".venv/bin/python", "scripts/bench_quickstart.py", *(argv or sys.argv[1:])]
+    )
     text = section(body, result, load, command)
     print(text)
-    if not args.no_write and not args.proxy:
+    if not args.no_write and not (args.proxy or args.scorer):
         write(text)
     return 0 if result["status"] == "succeeded" else 1
 

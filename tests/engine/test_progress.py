@@ -45,3 +45,15 @@ def test_report_passes_metrics_only_when_a_stage_has_some() -> None:
         ("aligning", 1, 10),
         ("aligning", 2, 10, {"step": 2, "L_GA": 0.5, "KL": 0.01}),
     ]
+
+
+def test_a_sub_phase_measures_its_own_rate() -> None:
+    units, rate = OneUnit(), Rate()
+    for done, now in ((4, 0.0), (8, 40.0)):  # probe batches: slow
+        rate.observe("compressing", *units("compressing", done, 8), now, phase=units.phase)
+    assert units.phase == 0
+    d, t = units("compressing", 10, 210)  # layers: a new phase, its rate measured afresh
+    assert units.phase == 1 and rate.observe("compressing", d, t, 50.0, phase=1) == (None, None)
+    d, t = units("compressing", 20, 210)
+    r, eta = rate.observe("compressing", d, t, 55.0, phase=1)
+    assert r == 2.0 and eta == 95.0

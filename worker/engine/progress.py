@@ -79,13 +79,17 @@ class OneUnit:
     _offset: int = 0
     _total: int = 0
     _done: int = 0
+    phase: int = 0
+    """Sub-phase of the current stage (0, 1, ...): a rate measured in one phase says little
+    about the next (a probe batch and a layer's factorisation cost differently)."""
 
     def __call__(self, stage: str, done: int, total: int) -> tuple[int, int]:
         """``(done, total)`` of ``stage`` in its one unit."""
         if stage != self._stage:
-            self._stage, self._offset = stage, 0
+            self._stage, self._offset, self.phase = stage, 0, 0
         elif total != self._total or done < self._done:
             self._offset += self._total
+            self.phase += 1
         self._total, self._done = total, done
         return self._offset + done, self._offset + total
 
@@ -95,19 +99,20 @@ class Rate:
     """Units per second within a stage, and the ETA of what remains at that rate.
 
     ``observe`` is called at every tick with a monotonic clock; the rate is measured from the
-    stage's first tick (units done before it, such as a shard's resumed samples, do not count).
+    first tick of the stage (or of its sub-phase: pass ``OneUnit.phase``), so units done before
+    it, such as a shard's resumed samples, do not count.
     """
 
-    _stage: str | None = None
+    _stage: tuple[str, int] | None = None
     _start: float = 0.0
     _start_done: int = 0
 
     def observe(
-        self, stage: str, done: int, total: int, now: float
+        self, stage: str, done: int, total: int, now: float, phase: int = 0
     ) -> tuple[float | None, float | None]:
         """``(rate per second, seconds left)``; None until a rate has been measured."""
-        if stage != self._stage:
-            self._stage, self._start, self._start_done = stage, now, done
+        if (stage, phase) != self._stage:
+            self._stage, self._start, self._start_done = (stage, phase), now, done
         elapsed, progressed = now - self._start, done - self._start_done
         if elapsed <= 0 or progressed <= 0:
             rate = eta = None

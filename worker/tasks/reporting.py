@@ -70,7 +70,7 @@ class Reporter:
         self._tick = (stage, done, total)
         now = time.monotonic()
         done, total = self._units(stage, done, total)
-        rate, eta = self._rate.observe(stage, done, total, now)
+        rate, eta = self._rate.observe(stage, done, total, now, phase=self._units.phase)
         changed = stage != self._stage
         if changed:
             self._enter(stage, now)
