@@ -51,19 +51,22 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _group_cpu_s(pgid: int) -> float:
-    """CPU seconds (user + system) used so far by the live processes of process group
-    ``pgid`` (iprox serve, its worker and the worker's pool), from /proc."""
+def _home_cpu_s(home: str) -> float:
+    """CPU seconds (user + system) used so far by the live processes whose environment has
+    ``IPROX_HOME=home``: iprox serve, its worker and the worker's pool (the worker runs in a
+    session of its own, so a process group would miss it), from /proc."""
+    needle = f"IPROX_HOME={home}".encode()
     total = 0
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
+            if needle not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[2]) == pgid:  # fields after the name: state ppid pgrp ...
-            total += int(fields[11]) + int(fields[12])
+        total += int(fields[11]) + int(fields[12])  # utime, stime (after state ppid pgrp ...)
     return total / os.sysconf("SC_CLK_TCK")
 
 
@@ -106,7 +109,7 @@ def run(body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"iprox serve did not come up:\n{log.read_text()}")
                 time.sleep(0.5)
-            cpu0 = _group_cpu_s(proc.pid)
+            cpu0 = _home_cpu_s(home)
             t0 = time.monotonic()
             r = client.post("/jobs", json=body, headers=auth)
             r.raise_for_status()
@@ -119,7 +122,7 @@ def run(body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
                     raise TimeoutError(f"job still {job['status']} after {timeout_s} s")
                 time.sleep(1)
             wall = time.monotonic() - t0
-            cpu = _group_cpu_s(proc.pid) - cpu0
+            cpu = _home_cpu_s(home) - cpu0
             events = client.get(
                 f"/jobs/{job_id}/events", params={"limit": 1000}, headers=auth
             ).json()["items"]
