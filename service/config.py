@@ -181,6 +181,31 @@ class Settings(BaseSettings):
         gt=0,
         description="Requests the API works on at once; more are answered 503 at once.",
     )
+    log_format: Literal["json", "text"] = Field(
+        default="json",
+        description="json: one JSON object a line (with job_id, tenant, stage, shard where they "
+        "apply); text: plain lines for people.",
+    )
+    log_level: str = Field(default="INFO", description="Root log level of the API and workers.")
+    readyz_worker_timeout_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=10,
+        description="How long GET /readyz waits for workers to answer its ping.",
+    )
+    progress_event_interval_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="(worker) Seconds between progress events of one stage in a job's events "
+        "(stage starts and ends are always written).",
+    )
+    worker_metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="(worker) Serve the worker's Prometheus metrics on this port; unset, they "
+        "reach the API's /metrics through PROMETHEUS_MULTIPROC_DIR when that is shared.",
+    )
 
     @field_validator("data_roots", "model_roots", "presets", "allowed_models", mode="before")
     @classmethod

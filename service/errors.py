@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from sqlalchemy import exc as sa_exc
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,12 @@ class NotFound(AppError):
     title = "Not found"
 
 
+class MethodNotAllowed(AppError):
+    status = 405
+    code = "method_not_allowed"
+    title = "The resource does not answer this method"
+
+
 class Conflict(AppError):
     status = 409
     code = "conflict"
@@ -76,6 +85,71 @@ class Overloaded(Unavailable):
     code = "overloaded"
     title = "The API is busy; retry shortly"
     retry_after = 1
+
+
+class FieldError(BaseModel):
+    """One problem with one field of the request."""
+
+    field: str = Field(
+        description="Dotted path of the field (body fields without 'body.'; query and header "
+        "parameters as query.x, header.x; 'body' for the whole body).",
+        examples=["selection.top_k"],
+    )
+    message: str = Field(
+        description="What is wrong with it.", examples=["top_k is 80 but the pool holds 36"]
+    )
+    line: int | None = Field(
+        None, description="Malformed JSON only: the 1-based line of the error.", examples=[4]
+    )
+    column: int | None = Field(
+        None, description="Malformed JSON only: the 1-based column of the error.", examples=[3]
+    )
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem: every error the API answers (media type application/problem+json)."""
+
+    type: str = Field(
+        description="A URI naming the kind of problem.",
+        examples=["https://iprox.dev/problems/validation_failed"],
+    )
+    title: str = Field(
+        description="The kind of problem, for people.", examples=[ValidationFailed.title]
+    )
+    status: int = Field(description="The HTTP status.", examples=[422])
+    detail: str = Field(
+        description="This occurrence, for people.",
+        examples=["selection.top_k: top_k is 80 but the pool holds 36"],
+    )
+    instance: str = Field(description="The request path.", examples=["/jobs"])
+    code: str = Field(
+        description="Stable machine-readable code (validation_failed, not_found, conflict, "
+        "unauthorized, database_unavailable, overloaded, ...).",
+        examples=["validation_failed"],
+    )
+    errors: list[FieldError] | None = Field(
+        None,
+        description="422 only: each field at fault.",
+        examples=[[{"field": "selection.top_k", "message": "top_k is 80 but the pool holds 36"}]],
+    )
+
+
+_RESPONSE_TEXT = {
+    401: "The API key is missing, unknown or revoked.",
+    404: "No such resource for this API key (another tenant's ids look missing).",
+    405: "The path does not answer this method.",
+    409: "The resource is not in a state that allows this.",
+    422: "The request is invalid; `errors` names each field.",
+    500: "An internal error; it has been logged.",
+    503: "A backing service (database, broker, artifact store) is unavailable or the API is "
+    "busy; retry after Retry-After seconds.",
+}
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error statuses, each a Problem (main.py moves them to
+    application/problem+json)."""
+    return {s: {"model": Problem, "description": _RESPONSE_TEXT[s]} for s in statuses}
 
 
 def database_error(exc: sa_exc.SQLAlchemyError) -> AppError | None:
@@ -128,6 +202,55 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "body"
 
 
+# Starlette's own HTTP errors (an unknown route, a wrong method, a body too large) by status.
+_HTTP_CODES: dict[int, tuple[str, str]] = {
+    400: ("bad_request", "The request is malformed"),
+    404: (NotFound.code, NotFound.title),
+    405: (MethodNotAllowed.code, MethodNotAllowed.title),
+    413: ("payload_too_large", "The request body is too large"),
+    415: ("unsupported_media_type", "The request body's media type is not supported"),
+}
+
+
+def _line_column(doc: str, pos: int) -> tuple[int, int]:
+    """1-based line and column of character ``pos`` of ``doc``."""
+    line = doc.count("\n", 0, pos) + 1
+    return line, pos - (doc.rfind("\n", 0, pos) + 1) + 1
+
+
+def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    errors = []
+    for e in exc.errors():
+        if e.get("type") == "json_invalid" and isinstance(exc.body, str | bytes):
+            # FastAPI's loc is ("body", character offset); say where, as an editor would.
+            doc = exc.body.decode("utf-8", "replace") if isinstance(exc.body, bytes) else exc.body
+            pos = e["loc"][1] if len(e["loc"]) > 1 and isinstance(e["loc"][1], int) else 0
+            line, column = _line_column(doc, pos)
+            reason = (e.get("ctx") or {}).get("error") or e["msg"]
+            errors.append(
+                {
+                    "field": "body",
+                    "message": f"malformed JSON at line {line}, column {column}: {reason}",
+                    "line": line,
+                    "column": column,
+                }
+            )
+        else:
+            errors.append({"field": _loc(tuple(e["loc"])), "message": e["msg"]})
+    return errors
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method the API documents on this path (read from its OpenAPI paths, which name
+    every route; the routers nest, so their own route lists would need a walk)."""
+    methods: set[str] = set()
+    for template, operations in request.app.openapi()["paths"].items():
+        pattern = re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template))
+        if re.fullmatch(pattern, request.url.path):
+            methods |= {m.upper() for m in operations}
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Every error leaves the API as problem+json, including FastAPI's own validation."""
 
@@ -163,9 +286,24 @@ def install_error_handlers(app: FastAPI) -> None:
         # Starlette logs the exception; the client gets problem+json, never text/plain.
         return render(request, AppError("an internal error occurred; it has been logged"))
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code, title = _HTTP_CODES.get(exc.status_code, ("http_error", "The request failed"))
+        detail = str(exc.detail)
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"no route {request.url.path}"
+        elif exc.status_code == 405:
+            detail = f"{request.method} is not allowed on {request.url.path}"
+        response = problem(exc.status_code, title, detail, code, request.url.path)
+        for name, value in (exc.headers or {}).items():
+            response.headers[name] = value
+        if exc.status_code == 405:  # Starlette names the first matching route's methods only
+            response.headers["Allow"] = ", ".join(_allowed_methods(request))
+        return response
+
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"field": _loc(tuple(e["loc"])), "message": e["msg"]} for e in exc.errors()]
+        errors = _validation_errors(exc)
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
         return problem(
             422,

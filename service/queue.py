@@ -4,7 +4,7 @@ and the worker (which registers them). The API never imports the worker's task c
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Protocol
+from typing import Any, Protocol
 
 from celery import Celery
 
@@ -15,6 +15,10 @@ TASK_SCORE_SHARD = "iprox.score_shard"
 TASK_RANK_JOB = "iprox.rank_job"
 TASK_RECONCILE = "iprox.reconcile"
 TASK_DELIVER_WEBHOOK = "iprox.deliver_webhook"
+
+CONTROL_WORKER_INFO = "iprox_worker_info"
+"""A remote-control command each worker registers (worker/celery_app.py): its device, dtype and
+queues, for GET /readyz."""
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -74,6 +78,8 @@ class Dispatcher(Protocol):
 
     def ping(self) -> None: ...
 
+    def workers(self, timeout_s: float) -> list[dict[str, Any]]: ...
+
 
 class CeleryDispatcher:
     """Sends tasks by name with ids only (never objects)."""
@@ -87,6 +93,24 @@ class CeleryDispatcher:
     def ping(self) -> None:
         with self.app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=3)
+
+    def workers(self, timeout_s: float) -> list[dict[str, Any]]:
+        """The workers that answer a broadcast within ``timeout_s``, by name, with the device,
+        dtype and queues they report."""
+        replies = self.app.control.broadcast(CONTROL_WORKER_INFO, reply=True, timeout=timeout_s)
+        found = []
+        for reply in replies or []:
+            for name, info in reply.items():
+                info = info if isinstance(info, dict) else {}
+                found.append(
+                    {
+                        "name": name,
+                        "device": info.get("device"),
+                        "dtype": info.get("dtype"),
+                        "queues": list(info.get("queues") or []),
+                    }
+                )
+        return sorted(found, key=lambda w: w["name"])
 
 
 @lru_cache

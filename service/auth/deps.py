@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from service.auth.keys import hash_key, key_cache, tenant_for_hash
 from service.db import read_connection
 from service.errors import Unauthorized
+from service.logs import bind_values
 from service.text import unstorable
 
 _bearer = HTTPBearer(auto_error=False, description="API key: `Authorization: Bearer iprox_...`")
@@ -41,6 +42,7 @@ async def current_tenant(
         if tenant is None:
             raise Unauthorized("the API key is unknown or revoked")
         cache.put(key_hash, tenant)
+    bind_values(tenant=tenant)  # every log record of the request names its tenant
     return tenant
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -22,21 +21,6 @@ from service.models import (
     ShardStatus,
 )
 from service.models.base import utcnow
-from service.text import unstorable
-
-
-def encode_cursor(created_at: datetime, row_id: str) -> str:
-    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{row_id}".encode()).decode()
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    """Raises ValueError on anything that is not a cursor this API issued."""
-    if unstorable(cursor):
-        raise ValueError("not a cursor")
-    stamp, _, row_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
-    if not row_id or unstorable(row_id):
-        raise ValueError("not a cursor")
-    return datetime.fromisoformat(stamp), row_id
 
 
 def get_job(session: Session, tenant_id: str, job_id: str) -> Job | None:

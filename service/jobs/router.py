@@ -9,18 +9,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import IO, Annotated, Literal
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from service.auth.deps import TenantDep
 from service.config import get_settings
 from service.db import read_connection, session_scope
-from service.errors import Unavailable, ValidationFailed
+from service.errors import Unavailable, ValidationFailed, problem_responses
 from service.estimates import service as estimates
 from service.estimates.schemas import Estimate
 from service.jobs import exports, service, state
 from service.jobs.schemas import EventPage, JobCreate, JobPage, JobRead, ScorePage
+from service.logs import bind_values
 from service.models import JobStatus
+from service.pagination import CursorQuery, limit_query
 from service.queue import TASK_RUN_JOB, get_dispatcher
 from service.text import unstorable
 
@@ -28,21 +30,40 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 _METADATA_PREFIX = "metadata."
 
+JobIdPath = Annotated[
+    str, Path(description="The job's id.", examples=["6c1f6a8e-9a8b-4f57-8f0e-2b1d3c4e5f60"])
+]
+
 
 @router.post(
     "",
     status_code=202,
     response_model=JobRead,
-    responses={200: {"model": Estimate, "description": "A dry_run's estimate."}},
+    operation_id="createJob",
+    summary="Submit a job",
+    response_description="The job, queued; its URL is in the Location header.",
+    responses={
+        200: {"model": Estimate, "description": "A dry_run's estimate (nothing stored)."},
+        **problem_responses(401, 422, 500, 503),
+    },
 )
 def create_job(
     body: JobCreate,
     tenant: TenantDep,
     response: Response,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            description="Replays return the job the first request created; the same key with "
+            "another body is a 422.",
+            examples=["readme-demo-1"],
+        ),
+    ] = None,
 ) -> JobRead | JSONResponse:
-    """Validate, store the job, commit, then queue it by task name with its id. With
-    ``dry_run``: validate the same way and answer the estimate (200), storing nothing."""
+    """Check the request (model, dataset and target URIs, budget) and queue the job. Nothing
+    is stored when the request is refused. With ``dry_run`` the same checks run and the answer
+    is the estimate (200), storing and queueing nothing."""
     settings = get_settings()
     if body.dry_run:
         resolved = service.check_inputs(settings, body)
@@ -71,19 +92,30 @@ def create_job(
                         session, job.id, "broker_unavailable", f"could not queue the job: {exc}"
                     )
                 raise Unavailable(f"the job queue is unreachable ({type(exc).__name__})") from exc
+    bind_values(job_id=read.id)
     response.headers["Location"] = f"/jobs/{read.id}"
     return read
 
 
-@router.get("", response_model=JobPage)
+@router.get(
+    "",
+    response_model=JobPage,
+    operation_id="listJobs",
+    summary="List jobs",
+    responses=problem_responses(401, 422, 500, 503),
+)
 def list_jobs(
     request: Request,
     tenant: TenantDep,
-    status: Annotated[list[JobStatus] | None, Query(description="Repeat to OR statuses.")] = None,
-    cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    status: Annotated[
+        list[JobStatus] | None,
+        Query(description="Only jobs in this status; repeat to OR statuses.", examples=["running"]),
+    ] = None,
+    cursor: CursorQuery = None,
+    limit: Annotated[int, limit_query(50)] = 50,
 ) -> JobPage:
-    """Newest first. Filter by metadata with ``metadata.<key>=<value>`` (all must match)."""
+    """The tenant's jobs, newest first. Filter by labels with ``metadata.<key>=<value>``
+    query parameters (all must match)."""
     labels = {
         k.removeprefix(_METADATA_PREFIX): v
         for k, v in request.query_params.items()
@@ -104,29 +136,51 @@ def list_jobs(
         )
 
 
-@router.get("/{job_id}", response_model=JobRead)
-def get_job(job_id: str, tenant: TenantDep) -> JobRead:
+@router.get(
+    "/{job_id}",
+    response_model=JobRead,
+    operation_id="getJob",
+    summary="Get a job",
+    responses=problem_responses(401, 404, 422, 500, 503),
+)
+def get_job(job_id: JobIdPath, tenant: TenantDep) -> JobRead:
+    """The job's status, stage, progress, result or error."""
     # A read needs no transaction: an autocommit connection, one query (the hot path).
     with read_connection() as conn:
         return service.read_job_by_id(conn, tenant, job_id)
 
 
-@router.post("/{job_id}/cancel", status_code=202, response_model=JobRead)
-def cancel_job(job_id: str, tenant: TenantDep) -> JobRead:
+@router.post(
+    "/{job_id}/cancel",
+    status_code=202,
+    response_model=JobRead,
+    operation_id="cancelJob",
+    summary="Cancel a job",
+    responses=problem_responses(401, 404, 409, 422, 500, 503),
+)
+def cancel_job(job_id: JobIdPath, tenant: TenantDep) -> JobRead:
     """A queued job is cancelled at once; a running one stops at its next batch."""
     with session_scope() as session:
         return service.read_job(session, service.cancel(session, tenant, job_id))
 
 
-@router.get("/{job_id}/events", response_model=EventPage)
+@router.get(
+    "/{job_id}/events",
+    response_model=EventPage,
+    operation_id="listJobEvents",
+    summary="List a job's events",
+    responses=problem_responses(401, 404, 422, 500, 503),
+)
 def job_events(
-    job_id: str,
+    job_id: JobIdPath,
     tenant: TenantDep,
-    after: Annotated[int, Query(ge=0, description="Only events with a larger id.")] = 0,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+    cursor: CursorQuery = None,
+    limit: Annotated[int, limit_query(200)] = 200,
 ) -> EventPage:
+    """Status changes, stage changes, progress ticks (rate, ETA, stage metrics such as the
+    alignment losses) and engine events, oldest first."""
     with session_scope() as session:
-        return service.events(session, tenant, job_id, after, limit)
+        return service.events(session, tenant, job_id, cursor, limit)
 
 
 _SCORE_MEDIA = {
@@ -139,13 +193,18 @@ _SCORE_MEDIA = {
 @router.get(
     "/{job_id}/scores",
     response_model=ScorePage,
-    responses={200: {"content": {m: {} for m in _SCORE_MEDIA.values()}}},
+    operation_id="listJobScores",
+    summary="List a job's scores",
+    responses={
+        200: {"content": {m: {} for m in _SCORE_MEDIA.values()}},
+        **problem_responses(401, 404, 422, 500, 503),
+    },
 )
 def job_scores(
-    job_id: str,
+    job_id: JobIdPath,
     tenant: TenantDep,
-    cursor: Annotated[int, Query(ge=-1, description="next_cursor of the previous page.")] = -1,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 500,
+    cursor: CursorQuery = None,
+    limit: Annotated[int, limit_query(500)] = 500,
     order: Annotated[
         exports.ScoreOrder,
         Query(
@@ -203,12 +262,36 @@ _SUBSET_MEDIA = {
 
 @router.get(
     "/{job_id}/subset",
-    responses={200: {"content": {m: {} for m in _SUBSET_MEDIA.values()}}},
+    operation_id="getJobSubset",
+    summary="Download the selected subset",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "The selected records: JSON lines (format=jsonl), a JSON array "
+            "(json) or a Parquet file (parquet).",
+            "content": {
+                "application/x-ndjson": {
+                    "schema": {"type": "string"},
+                    "example": '{"id": "math-3", "rank": 1, "score": 0.27}\n',
+                },
+                "application/json": {
+                    "schema": {"type": "array", "items": {"type": "object"}},
+                    "example": [{"id": "math-3", "rank": 1, "score": 0.27}],
+                },
+                "application/vnd.apache.parquet": {
+                    "schema": {"type": "string", "format": "binary"}
+                },
+            },
+        },
+        **problem_responses(401, 404, 409, 422, 500, 503),
+    },
 )
 def job_subset(
-    job_id: str,
+    job_id: JobIdPath,
     tenant: TenantDep,
-    top_k: Annotated[int | None, Query(ge=1, description="Only the best top_k records.")] = None,
+    top_k: Annotated[
+        int | None, Query(ge=1, description="Only the best top_k records.", examples=[8])
+    ] = None,
     format: Annotated[
         Literal["jsonl", "json", "parquet"],
         Query(

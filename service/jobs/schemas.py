@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from service.models import JobKind, JobStage, JobStatus
+from service.pagination import Page
 from service.text import StoredText, unstorable
 from service.webhooks.schemas import NotifySpec
 
@@ -24,7 +25,49 @@ class ProxySpec(BaseModel):
     model_config = _STRICT
 
     proxy_id: StoredText | None = Field(
-        None, description="Reuse this built proxy instead of building."
+        None,
+        description="Reuse this built proxy (an id from GET /proxies, built from the same "
+        "target_model) instead of building one; no other field may then be given.",
+        examples=["0b1e5c7e-3f0e-4a51-9d7c-2f4c1b8a9e10"],
+    )
+    method: Literal["ipsvd", "svd", "random"] | None = Field(
+        None,
+        description="How each linear layer is compressed: ipsvd (weighted by probe "
+        "covariances), svd or random (baselines). Default ipsvd.",
+        examples=["ipsvd"],
+    )
+    sparsity: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="Fraction of each compressed layer's parameters removed (0 keeps every "
+        "layer dense).",
+        examples=[0.5],
+    )
+    probe_samples: int | None = Field(
+        None, gt=0, description="Pool records that measure IPSVD's covariances.", examples=[16]
+    )
+    align_steps: int | None = Field(
+        None, ge=0, description="Alignment optimiser steps (0: no alignment).", examples=[10]
+    )
+    kl_weight: float | None = Field(
+        None, ge=0, description="Weight of the KL term in the alignment loss.", examples=[1.0]
+    )
+    temperature: float | None = Field(
+        None, gt=0, description="Softmax temperature of the KL term.", examples=[1.0]
+    )
+    lr: float | None = Field(None, gt=0, description="Alignment learning rate.", examples=[1e-4])
+    ridge: float | None = Field(
+        None,
+        gt=0,
+        description="Covariance ridge, relative to each covariance's mean eigenvalue.",
+        examples=[0.1],
+    )
+    max_length: int | None = Field(
+        None, ge=2, description="Token budget per probe and alignment sequence.", examples=[128]
+    )
+    seed: int | None = Field(
+        None, ge=0, description="Seed of the probe and alignment slices.", examples=[0]
     )
     recipe: Literal["iprox", "official"] | None = Field(
         None,
@@ -36,7 +79,6 @@ class ProxySpec(BaseModel):
         ),
         examples=["iprox"],
     )
-    method: Literal["ipsvd", "svd", "random"] | None = Field(None, description="Compression.")
     rank_allocation: Literal["uniform", "global"] | None = Field(
         None,
         description=(
@@ -54,20 +96,15 @@ class ProxySpec(BaseModel):
         ),
         examples=[True],
     )
-    sparsity: float | None = Field(None, ge=0, lt=1, description="Fraction of parameters removed.")
-    probe_samples: int | None = Field(None, gt=0, description="Probe sequences for IPSVD.")
-    align_steps: int | None = Field(None, ge=0, description="Alignment steps (0 = none).")
-    kl_weight: float | None = Field(None, ge=0, description="lambda_KL of the alignment loss.")
-    temperature: float | None = Field(None, gt=0, description="KL temperature.")
-    lr: float | None = Field(None, gt=0, description="Alignment learning rate.")
-    ridge: float | None = Field(None, gt=0, description="Covariance ridge (relative).")
-    max_length: int | None = Field(None, ge=2, description="Token budget per sequence.")
-    seed: int | None = Field(None, ge=0)
     checkpointing: bool | None = Field(
-        None, description="Recompute decoder layers' activations in backward (less memory)."
+        None,
+        description="Recompute decoder layers' activations in backward (less memory).",
+        examples=[False],
     )
     factor_dtype: Literal["float64", "float32"] | None = Field(
-        None, description="Precision of the IPSVD factorisation (float32 for slow-float64 GPUs)."
+        None,
+        description="Precision of the IPSVD factorisation (float32 for slow-float64 GPUs).",
+        examples=["float64"],
     )
     fidelity_samples: int | None = Field(
         None,
@@ -105,37 +142,58 @@ class ProxySpec(BaseModel):
 
 
 class ScorerSpec(BaseModel):
+    """How pool samples are scored against the target tasks."""
+
     model_config = _STRICT
 
-    method: Literal["tracin", "influence"] = Field("tracin", description="Score function.")
+    method: Literal["tracin", "influence"] = Field(
+        "tracin",
+        description="tracin: gradient cosine with the target tasks; influence: inverse-"
+        "curvature weighted (projected features only).",
+        examples=["tracin"],
+    )
     features: Literal["exact", "projected"] | None = Field(
         None,
         description="exact: unprojected per-sample gradient inner products (seed-free; tracin "
         "only); projected: seeded random-projected features (needed by influence). Default: "
         "exact for tracin, projected for influence.",
+        examples=["exact"],
     )
     # At least one feature per layer suffix of the engine's default layers (7).
     proj_dim: int | None = Field(
-        None, ge=7, description="Projection dimension (projected features only)."
+        None,
+        ge=7,
+        description="Projection dimension (projected features only; at least one feature per "
+        "scored layer type).",
+        examples=[8192],
     )
     projection: Literal["gaussian", "eigen"] | None = Field(
         None,
         description="Projected features only: gaussian (seeded random) or eigen (each layer's "
         "top covariance eigenvectors on a seeded pool slice).",
+        examples=["gaussian"],
     )
     projection_samples: int | None = Field(
-        None, gt=0, description="Pool records that define an eigen projection."
+        None, gt=0, description="Pool records that define an eigen projection.", examples=[64]
     )
-    batch_size: int | None = Field(None, gt=0)
-    max_length: int | None = Field(None, ge=2)
-    damping: float | None = Field(None, gt=0, description="Influence damping.")
+    batch_size: int | None = Field(
+        None, gt=0, description="Samples per forward/backward batch.", examples=[8]
+    )
+    max_length: int | None = Field(
+        None, ge=2, description="Token budget per scored sequence.", examples=[128]
+    )
+    damping: float | None = Field(
+        None, gt=0, description="Influence damping (influence only).", examples=[0.001]
+    )
+    seed: int | None = Field(
+        None, ge=0, description="Projection seed (projected features only).", examples=[0]
+    )
     adam: bool = Field(
         False,
         description="Precondition the pool's gradients with each warm-up checkpoint's Adam "
         "moments, as LESS does (needs warmup).",
         examples=[True],
     )
-    seed: int | None = Field(None, ge=0, description="Projection seed (projected features only).")
 
     @field_validator("features")
     @classmethod
@@ -185,11 +243,32 @@ class SelectionSpec(BaseModel):
     model_config = _STRICT
 
     # A pool's size is counted in 32-bit columns: a larger top_k can never be met.
-    top_k: int | None = Field(None, gt=0, le=2**31 - 1)
-    fraction: float | None = Field(None, gt=0, le=1)
-    token_budget: int | None = Field(None, gt=0)
-    quota_field: StoredText | None = Field(None, min_length=1, description="Field to balance on.")
-    quota: float | None = Field(None, gt=0, le=1, description="Largest share of one value.")
+    top_k: int | None = Field(
+        None,
+        gt=0,
+        le=2**31 - 1,
+        description="Select this many records (at most the pool's size).",
+        examples=[8],
+    )
+    fraction: float | None = Field(
+        None, gt=0, le=1, description="Select this share of the pool.", examples=[0.05]
+    )
+    token_budget: int | None = Field(
+        None, gt=0, description="Select best-first until this many tokens.", examples=[200000]
+    )
+    quota_field: StoredText | None = Field(
+        None,
+        min_length=1,
+        description="A record field to balance on (with quota).",
+        examples=["category"],
+    )
+    quota: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Largest share of the selection one value of quota_field may take.",
+        examples=[0.3],
+    )
 
     @model_validator(mode="after")
     def _one_budget(self) -> SelectionSpec:
@@ -205,20 +284,66 @@ class SelectionSpec(BaseModel):
 
 
 class JobCreate(BaseModel):
-    model_config = _STRICT
+    """A job to run: select (build or reuse a proxy, score the pool, rank) or proxy_build."""
 
-    kind: JobKind = Field(description="select: score and rank; proxy_build: only build a proxy.")
-    dataset_uri: StoredText = Field(min_length=1, description="The pool (select) or probe data.")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "kind": "select",
+                    "target_model": "smollm2-135m-instruct",
+                    "dataset_uri": "file:///data/pool.jsonl",
+                    "target_uri": "file:///data/target.jsonl",
+                    "proxy": {"method": "ipsvd", "sparsity": 0.5, "align_steps": 2},
+                    "scorer": {"method": "tracin"},
+                    "selection": {"top_k": 8},
+                    "metadata": {"experiment": "readme"},
+                }
+            ]
+        },
+    )
+
+    kind: JobKind = Field(
+        description="select: score and rank; proxy_build: only build a proxy.",
+        examples=["select"],
+    )
+    dataset_uri: StoredText = Field(
+        min_length=1,
+        description="The pool to select from (select) or the probe and alignment data "
+        "(proxy_build): file:// under the data roots, http(s)://, s3:// or gs://.",
+        examples=["file:///data/pool.jsonl"],
+    )
     target_model: StoredText = Field(
         min_length=1,
         description="Preset name, a local model folder under the model roots, or a Hugging Face "
         "hub id org/name[@revision] allowed by IPROX_ALLOWED_MODELS.",
+        examples=["smollm2-135m-instruct"],
     )
-    target_uri: str | list[str] | None = Field(None, description="Target-task set(s) (select).")
-    proxy: ProxySpec = Field(default_factory=lambda: ProxySpec())
-    scorer: ScorerSpec = Field(default_factory=lambda: ScorerSpec())
-    selection: SelectionSpec | None = Field(None, description="The budget (select).")
-    metadata: dict[StoredText, StoredText] = Field(default_factory=dict, description="Free labels.")
+    target_uri: str | list[str] | None = Field(
+        None,
+        description="The target task set, or a list of them (select; a sample's score is the "
+        "max over tasks).",
+        examples=["file:///data/target.jsonl"],
+    )
+    proxy: ProxySpec = Field(
+        default_factory=lambda: ProxySpec(),
+        description="Build settings of the proxy, or the id of one to reuse.",
+        examples=[{"method": "ipsvd", "sparsity": 0.5}],
+    )
+    scorer: ScorerSpec = Field(
+        default_factory=lambda: ScorerSpec(),
+        description="How samples are scored.",
+        examples=[{"method": "tracin"}],
+    )
+    selection: SelectionSpec | None = Field(
+        None, description="The budget (select only).", examples=[{"top_k": 8}]
+    )
+    metadata: dict[StoredText, StoredText] = Field(
+        default_factory=dict,
+        description="Free labels (at most 50), filterable with GET /jobs?metadata.<key>=<value>.",
+        examples=[{"experiment": "readme"}],
+    )
     warmup: WarmupSpec | None = Field(
         None,
         description="Select jobs: warm up and score with a proxy per checkpoint (see WarmupSpec).",
@@ -262,58 +387,131 @@ class JobCreate(BaseModel):
         return [self.target_uri] if isinstance(self.target_uri, str) else list(self.target_uri)
 
 
+STAGE_UNITS: dict[str, str] = {
+    "loading": "steps",
+    "compressing": "steps",
+    "aligning": "steps",
+    "scoring": "samples",
+    "ranking": "samples",
+}
+"""The unit each stage's progress counts in (the worker's engine reports in the same)."""
+
+
 class Progress(BaseModel):
-    done: int
-    total: int
+    """Progress of the current stage, in one unit per stage."""
+
+    done: int = Field(description="Units of the current stage done.", examples=[13])
+    total: int = Field(description="Units the current stage has in all.", examples=[42])
+    unit: str | None = Field(
+        None,
+        description="What the stage counts: steps (loading, compressing, aligning) or samples "
+        "(scoring, ranking); null before the first stage.",
+        examples=["samples"],
+    )
 
 
 class ErrorInfo(BaseModel):
-    code: str
-    message: str
+    """Why a job failed."""
+
+    code: str = Field(description="Stable machine-readable code.", examples=["out_of_memory"])
+    message: str = Field(
+        description="What happened, for people.", examples=["one sample does not fit"]
+    )
+
+
+_TIME = "2026-12-01T12:00:00Z"
 
 
 class JobRead(BaseModel):
-    id: str
-    kind: JobKind
-    status: JobStatus
-    stage: JobStage | None
-    progress: Progress
-    partial: bool
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    updated_at: datetime
-    error: ErrorInfo | None
-    result: dict[str, Any] | None
-    proxy_id: str | None
-    metadata: dict[str, str]
-    request: dict[str, Any]
-    links: dict[str, str]
+    """A job as the API sees it."""
+
+    id: str = Field(description="The job's id.", examples=["6c1f6a8e-9a8b-4f57-8f0e-2b1d3c4e5f60"])
+    kind: JobKind = Field(description="What the job does.", examples=["select"])
+    status: JobStatus = Field(description="Where the job is in its life.", examples=["running"])
+    stage: JobStage | None = Field(
+        description="The stage running now (null before the first).", examples=["scoring"]
+    )
+    progress: Progress = Field(
+        description="Progress of the current stage.",
+        examples=[{"done": 13, "total": 42, "unit": "samples"}],
+    )
+    partial: bool = Field(
+        description="True when the job stopped (cancelled) with only some scores.",
+        examples=[False],
+    )
+    created_at: datetime = Field(description="When the job was submitted.", examples=[_TIME])
+    started_at: datetime | None = Field(description="When a worker started it.", examples=[_TIME])
+    finished_at: datetime | None = Field(
+        description="When it reached a terminal status.", examples=[None]
+    )
+    updated_at: datetime = Field(description="Last change or worker heartbeat.", examples=[_TIME])
+    error: ErrorInfo | None = Field(
+        description="Why the job failed (null otherwise).", examples=[None]
+    )
+    result: dict[str, Any] | None = Field(
+        description="What a finished job produced: pool size, selected count, seconds per "
+        "stage, the proxy's id and size, ...",
+        examples=[{"pool_size": 36, "selected": 8, "proxy_id": "0b1e5c7e"}],
+    )
+    proxy_id: str | None = Field(
+        description="The proxy the job built or reused.", examples=["0b1e5c7e"]
+    )
+    metadata: dict[str, str] = Field(
+        description="The labels given at submission.", examples=[{"experiment": "readme"}]
+    )
+    request: dict[str, Any] = Field(
+        description="The request as submitted, plus what the API resolved (the model).",
+        examples=[{"kind": "select", "selection": {"top_k": 8}}],
+    )
+    links: dict[str, str] = Field(
+        description="URLs of the job's resources.",
+        examples=[{"self": "/jobs/6c1f", "events": "/jobs/6c1f/events"}],
+    )
 
 
-class JobPage(BaseModel):
-    items: list[JobRead]
-    next_cursor: str | None
+class JobPage(Page[JobRead]):
+    """Jobs, newest first."""
+
+    items: list[JobRead] = Field(
+        description="This page's jobs.",
+        examples=[[{"id": "6c1f6a8e-9a8b-4f57-8f0e-2b1d3c4e5f60", "status": "running"}]],
+    )
 
 
 class EventRead(BaseModel):
-    id: int
-    created_at: datetime
-    type: str
-    stage: str | None
-    message: str
-    data: dict[str, Any] | None
+    """One line of a job's history."""
+
+    id: int = Field(description="Increasing id within the service.", examples=[42])
+    created_at: datetime = Field(description="When it happened.", examples=[_TIME])
+    type: str = Field(
+        description="status (a status change), stage (a stage began), progress (a progress "
+        "tick with rate, ETA and the stage's metrics) or metric (an engine event).",
+        examples=["progress"],
+    )
+    stage: str | None = Field(description="The stage it happened in.", examples=["aligning"])
+    message: str = Field(description="A short summary.", examples=["aligning 3/10 steps"])
+    data: dict[str, Any] | None = Field(
+        description="Details: for progress, done, total, unit, rate_per_s, eta_s and the "
+        "stage's metrics (alignment: step, L_GA, KL).",
+        examples=[{"done": 3, "total": 10, "unit": "steps", "eta_s": 21.0, "L_GA": 0.41}],
+    )
 
 
-class EventPage(BaseModel):
-    items: list[EventRead]
-    next_after: int | None
+class EventPage(Page[EventRead]):
+    """A job's events, oldest first."""
+
+    items: list[EventRead] = Field(
+        description="This page's events.",
+        examples=[[{"id": 41, "type": "stage", "stage": "aligning", "message": "aligning"}]],
+    )
 
 
 class ScoreRead(BaseModel):
-    index: int
-    id: str
-    score: float
+    """One pool sample's score."""
+
+    index: int = Field(description="The sample's position in the pool.", examples=[3])
+    id: str = Field(description="The record's id field (or its index).", examples=["math-3"])
+    score: float = Field(description="Its influence score (higher is better).", examples=[0.27])
     rank: int | None = Field(
         None,
         description="Position in the ranking (1 is the best score; ties by pool index); "
@@ -322,8 +520,14 @@ class ScoreRead(BaseModel):
     )
 
 
-class ScorePage(BaseModel):
-    items: list[ScoreRead]
-    next_cursor: int | None
-    partial: bool = Field(description="True while scoring runs, or when the job was cancelled.")
-    count: int
+class ScorePage(Page[ScoreRead]):
+    """A job's scores by pool index."""
+
+    items: list[ScoreRead] = Field(
+        description="This page's scores.", examples=[[{"index": 3, "id": "math-3", "score": 0.27}]]
+    )
+
+    partial: bool = Field(
+        description="True while scoring runs, or when the job was cancelled.", examples=[False]
+    )
+    count: int = Field(description="Scores stored for the job.", examples=[36])

@@ -20,6 +20,7 @@ from service.jobs import repository as repo
 from service.jobs import state
 from service.jobs.kinds import kind_entry
 from service.jobs.schemas import (
+    STAGE_UNITS,
     ErrorInfo,
     EventPage,
     EventRead,
@@ -32,6 +33,7 @@ from service.jobs.schemas import (
 )
 from service.links import job_links
 from service.models import Job, JobStatus
+from service.pagination import int_position, keyset_position, paginate
 from service.proxies import repository as proxy_repo
 from service.targets import resolve_target_model
 from service.text import unstorable
@@ -65,7 +67,11 @@ def to_read(job: Job | Row[Any], labels: dict[str, str]) -> JobRead:
         kind=job.kind,
         status=job.status,
         stage=job.stage,
-        progress=Progress(done=job.progress_done, total=job.progress_total),
+        progress=Progress(
+            done=job.progress_done,
+            total=job.progress_total,
+            unit=STAGE_UNITS.get(job.stage) if job.stage is not None else None,
+        ),
         partial=job.partial,
         created_at=job.created_at,
         started_at=job.started_at,
@@ -274,28 +280,31 @@ def list_jobs(
     cursor: str | None,
     limit: int,
 ) -> JobPage:
-    try:
-        after = repo.decode_cursor(cursor) if cursor else None
-    except ValueError:
-        raise ValidationFailed("not a cursor this API issued", field="cursor") from None
-    jobs = repo.list_jobs(
+    after = keyset_position("jobs", cursor)
+    rows = repo.list_jobs(
         session, tenant_id, statuses=statuses, labels=labels, cursor=after, limit=limit + 1
     )
-    more = len(jobs) > limit
-    jobs = jobs[:limit]
+    jobs, nxt, more = paginate("jobs", rows, limit, lambda j: (j.created_at, j.id))
     all_labels = repo.labels_of(session, [j.id for j in jobs])
     items = [to_read(j, all_labels[j.id]) for j in jobs]
-    nxt = repo.encode_cursor(jobs[-1].created_at, jobs[-1].id) if more and jobs else None
-    return JobPage(items=items, next_cursor=nxt)
+    return JobPage(items=items, next_cursor=nxt, has_more=more)
 
 
 def cancel(session: Session, tenant_id: str, job_id: str) -> Job:
     return state.request_cancel(session, get_job(session, tenant_id, job_id))
 
 
-def events(session: Session, tenant_id: str, job_id: str, after: int, limit: int) -> EventPage:
+def events(
+    session: Session, tenant_id: str, job_id: str, cursor: str | None, limit: int
+) -> EventPage:
+    after = int_position("events", cursor, first=0)
     get_job(session, tenant_id, job_id)
-    rows = repo.list_events(session, job_id, after=after, limit=limit)
+    rows, nxt, more = paginate(
+        "events",
+        repo.list_events(session, job_id, after=after, limit=limit + 1),
+        limit,
+        lambda e: (e.id,),
+    )
     items = [
         EventRead(
             id=e.id,
@@ -307,36 +316,42 @@ def events(session: Session, tenant_id: str, job_id: str, after: int, limit: int
         )
         for e in rows
     ]
-    return EventPage(items=items, next_after=items[-1].id if len(items) == limit else None)
+    return EventPage(items=items, next_cursor=nxt, has_more=more)
 
 
 def scores(
     session: Session,
     tenant_id: str,
     job_id: str,
-    after: int,
+    cursor: str | None,
     limit: int,
     order: str = "index",
 ) -> ScorePage:
-    """A page of scores by pool index (``after``: the last index seen), or in rank order
-    (``after``: how many rows the earlier pages held, -1 for none)."""
+    """A page of scores by pool index, or in rank order (best first, ties by index; each item
+    with its rank). A cursor belongs to its order: one from the other is a 422."""
     job = get_job(session, tenant_id, job_id)
     if order == "rank":
-        offset = max(after, 0)
-        rows = repo.scores_by_rank(session, job_id, offset=offset, limit=limit)
+        offset = int_position("scores-rank", cursor, first=0)  # rows the earlier pages held
+        fetched = repo.scores_by_rank(session, job_id, offset=offset, limit=limit + 1)
+        ranked = list(enumerate(fetched, start=offset + 1))
+        page, nxt, more = paginate("scores-rank", ranked, limit, lambda r: (r[0],))
         items = [
-            ScoreRead(index=s.sample_index, id=s.sample_id, score=s.score, rank=offset + k)
-            for k, s in enumerate(rows, start=1)
+            ScoreRead(index=s.sample_index, id=s.sample_id, score=s.score, rank=k) for k, s in page
         ]
-        nxt = offset + len(items) if len(items) == limit else None
     else:
-        rows = repo.list_scores(session, job_id, after=after, limit=limit)
+        after = int_position("scores", cursor, first=-1)
+        rows, nxt, more = paginate(
+            "scores",
+            repo.list_scores(session, job_id, after=after, limit=limit + 1),
+            limit,
+            lambda s: (s.sample_index,),
+        )
         items = [ScoreRead(index=s.sample_index, id=s.sample_id, score=s.score) for s in rows]
-        nxt = items[-1].index if len(items) == limit else None
     partial = job.partial or job.status is not JobStatus.SUCCEEDED
     return ScorePage(
         items=items,
         next_cursor=nxt,
+        has_more=more,
         partial=partial,
         count=repo.count_scores(session, job_id),
     )

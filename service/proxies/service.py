@@ -7,9 +7,9 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from service.errors import NotFound, ValidationFailed
-from service.jobs.repository import decode_cursor, encode_cursor
+from service.errors import NotFound
 from service.models import Proxy
+from service.pagination import keyset_position, paginate
 from service.proxies import repository as repo
 from service.proxies.schemas import FidelityRead, ProxyPage, ProxyRead
 from service.text import unstorable
@@ -48,12 +48,7 @@ def get_proxy(session: Session, tenant_id: str, proxy_id: str) -> ProxyRead:
 
 
 def list_proxies(session: Session, tenant_id: str, cursor: str | None, limit: int) -> ProxyPage:
-    try:
-        after = decode_cursor(cursor) if cursor else None
-    except ValueError:
-        raise ValidationFailed("not a cursor this API issued", field="cursor") from None
+    after = keyset_position("proxies", cursor)
     rows = repo.list_proxies(session, tenant_id, cursor=after, limit=limit + 1)
-    more = len(rows) > limit
-    rows = rows[:limit]
-    nxt = encode_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None
-    return ProxyPage(items=[to_read(p) for p in rows], next_cursor=nxt)
+    page, nxt, more = paginate("proxies", rows, limit, lambda p: (p.created_at, p.id))
+    return ProxyPage(items=[to_read(p) for p in page], next_cursor=nxt, has_more=more)

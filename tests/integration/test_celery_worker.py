@@ -45,7 +45,7 @@ def test_select_job_end_to_end(api: TestClient, stack: Stack) -> None:
     job_id = r.json()["id"]
     job = wait_terminal(api, job_id, auth, timeout=300)
     assert job["status"] == "succeeded", (job["error"], stack.worker_log.read_text()[-3000:])
-    assert job["progress"] == {"done": 6, "total": 6}
+    assert job["progress"] == {"done": 6, "total": 6, "unit": "samples"}
     scores = api.get(f"/jobs/{job_id}/scores", headers=auth).json()
     assert scores["count"] == 6 and not scores["partial"]
     by_index = {s["index"]: s["score"] for s in scores["items"]}
@@ -58,6 +58,11 @@ def test_select_job_end_to_end(api: TestClient, stack: Stack) -> None:
     assert any(e["message"] == "pool planned" and e["data"]["shards"] == 2 for e in metrics)
     proxy_id = job["result"]["proxy_id"]
     assert api.get(f"/proxies/{proxy_id}", headers=auth).json()["job_id"] == job_id
+    ready = api.get("/readyz", params={"min_workers": 1})
+    assert ready.status_code == 200, ready.text
+    # Workers of other queues (another checkout's tests on this Redis) are not this API's.
+    [worker] = ready.json()["workers"]
+    assert worker["device"] == "cpu" and worker["queues"] == [stack.env["IPROX_QUEUE"]]
 
     # The worker uploaded its artifacts under the URL, and the database records the URL.
     kept = stack.artifacts / "proxies" / proxy_id

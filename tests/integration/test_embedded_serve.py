@@ -120,3 +120,45 @@ def test_serve_runs_a_select_job(served: tuple[httpx.Client, Path, Path]) -> Non
     by_index = {s["index"]: s["score"] for s in scores["items"]}
     subset = jsonl(client.get(f"/jobs/{job['id']}/subset", headers=auth).text)
     check_subset(subset, by_index, POOL, 3)
+    # The worker answers the readiness ping with its device and queue.
+    ready = client.get("/readyz", params={"min_workers": 1}).json()
+    [worker] = ready["workers"]
+    assert worker["device"] == "cpu" and worker["queues"] == ["iprox"], ready
+    # Its metrics reach the API's /metrics through the shared multiprocess folder.
+    text = client.get("/metrics").text
+    assert "\niprox_samples_scored_total 6.0\n" in text, text[-3000:]
+    assert 'iprox_stage_duration_seconds_count{stage="scoring"}' in text
+    assert 'iprox_jobs{status="succeeded"} 1.0' in text
+
+
+def test_serve_logs_json_lines_naming_the_job(
+    served: tuple[httpx.Client, Path, Path], tmp_path: Path
+) -> None:
+    client, data, model = served
+    (data / "pool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in POOL))
+    (data / "target.jsonl").write_text("".join(json.dumps(r) + "\n" for r in TARGET))
+    auth = {"Authorization": f"Bearer {KEY}"}
+    body = {
+        "kind": "select",
+        "dataset_uri": (data / "pool.jsonl").as_uri(),
+        "target_uri": (data / "target.jsonl").as_uri(),
+        "target_model": model.name,
+        "proxy": FAST_PROXY,
+        "scorer": FAST_SCORER,
+        "selection": {"top_k": 2},
+    }
+    job_id = client.post("/jobs", json=body, headers=auth).json()["id"]
+    assert wait_terminal(client, job_id, auth, timeout=300)["status"] == "succeeded"
+    time.sleep(1)  # the worker's last records reach the log file
+    records = []
+    for line in (tmp_path / "serve.log").read_text().splitlines():
+        if line.startswith("{"):
+            records.append(json.loads(line))
+    mine = [r for r in records if r.get("job_id") == job_id]
+    # The API's access records and the worker's progress records both name the job.
+    assert any(r["logger"] == "iprox.access" and r["tenant"] for r in mine)
+    progress = [r for r in mine if r["logger"] == "worker.tasks.reporting"]
+    assert {r["stage"] for r in progress} >= {"loading", "compressing", "scoring"}
+    assert any(r["shard"] == 0 for r in progress) and all(r["tenant"] for r in progress)
+    # No progress bar reached the log.
+    assert "it/s]" not in (tmp_path / "serve.log").read_text()

@@ -42,7 +42,7 @@ def test_submit_returns_202_location_and_queues_one_message(
     assert r.headers["location"] == f"/jobs/{job['id']}"
     assert job["status"] == "queued" and job["kind"] == "select"
     assert job["metadata"] == {"team": "nlp"}
-    assert job["progress"] == {"done": 0, "total": 0}
+    assert job["progress"] == {"done": 0, "total": 0, "unit": None}
     assert queued_messages() == before + 1
     got = client.get(f"/jobs/{job['id']}", headers=auth).json()
     assert got["id"] == job["id"] and got["request"]["selection"]["top_k"] == 2
@@ -186,9 +186,13 @@ def test_list_paginates_and_filters(
         page = client.get("/jobs", params=params, headers=auth).json()
         seen += [j["id"] for j in page["items"]]
         cursor = page["next_cursor"]
-        if cursor is None:
+        if not page["has_more"]:
             break
     assert seen == ids[::-1]
+    # The last page still names its end, so a client can ask again later.
+    assert cursor is not None
+    after_end = client.get("/jobs", params={"cursor": cursor}, headers=auth).json()
+    assert after_end == {"items": [], "next_cursor": None, "has_more": False}
     only_a = client.get("/jobs", params={"metadata.run": "a"}, headers=auth).json()["items"]
     assert sorted(j["id"] for j in only_a) == sorted([ids[1], ids[3]])
     both = client.get("/jobs", params={"metadata.run": "b", "metadata.i": "2"}, headers=auth)
@@ -231,7 +235,7 @@ def test_cancel_running_job_asks_the_worker_to_stop(
         state.cancelled(s, job_id, {"scored": 2, "pool_size": 5})
     job = client.get(f"/jobs/{job_id}", headers=auth).json()
     assert job["status"] == "cancelled" and job["partial"] is True
-    assert job["progress"] == {"done": 2, "total": 5}
+    assert job["progress"] == {"done": 2, "total": 5, "unit": "samples"}
     scores = client.get(f"/jobs/{job_id}/scores", headers=auth).json()
     assert scores["partial"] is True and scores["count"] == 2
     subset = client.get(f"/jobs/{job_id}/subset", headers=auth)
@@ -247,13 +251,13 @@ def test_scores_page_and_upsert_overwrites(
     with session_scope() as s:  # a redelivered shard writes the same keys again
         repo.upsert_scores(s, job_id, [(i, f"id{i}", 10.0 + i) for i in range(3)])
     items: list[dict[str, Any]] = []
-    cursor = -1
-    while cursor is not None:
-        page = client.get(
-            f"/jobs/{job_id}/scores", params={"cursor": cursor, "limit": 2}, headers=auth
-        ).json()
+    params: dict[str, Any] = {"limit": 2}
+    while True:
+        page = client.get(f"/jobs/{job_id}/scores", params=params, headers=auth).json()
         items += page["items"]
-        cursor = page["next_cursor"]
+        params["cursor"] = page["next_cursor"]
+        if not page["has_more"]:
+            break
     assert [(x["index"], x["score"]) for x in items] == [
         (0, 10.0),
         (1, 11.0),
@@ -337,3 +341,34 @@ def test_broker_down_fails_the_job_and_answers_503(
     assert r.status_code == 503 and r.json()["code"] == "unavailable"
     failed = client.get("/jobs", params={"status": "failed"}, headers=auth).json()["items"]
     assert len(failed) == 1 and failed[0]["error"]["code"] == "broker_unavailable"
+
+
+def test_every_list_pages_in_one_style(
+    client: TestClient, auth: dict[str, str], select_body: dict[str, Any]
+) -> None:
+    job_id = client.post("/jobs", json=select_body, headers=auth).json()["id"]
+    client.post(f"/jobs/{job_id}/cancel", headers=auth)
+    first = client.get(f"/jobs/{job_id}/events", params={"limit": 1}, headers=auth).json()
+    assert first["has_more"] is True and [e["message"] for e in first["items"]] == ["queued"]
+    rest = client.get(
+        f"/jobs/{job_id}/events", params={"cursor": first["next_cursor"]}, headers=auth
+    ).json()
+    assert [e["message"] for e in rest["items"]] == ["cancelled while queued"]
+    assert rest["has_more"] is False and rest["next_cursor"] is not None
+    # A cursor of one list is refused by another, naming the parameter.
+    for path in ("/jobs", f"/jobs/{job_id}/scores", "/proxies"):
+        r = client.get(path, params={"cursor": first["next_cursor"]}, headers=auth)
+        assert r.status_code == 422, (path, r.text)
+        assert r.json()["errors"][0]["field"] == "cursor"
+    for path in ("/jobs", f"/jobs/{job_id}/events", f"/jobs/{job_id}/scores", "/proxies"):
+        page = client.get(path, headers=auth).json()
+        assert {"items", "next_cursor", "has_more"} <= set(page), path
+
+
+def test_readyz_lists_no_worker_when_none_answers(client: TestClient) -> None:
+    # The service tier runs no worker on its queue: the ping comes back empty, in bounded time.
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["workers"] == []
+    r = client.get("/readyz", params={"min_workers": 1})
+    assert r.status_code == 503 and r.headers["content-type"].startswith(PROBLEM)
+    assert "0 worker(s) answered" in r.json()["detail"]

@@ -37,7 +37,9 @@ def test_proxies_are_listed_read_and_isolated(
 ) -> None:
     ids = [_add_proxy(auth, model_dir) for _ in range(3)]
     page = client.get("/proxies", params={"limit": 2}, headers=auth).json()
+    assert page["has_more"] is True
     rest = client.get("/proxies", params={"cursor": page["next_cursor"]}, headers=auth).json()
+    assert rest["has_more"] is False
     assert sorted(p["id"] for p in page["items"] + rest["items"]) == sorted(ids)
     got = client.get(f"/proxies/{ids[0]}", headers=auth).json()
     assert got["manifest"]["proxy_params"] == 10 and got["target_model"] == model_dir

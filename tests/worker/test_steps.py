@@ -65,7 +65,7 @@ def test_select_runs_sharded_and_ranks(
     queue.run(job_id)
     job = client.get(f"/jobs/{job_id}", headers=auth).json()
     assert job["status"] == "succeeded", job["error"]
-    assert job["progress"] == {"done": 6, "total": 6} and job["partial"] is False
+    assert job["progress"] == {"done": 6, "total": 6, "unit": "samples"} and job["partial"] is False
     assert queue.names().count(TASK_SCORE_SHARD) == 2 and queue.names().count(TASK_RANK_JOB) == 1
     assert stages(client, auth, job_id)[0] == "loading"
     assert {"compressing", "scoring", "ranking"} <= set(stages(client, auth, job_id))

@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,10 @@ def _default(name: str) -> Any:
 
 
 def _help(name: str) -> str:
-    return f"{help_of(ProxyConfig, name)} (iprox recipe: {default_of(ProxyConfig, name)})"
+    # argparse %-formats help strings: a literal % in the config's help ("1% of the pool")
+    # would make `iprox proxy build --help` crash.
+    text = f"{help_of(ProxyConfig, name)} (iprox recipe: {default_of(ProxyConfig, name)})"
+    return text.replace("%", "%%")
 
 
 def register(subparsers: Any) -> None:
@@ -120,12 +124,16 @@ def register(subparsers: Any) -> None:
 def _stderr_progress() -> Any:
     last: dict[str, float] = {}
 
-    def progress(stage: str, done: int, total: int) -> None:
+    def progress(
+        stage: str, done: int, total: int, metrics: Mapping[str, float] | None = None
+    ) -> None:
         now = time.monotonic()
-        # At most a line a second per stage, plus the last one: readable, not a flood.
-        if done == total or now - last.get(stage, 0.0) >= 1.0:
+        # At most a line a second per stage, plus the last one: readable, not a flood. A tick
+        # with metrics (alignment losses) is always printed.
+        if metrics or done == total or now - last.get(stage, 0.0) >= 1.0:
             last[stage] = now
-            print(f"iprox proxy: {stage} {done}/{total}", file=sys.stderr, flush=True)
+            extra = "".join(f" {k}={v:.4g}" for k, v in (metrics or {}).items())
+            print(f"iprox proxy: {stage} {done}/{total}{extra}", file=sys.stderr, flush=True)
 
     return progress
 

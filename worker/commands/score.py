@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -131,7 +132,9 @@ class _Bars:
     def __init__(self) -> None:
         self.bars: dict[str, Any] = {}
 
-    def __call__(self, stage: str, done: int, total: int) -> None:
+    def __call__(
+        self, stage: str, done: int, total: int, metrics: Mapping[str, float] | None = None
+    ) -> None:
         from tqdm import tqdm
 
         bar = self.bars.get(stage)

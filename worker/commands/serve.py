@@ -58,6 +58,9 @@ def _defaults() -> None:
     os.environ["IPROX_HOME"] = str(home)
     # Local files the user names in file:// URIs: the folder serve was started from.
     os.environ.setdefault("IPROX_DATA_ROOTS", str(Path.cwd().resolve()))
+    # The worker's metrics reach the API's /metrics through files both processes share
+    # (prometheus-client's multiprocess mode); set before prometheus-client is imported.
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(home / "metrics"))
 
 
 def start_worker(concurrency: int, queue: str) -> subprocess.Popen[bytes]:
@@ -153,6 +156,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     settings.home.mkdir(parents=True, exist_ok=True)
     settings.artifacts.work.mkdir(parents=True, exist_ok=True)
+    metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    Path(metrics_dir).mkdir(parents=True, exist_ok=True)
+    from service.metrics import clear_multiprocess_dir
+
+    list(clear_multiprocess_dir(metrics_dir))  # counters start at zero with each serve
     upgrade(settings.resolved_database_url)
     key, created = local_key(settings.home, settings.api_key)
     with session_scope() as session:
@@ -178,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             log_level="info",
+            log_config=None,  # the app's JSON (or IPROX_LOG_FORMAT=text) logging, not uvicorn's
             timeout_graceful_shutdown=10,  # SIGTERM always ends it, in-flight requests or not
         )
     finally:

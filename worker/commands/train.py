@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -136,7 +137,9 @@ def register(subparsers: Any) -> None:
     ev.set_defaults(func=_evaluate)
 
 
-def _progress(stage: str, done: int, total: int) -> None:
+def _progress(
+    stage: str, done: int, total: int, metrics: Mapping[str, float] | None = None
+) -> None:
     if done == total or done % max(1, total // 10) == 0:
         print(f"{stage}: {done}/{total}", file=sys.stderr, flush=True)
 

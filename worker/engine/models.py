@@ -47,6 +47,7 @@ from transformers import (
 from worker.engine.device import CPU, Runtime
 from worker.engine.digest import sha256_file
 from worker.engine.errors import ModelNotFoundError
+from worker.engine.progress import ProgressFn, report
 
 CACHE_ENV = "IPROX_CACHE_DIR"
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -420,24 +421,33 @@ def _load_gguf(
     return model, tokenizer, sha
 
 
+LOAD_STEPS = 4
+"""Steps of the loading stage: resolve, read the weights, hash them, place the model."""
+
+
 def load_model(
     ref: str,
     *,
     cache_dir: Path | None = None,
     model_roots: Sequence[Path] | None = None,
     runtime: Runtime = CPU,
+    progress: ProgressFn | None = None,
 ) -> LoadedModel:
     """Load ``ref`` (preset name, local HF directory, ``.gguf`` path or hub id) in eval mode,
     on ``runtime.device`` in ``runtime.dtype`` (default: float32 on the CPU).
 
     ``cache_dir`` holds GGUF conversions and file hashes (default: :func:`default_cache_dir`).
-    Raises :class:`ModelNotFoundError` as :func:`resolve_model` does.
+    ``progress`` gets ``("loading", k, LOAD_STEPS)`` after each step: the reference resolved,
+    the weights read (a GGUF dequantised on first use), the weights hashed, the model on its
+    device. Raises :class:`ModelNotFoundError` as :func:`resolve_model` does.
     """
     source = resolve_model(ref, model_roots=model_roots)
+    report(progress, "loading", 1, LOAD_STEPS)
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     if source.kind in ("hf_dir", "hub"):
         assert source.path is not None
         model, tokenizer = _from_dir(source.path, runtime.dtype)
+        report(progress, "loading", 2, LOAD_STEPS)
         sha = dir_sha256(source.path, cache_root)
     else:
         if source.kind == "preset":
@@ -446,8 +456,12 @@ def load_model(
         else:
             assert source.path is not None
             gguf = source.path
+        # Hashed (memoised) before its weights are read or converted: both steps end here.
         model, tokenizer, sha = _load_gguf(gguf, cache_root, runtime.dtype)
+        report(progress, "loading", 2, LOAD_STEPS)
+    report(progress, "loading", 3, LOAD_STEPS)
     model = model.to(runtime.device, runtime.dtype).eval()  # type: ignore[arg-type]
+    report(progress, "loading", LOAD_STEPS, LOAD_STEPS)
     return LoadedModel(
         model, tokenizer, ref=ref, identity=source.identity, sha256=sha, runtime=runtime
     )

@@ -93,8 +93,11 @@ class ModelCache:
         self.hits = 0
         self.misses = 0
 
-    def get(self, model_ref: str, runtime: Runtime = CPU) -> LoadedModel:
-        """The loaded ``model_ref`` on ``runtime``, from the cache when still current."""
+    def get(
+        self, model_ref: str, runtime: Runtime = CPU, progress: ProgressFn | None = None
+    ) -> LoadedModel:
+        """The loaded ``model_ref`` on ``runtime``, from the cache when still current
+        (``progress`` as :func:`~worker.engine.models.load_model`'s, on a miss)."""
         from worker.engine.models import load_model, resolve_model
 
         source = resolve_model(model_ref)
@@ -108,7 +111,7 @@ class ModelCache:
         self._entries.pop(key, None)
         while len(self._entries) >= self.max_models:  # free memory before the next load
             self._entries.popitem(last=False)
-        loaded = load_model(model_ref, runtime=runtime)
+        loaded = load_model(model_ref, runtime=runtime, progress=progress)
         self._entries[key] = (fingerprint, loaded)
         self.misses += 1
         return loaded
@@ -133,11 +136,14 @@ def _load(
     runtime: Runtime = CPU,
     models: ModelCache | None = None,
 ) -> LoadedModel:
-    from worker.engine.models import load_model
+    from worker.engine.models import LOAD_STEPS, load_model
 
-    report(progress, "loading", 0, 1)
-    target = models.get(model_ref, runtime) if models else load_model(model_ref, runtime=runtime)
-    report(progress, "loading", 1, 1)
+    report(progress, "loading", 0, LOAD_STEPS)
+    if models is not None:
+        target = models.get(model_ref, runtime, progress=progress)
+    else:
+        target = load_model(model_ref, runtime=runtime, progress=progress)
+    report(progress, "loading", LOAD_STEPS, LOAD_STEPS)  # a cache hit skips the steps
     return target
 
 
@@ -479,10 +485,10 @@ def run_selection(
     timings["scoring"] = time.perf_counter() - t - build_s
     tokenizer = seen[0]["tokenizer"]
     t = time.perf_counter()
-    report(progress, "ranking", 0, 1)
+    report(progress, "ranking", 0, len(scores))  # the stage counts samples ranked
     counts = token_counts(tokenizer, train, config.max_length) if selection.token_budget else None
     ranked = rank(train, scores, selection, token_counts=counts)
-    report(progress, "ranking", 1, 1)
+    report(progress, "ranking", len(scores), len(scores))
     timings["ranking"] = time.perf_counter() - t
     summary = {
         "model": target.identity,

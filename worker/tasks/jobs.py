@@ -15,7 +15,10 @@ from typing import Any
 from celery import Task
 
 from service.config import get_settings
+from service.db import session_scope
+from service.jobs import repository
 from service.jobs.recovery import reconcile as reconcile_once
+from service.logs import bind
 from service.queue import (
     TASK_DELIVER_WEBHOOK,
     TASK_RANK_JOB,
@@ -39,7 +42,30 @@ def backoff_s(retries: int) -> float:
     return min(2.0**retries, 30.0) * random.uniform(0.8, 1.2)
 
 
-def _with_retries(task: Task, job_id: str, step: Callable[[], None]) -> None:
+def _tenant_of(job_id: str) -> str | None:
+    """For the log context; a database that cannot say is the step's problem, not the log's."""
+    try:
+        with session_scope() as s:
+            job = repository.get_job_any_tenant(s, job_id)
+            return job.tenant_id if job is not None else None
+    except Exception:
+        return None
+
+
+def _with_retries(
+    task: Task,
+    job_id: str,
+    step: Callable[[], None],
+    shard: int | None = None,
+    stage: str | None = None,
+) -> None:
+    # Every record the step logs names the job, its tenant and shard; the progress reporter
+    # adds the stage as the engine enters each.
+    with bind(job_id=job_id, shard=shard, tenant=_tenant_of(job_id), stage=stage):
+        _run_step(task, job_id, step)
+
+
+def _run_step(task: Task, job_id: str, step: Callable[[], None]) -> None:
     try:
         with steps.job_guard(job_id):
             step()
@@ -66,12 +92,12 @@ def score_shard(self: Task, job_id: str, shard_index: int) -> None:
     def step() -> None:
         steps.score_shard(job_id, shard_index, get_settings(), _send, claim=claim)
 
-    _with_retries(self, job_id, step)
+    _with_retries(self, job_id, step, shard=shard_index)
 
 
 @app.task(name=TASK_RANK_JOB, bind=True)
 def rank_job(self: Task, job_id: str) -> None:
-    _with_retries(self, job_id, lambda: steps.rank_job(job_id, get_settings()))
+    _with_retries(self, job_id, lambda: steps.rank_job(job_id, get_settings()), stage="ranking")
 
 
 @app.task(name=TASK_RECONCILE)

@@ -77,6 +77,7 @@ def ensure_proxy(
         models=model_cache(settings),
         targets=targets,
     )
+    reporter.close()
     manifest_file = out_dir / "proxy.json"
     manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
     location = settings.artifacts.publish(*parts)  # the row is written only once it is there

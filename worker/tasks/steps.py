@@ -281,6 +281,7 @@ def score_shard(
             if status is not JobStatus.RUNNING:
                 outcome = ShardStatus.STOPPED
                 break
+        reporter.close()
     _settle_shard(job_id, shard_index, outcome, enqueue, claim)
 
 

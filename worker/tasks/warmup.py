@@ -20,6 +20,7 @@ from service.config import Settings
 from service.db import session_scope
 from service.jobs import state
 from service.models import JobStage
+from worker.engine.progress import Metrics
 from worker.tasks.reporting import Reporter
 from worker.tasks.runtime import model_cache, worker_runtime
 
@@ -50,8 +51,11 @@ def ensure_warmup(
     spec = request["warmup"]
     reporter = Reporter(job_id, stages=True)
 
-    def progress(stage: str, done: int, total: int) -> None:  # fine-tuning steps, as warmup
-        reporter.progress(JobStage.WARMUP.value if stage == "training" else stage, done, total)
+    def progress(
+        stage: str, done: int, total: int, metrics: Metrics | None = None, /
+    ) -> None:  # fine-tuning steps, as warmup
+        name = JobStage.WARMUP.value if stage == "training" else stage
+        reporter.progress(name, done, total, metrics)
 
     target = (model_cache(settings) or ModelCache()).get(model, worker_runtime(settings))
     tmp = folder / f"{WARMUP_DIR}.{uuid.uuid4().hex[:8]}.part"

@@ -13,6 +13,7 @@ from worker.engine.data import Record, collate, encode_all, pad_token_id
 from worker.engine.errors import Cancelled, ConfigError
 from worker.engine.lowrank import LowRankLinear, parameter_count
 from worker.engine.models import LoadedModel
+from worker.engine.progress import Metrics
 from worker.engine.proxy import ProxyConfig, build_proxy
 from worker.engine.proxy.build import split_records
 from worker.engine.proxy.lm import loss_positions, temperature_kl
@@ -134,12 +135,22 @@ def test_progress_is_reported_and_stop_cancels(
     make_target: Callable[..., LoadedModel], records: list[Record]
 ) -> None:
     seen: list[tuple[str, int, int]] = []
+    metrics: list[Metrics] = []
+
+    def progress(s: str, d: int, t: int, m: Metrics | None = None, /) -> None:
+        seen.append((s, d, t))
+        if m is not None:
+            metrics.append(m)
+
     target = make_target("llama")
     cfg = ProxyConfig(**{**FAST, "align_steps": 2, "align_batch_size": 2})  # type: ignore[arg-type]
-    build_proxy(target, records, cfg, progress=lambda s, d, t: seen.append((s, d, t)))
+    build_proxy(target, records, cfg, progress=progress)
     stages = {s for s, _, _ in seen}
     assert stages == {"compressing", "aligning", "fidelity"}
-    assert ("aligning", 2, 2) in seen
+    assert ("aligning", 0, 2) in seen and ("aligning", 2, 2) in seen
+    # each alignment step reports its losses beside the tick
+    assert [m["step"] for m in metrics] == [1, 2]
+    assert all({"L_GA", "KL", "loss"} <= set(m) and m["L_GA"] >= 0 for m in metrics)
     calls = iter(range(100))
     with pytest.raises(Cancelled):
         build_proxy(target, records, cfg, should_stop=lambda: next(calls) >= 3)

@@ -127,7 +127,7 @@ def test_cancel_stops_between_steps(tiny: LoadedModel, tmp_path: Path) -> None:
             qa_records(),
             FinetuneConfig(epochs=3, batch_size=2, max_length=64),
             tmp_path / "run",
-            progress=lambda stage, done, total: seen.append((stage, done, total)),
+            progress=lambda stage, done, total, metrics=None: seen.append((stage, done, total)),
             should_stop=lambda: len(seen) >= 2,
         )
     assert seen == [("training", 1, 9), ("training", 2, 9)]

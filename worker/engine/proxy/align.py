@@ -310,11 +310,16 @@ def align(
         checkpointed_layers(proxy, config.checkpointing),
         checkpointed_layers(target, config.checkpointing),
     ):
+        report(progress, "aligning", 0, total)  # the stage starts before its first step ends
         for step in range(total):
             check_stop(should_stop, "aligning")
             _step(target, proxy, next(stream), config, pad_id, params, optimizer, history)
             schedule.step()
-            report(progress, "aligning", step + 1, total)
+            h = history[-1]
+            metrics = {"step": step + 1, "L_GA": h["ga"], "KL": h["kl"], "loss": h["loss"]}
+            if "gram" in h:
+                metrics["L_gram"] = h["gram"]
+            report(progress, "aligning", step + 1, total, metrics)
     for p in params:
         p.grad = None
     return history
