@@ -33,7 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("serve", "run the API and a worker (embedded default)"),
     "migrate": ("migrate", "apply database migrations (IPROX_DATABASE_URL)"),
     "keys": ("keys", "manage API keys (create, list, revoke)"),
-    "jobs": ("jobs", "submit, wait for and download jobs of a running service (the client)"),
+    "jobs": ("jobs", "submit, follow and download jobs of an iprox API"),
 }
 """Command name -> (module under worker.commands, its one-line help)."""
 

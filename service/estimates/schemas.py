@@ -8,6 +8,8 @@ from pydantic import BaseModel, Field
 
 
 class StageEstimate(BaseModel):
+    """One stage's predicted duration and what it was computed from."""
+
     seconds: float = Field(description="Predicted wall-clock seconds.", examples=[120.5])
     basis: str = Field(
         description="What the prediction scales: the rate and the quantity it multiplies.",
@@ -18,7 +20,9 @@ class StageEstimate(BaseModel):
 class Estimate(BaseModel):
     """What a job would cost, without running it."""
 
-    dry_run: bool = Field(True, description="Always true: nothing was stored or queued.")
+    dry_run: bool = Field(
+        True, description="Always true: nothing was stored or queued.", examples=[True]
+    )
     samples: int | None = Field(
         description="Pool records (exact for Parquet and Arrow, an upper bound for JSONL: its "
         "lines); null when the API cannot know cheaply.",
@@ -37,6 +41,7 @@ class Estimate(BaseModel):
     )
     stages: dict[str, StageEstimate] = Field(
         description="Predicted seconds per stage (loading, warmup, proxy, scoring, ranking).",
+        examples=[{"scoring": {"seconds": 120.5, "basis": "4,812,000 tokens x 2.1e-05 s/token"}}],
     )
     total_seconds: float = Field(description="Sum of the stages.", examples=[3600.0])
     calibration: dict[str, Any] = Field(

@@ -112,6 +112,7 @@ class ProxySpec(BaseModel):
         le=100_000,
         description="Pool records the fidelity report scores with both the proxy and the target "
         "(a seeded slice disjoint from probes and alignment; default 64; 0: no report).",
+        examples=[64],
     )
     fidelity_targets: int | None = Field(
         None,
@@ -119,6 +120,7 @@ class ProxySpec(BaseModel):
         le=100_000,
         description="Target records the fidelity report scores against at most (a seeded sample "
         "of target_uri's records; without target_uri, pool records; default 32).",
+        examples=[32],
     )
 
     @field_validator("fidelity_samples")

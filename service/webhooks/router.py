@@ -6,20 +6,33 @@ from fastapi import APIRouter
 
 from service.auth.deps import TenantDep
 from service.db import session_scope
+from service.errors import problem_responses
 from service.webhooks import service
 from service.webhooks.schemas import WebhookSecret
 
 router = APIRouter(prefix="/webhooks", tags=["webhooks"])
 
 
-@router.get("/secret", response_model=WebhookSecret)
+@router.get(
+    "/secret",
+    response_model=WebhookSecret,
+    operation_id="getWebhookSecret",
+    summary="Get the webhook signing secret",
+    responses=problem_responses(401, 404, 500, 503),
+)
 def get_secret(tenant: TenantDep) -> WebhookSecret:
     """The secret that signs this tenant's webhook deliveries (404 before there is one)."""
     with session_scope() as session:
         return WebhookSecret(secret=service.read_secret(session, tenant))
 
 
-@router.post("/secret", response_model=WebhookSecret)
+@router.post(
+    "/secret",
+    response_model=WebhookSecret,
+    operation_id="rotateWebhookSecret",
+    summary="Rotate the webhook signing secret",
+    responses=problem_responses(401, 500, 503),
+)
 def rotate_secret(tenant: TenantDep) -> WebhookSecret:
     """Make a new secret (the old one stops signing at once) and return it."""
     with session_scope() as session:

@@ -45,6 +45,8 @@ class NotifySpec(BaseModel):
 
 
 class WebhookSecret(BaseModel):
+    """The secret that signs a tenant's webhook deliveries (Standard Webhooks)."""
+
     secret: str = Field(
         description="The tenant's signing secret: whsec_ and the base64 of the HMAC-SHA256 key.",
         examples=["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"],

@@ -137,35 +137,38 @@ def test_wait_raises_on_failure_and_on_timeout() -> None:
 
 
 def test_events_and_scores_follow_their_pages() -> None:
+    """Both lists page by ``cursor`` + ``has_more``; the client follows until has_more is false."""
+
     def handler(req: httpx.Request) -> httpx.Response:
         q = req.url.params
+        start = int(q["cursor"]) if "cursor" in q else 0  # the test's cursors are offsets
         if req.url.path.endswith("/events"):
-            after = int(q["after"])
-            items = [
+            items: list[dict[str, object]] = [
                 {
-                    "id": i,
+                    "id": i + 1,
                     "created_at": JOB["created_at"],
                     "type": "status",
                     "stage": None,
                     "message": "m",
                     "data": None,
                 }
-                for i in range(after + 1, min(after + 3, 5) + 1)
+                for i in range(start, min(start + 2, 5))
             ]
-            return httpx.Response(
-                200, json={"items": items, "next_after": items[-1]["id"] if after < 3 else None}
-            )
-        cursor = int(q["cursor"])
-        assert q["order"] == "rank"
-        start = cursor + 1 if cursor >= 0 else 0
-        items = [
-            {"index": i, "id": str(i), "score": -i, "rank": i + 1}
-            for i in range(start, min(start + 2, 5))
-        ]
-        nxt = start + 1 if start + 2 < 5 else None
-        return httpx.Response(
-            200, json={"items": items, "next_cursor": nxt, "partial": False, "count": 5}
-        )
+        else:
+            assert q["order"] == "rank"
+            items = [
+                {"index": i, "id": str(i), "score": -i, "rank": i + 1}
+                for i in range(start, min(start + 2, 5))
+            ]
+        more = start + 2 < 5
+        body: dict[str, object] = {
+            "items": items,
+            "next_cursor": str(start + 2),  # the last page still names where to resume
+            "has_more": more,
+        }
+        if not req.url.path.endswith("/events"):
+            body |= {"partial": False, "count": 5}
+        return httpx.Response(200, json=body)
 
     c, _ = client(handler)
     assert [e.id for e in c.events("j1")] == [1, 2, 3, 4, 5]

@@ -23,6 +23,8 @@ OPERATIONS = {
     ("get", "/healthz"): "getHealth",
     ("get", "/readyz"): "getReadiness",
     ("get", "/metrics"): "getMetrics",
+    ("get", "/webhooks/secret"): "getWebhookSecret",
+    ("post", "/webhooks/secret"): "rotateWebhookSecret",
 }
 
 

@@ -33,7 +33,7 @@ def test_the_api_keeps_to_its_schema(service_db: str, auth: dict[str, str]) -> N
     get_settings().readyz_worker_timeout_s = 0.05
     schema = schemathesis.openapi.from_asgi("/openapi.json", create_app())
     operations = [result.ok() for result in schema.get_all_operations()]  # type: ignore[union-attr]
-    assert len(operations) == 12
+    assert len(operations) == 14
     for operation in operations:
 
         @given(case=operation.as_strategy())

@@ -59,16 +59,16 @@ def test_a_parquet_pool_selects_and_serves_every_format(
     top = client.get(f"{base}/subset?format=parquet&top_k=2", headers=auth)
     assert pq.read_table(io.BytesIO(top.content)).to_pylist() == as_parquet[:2]
 
-    # Scores best first: pages (cursor = rows so far) and whole files agree with the ranking.
+    # Scores best first: pages and whole files agree with the ranking.
     by_index = client.get(f"{base}/scores", headers=auth).json()["items"]
     want = sorted(by_index, key=lambda s: (-s["score"], s["index"]))
-    pages, cursor = [], -1
+    pages, query = [], ""
     while True:
-        page = client.get(f"{base}/scores?order=rank&limit=4&cursor={cursor}", headers=auth).json()
+        page = client.get(f"{base}/scores?order=rank&limit=4{query}", headers=auth).json()
         pages += page["items"]
-        if page["next_cursor"] is None:
+        if not page["has_more"]:
             break
-        cursor = page["next_cursor"]
+        query = f"&cursor={page['next_cursor']}"
     assert [s["index"] for s in pages] == [s["index"] for s in want]
     assert [s["rank"] for s in pages] == list(range(1, 7))
     assert [s["id"] for s in pages[:3]] == [row["id"] for row in as_jsonl]

@@ -128,8 +128,8 @@ def test_api_fields_take_the_engine_ranges_and_choices(
 ) -> None:
     renames = RENAMES.get(section, {})
     for name in spec.model_fields:
-        if name == "proxy_id":
-            continue
+        if (section, name) in (("proxy", "proxy_id"), ("scorer", "adam")):
+            continue  # adam is how the job scores warm-up checkpoints, not a ScoreConfig field
         engine = renames.get(name, name)
         integer = int in get_args(get_type_hints(config)[engine]) or (
             get_type_hints(config)[engine] is int

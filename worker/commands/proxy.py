@@ -86,9 +86,7 @@ def register(subparsers: Any) -> None:
         "--data", type=Path, required=True, help="records to probe and align with (any format)"
     )
     build.add_argument("--out", type=Path, required=True, help="directory to write the proxy to")
-    build.add_argument(
-        "--recipe", choices=RECIPES, default="iprox", help=help_of(ProxyConfig, "recipe")
-    )
+    build.add_argument("--recipe", choices=RECIPES, default="iprox", help=_help("recipe"))
     add_flag(build, ProxyConfig, "method")
     for name in _FLAGS:
         add_flag(build, ProxyConfig, name, default=None)

@@ -147,7 +147,8 @@ def add_flag(
     f = _field(cls, name)
     value = default_of(cls, name) if default is MISSING else default
     choices = choices_of(cls, name)
-    kwargs: dict[str, Any] = {"default": value, "help": help_of(cls, name)}
+    # argparse %-formats help strings: a literal % ("1% of the pool") must be doubled.
+    kwargs: dict[str, Any] = {"default": value, "help": help_of(cls, name).replace("%", "%%")}
     if choices is not None:
         kwargs["choices"] = choices
     else:

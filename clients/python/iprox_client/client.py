@@ -169,7 +169,7 @@ class Client:
             )
             yield from (Job.model_validate(j) for j in page["items"])
             cursor = page.get("next_cursor")
-            if not cursor:
+            if not page.get("has_more") or not cursor:
                 return
 
     def wait(
@@ -204,32 +204,28 @@ class Client:
                 pause = max(0.0, min(pause, deadline - time.monotonic()))
             self._sleep(pause)
 
-    def events(self, job_id: str, after: int = 0) -> Iterator[Event]:
-        """The job's events (status, stage, metrics, webhook deliveries) after event id
-        ``after``, following the pages."""
-        while True:
-            page = self._json("GET", f"/jobs/{job_id}/events", params={"after": after})
-            items = [Event.model_validate(e) for e in page["items"]]
-            yield from items
-            nxt = page.get("next_after")
-            if nxt is None or not items:
-                return
-            after = int(nxt)
+    def events(self, job_id: str, cursor: str | None = None) -> Iterator[Event]:
+        """The job's events (status, stage, metrics, webhook deliveries), oldest first, from
+        ``cursor`` (a page's ``next_cursor``; None: the first), following the pages."""
+        yield from (
+            Event.model_validate(e) for e in self._pages(f"/jobs/{job_id}/events", {}, cursor)
+        )
 
     def scores(self, job_id: str, order: Literal["index", "rank"] = "index") -> Iterator[Score]:
         """Every score of the job, by pool index or best first, following the pages."""
-        cursor = -1
+        params = {"limit": 1000, "order": order}
+        yield from (Score.model_validate(s) for s in self._pages(f"/jobs/{job_id}/scores", params))
+
+    def _pages(
+        self, path: str, params: dict[str, Any], cursor: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """The items of every page of a list (``cursor`` + ``has_more``)."""
         while True:
-            page = self._json(
-                "GET",
-                f"/jobs/{job_id}/scores",
-                params={"cursor": cursor, "limit": 1000, "order": order},
-            )
-            yield from (Score.model_validate(s) for s in page["items"])
-            nxt = page.get("next_cursor")
-            if nxt is None:
+            page = self._json("GET", path, params=params | ({"cursor": cursor} if cursor else {}))
+            yield from page["items"]
+            cursor = page.get("next_cursor")
+            if not page.get("has_more") or not cursor:
                 return
-            cursor = int(nxt)
 
     def _download(self, path: str, params: dict[str, Any], dest: str | Path) -> Path:
         out = Path(dest)
