@@ -30,6 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from scripts.benchdoc import write_section  # noqa: E402
 from worker.engine.data import collate, encode_all, load_records, pad_token_id  # noqa: E402
 from worker.engine.math.alignment import (  # noqa: E402
     factor_cosines,
@@ -198,13 +199,7 @@ def main() -> None:
     print(text)
     if args.no_write:
         return
-    bench = ROOT / "docs" / "benchmarks.md"
-    doc = bench.read_text(encoding="utf-8")
-    start, end = f"<!-- bench:{SECTION}:start -->", f"<!-- bench:{SECTION}:end -->"
-    if start not in doc:
-        doc += f"\n{start}\n{end}\n"
-    a, b = doc.index(start) + len(start), doc.index(end)
-    bench.write_text(doc[:a] + "\n" + text + doc[b:], encoding="utf-8")
+    write_section(SECTION, text)
 
 
 if __name__ == "__main__":

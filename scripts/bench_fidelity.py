@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from scripts.bench_score import DATA, TASKS, all_scores, make_files  # noqa: E402
+from scripts.benchdoc import write_section  # noqa: E402
 from worker.engine.data import collate, encode_all, load_records, pad_token_id  # noqa: E402
 from worker.engine.math.scores import spearman, top_overlap  # noqa: E402
 from worker.engine.models import load_model  # noqa: E402
@@ -304,13 +305,7 @@ def write(args: argparse.Namespace, state: dict[str, Any], files: dict[str, Any]
         "share of the target's parameters (embeddings included).\n\n" + head + body
     )
     print(text)
-    bench = ROOT / "docs" / "benchmarks.md"
-    doc = bench.read_text(encoding="utf-8")
-    start, end = f"<!-- bench:{SECTION}:start -->", f"<!-- bench:{SECTION}:end -->"
-    if start not in doc:
-        doc += f"\n{start}\n{end}\n"
-    a, b = doc.index(start) + len(start), doc.index(end)
-    bench.write_text(doc[:a] + "\n" + text + doc[b:], encoding="utf-8")
+    write_section(SECTION, text)
 
 
 if __name__ == "__main__":
