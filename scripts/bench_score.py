@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import platform
 import random
 import shlex
@@ -42,6 +43,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from scripts.benchdoc import write_section  # noqa: E402
 from worker.engine.data import collate, load_records, pad_token_id  # noqa: E402
 from worker.engine.math.scores import l2_normalize, spearman, target_direction, top_overlap  # noqa: E402
 from worker.engine.models import load_model  # noqa: E402
@@ -59,6 +61,7 @@ from worker.engine.scoring.hooks import hooked_pass, per_sample_loss, scored_par
 
 DATA = ROOT.parent / "shared" / "data"
 SECTION = "score"
+LOAD_AT_START = os.getloadavg()
 LAYERS = ScoreConfig().layers
 TASKS = ("gsm8k", "mmlu")
 
@@ -75,6 +78,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--proj-dims", type=int, nargs="+", default=[8192, 65536])
     p.add_argument("--seeds", type=int, nargs=2, default=[0, 1], help="two projection seeds")
     p.add_argument("--eigen-samples", type=int, default=64, help="pool records per eigen basis")
+    p.add_argument(
+        "--projections",
+        nargs="+",
+        choices=["gaussian", "eigen", "eigen-energy"],
+        default=["gaussian", "eigen", "eigen-energy"],
+        help="projected kinds measured (eigen: uniform grid; eigen-energy: sizes by energy)",
+    )
     p.add_argument(
         "--proxies",
         nargs="*",
@@ -134,19 +144,25 @@ def featurizers(
     dims: list[int],
     seeds: list[int],
     covs: dict[int, Any],
+    kinds: list[str],
 ) -> dict[str, GradientFeaturizer]:
-    """One featurizer per (projection, dim, seed); eigen bases from ``covs[seed]``
-    (:func:`eigen_bases`, computed once per seed)."""
+    """One featurizer per (projection kind, dim, seed); eigen bases from ``covs[seed]``
+    (:func:`eigen_bases`, computed once per seed). Kinds: ``gaussian``, ``eigen`` (the same
+    grid for every block) and ``eigen-energy`` (block sizes by their spectra's energy)."""
     out = {}
     for dim in dims:
         for seed in seeds:
-            blocks = build_blocks(model, LAYERS, dim, seed)
-            out[f"gaussian/{dim}/{seed}"] = GradientFeaturizer(
-                model, LAYERS, dim, seed, blocks=blocks
-            )
-            if seed in covs:
-                blocks = build_blocks(model, LAYERS, dim, seed, bases=covs[seed])
-                out[f"eigen/{dim}/{seed}"] = GradientFeaturizer(
+            for kind in kinds:
+                if kind == "gaussian":
+                    blocks = build_blocks(model, LAYERS, dim, seed)
+                elif seed in covs:
+                    allocation = "energy" if kind == "eigen-energy" else "uniform"
+                    blocks = build_blocks(
+                        model, LAYERS, dim, seed, bases=covs[seed], allocation=allocation
+                    )
+                else:
+                    continue
+                out[f"{kind}/{dim}/{seed}"] = GradientFeaturizer(
                     model, LAYERS, dim, seed, blocks=blocks
                 )
     return out
@@ -307,7 +323,7 @@ def measure_model(
             side_covariances(model, LAYERS, batches(probes, args.batch_size, pad))
         )
         cov_s[seed] = time.perf_counter() - t
-    feats = featurizers(model, dims, seeds, covs)
+    feats = featurizers(model, dims, seeds, covs, args.projections)
     print(f"{label}: timing {len(feats) + 2} modes", flush=True)
     rates = time_modes(model, tok, files, feats, args)
     print(f"{label}: scoring the pool ({', '.join(['exact', *feats])})", flush=True)
@@ -328,7 +344,9 @@ def measure_model(
                 "samples_per_s_runs": rates[timed],
                 "fwd_bwd_samples_per_s": statistics.median(rates["fwd+bwd"]),
                 "fwd_bwd_runs": rates["fwd+bwd"],
-                "eigen_basis_s": cov_s.get(int(pseed)) if kind == "eigen" and pseed else None,
+                "eigen_basis_s": cov_s.get(int(pseed))
+                if kind.startswith("eigen") and pseed
+                else None,
                 "shared_pass_s": shared_s,
                 **extra,
             }
@@ -484,7 +502,8 @@ def write(args: argparse.Namespace, files: dict[str, Any], rows: list[dict[str, 
             else ""
         )
         + f"Machine: {platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} "
-        "torch threads, 2-core machine shared with other jobs (absolute rates are noisy; the "
+        "torch threads, a 2-core machine that may be shared (load average "
+        f"{LOAD_AT_START[0]:.1f} when this run started; absolute rates are noisy, the "
         f"ratios are measured side by side), torch {torch.__version__}. Timing: each mode on its "
         f"own over the same {args.timing_samples} pool records (every k-th of the length-sorted "
         f"pool, batch {args.batch_size}), {args.timing_repeats} interleaved repeats, median shown "
@@ -507,11 +526,7 @@ def write(args: argparse.Namespace, files: dict[str, Any], rows: list[dict[str, 
     print(text)
     if args.no_write:
         return
-    bench = ROOT / "docs" / "benchmarks.md"
-    doc = bench.read_text(encoding="utf-8")
-    start, end = f"<!-- bench:{SECTION}:start -->", f"<!-- bench:{SECTION}:end -->"
-    a, b = doc.index(start) + len(start), doc.index(end)
-    bench.write_text(doc[:a] + "\n" + text + doc[b:], encoding="utf-8")
+    write_section(SECTION, text)
     out = ROOT / "docs" / "bench" / "scoring.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")

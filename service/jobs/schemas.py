@@ -178,6 +178,13 @@ class ScorerSpec(BaseModel):
     projection_samples: int | None = Field(
         None, gt=0, description="Pool records that define an eigen projection.", examples=[64]
     )
+    projection_allocation: Literal["uniform", "energy"] | None = Field(
+        None,
+        description="Eigen projection only: uniform (the same grid of eigenvectors for every "
+        "layer) or energy (each layer's share of proj_dim by how much of the probes' squared "
+        "gradient its top eigenvectors keep).",
+        examples=["energy"],
+    )
     batch_size: int | None = Field(
         None, gt=0, description="Samples per forward/backward batch.", examples=[8]
     )
@@ -204,6 +211,14 @@ class ScorerSpec(BaseModel):
         method = info.data.get("method")
         if value is not None and method in PROJECTED_ONLY and value != "projected":
             raise ValueError(f"the {method} scorer scores from projected features only")
+        return value
+
+    @field_validator("projection_allocation")
+    @classmethod
+    def _allocation_of_the_projection(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # The engine's ScoreConfig holds the same rule (energy sizes come from eigen spectra).
+        if value == "energy" and info.data.get("projection") != "eigen":
+            raise ValueError("energy allocation needs projection 'eigen'")
         return value
 
 

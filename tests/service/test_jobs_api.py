@@ -97,6 +97,10 @@ def test_rejected_requests_name_the_field_and_write_nothing(
         ("kind", {"kind": "train"}),
         ("scorer.features", {"scorer": {"method": "influence", "features": "exact"}}),
         ("scorer.features", {"scorer": {"features": "sketched"}}),
+        (
+            "scorer.projection_allocation",
+            {"scorer": {"features": "projected", "projection_allocation": "energy"}},
+        ),
         # Below one feature per layer suffix: a 422 here, not a job that fails as internal.
         ("scorer.proj_dim", {"scorer": {"features": "projected", "proj_dim": 2}}),
         ("proxy.max_length", {"proxy": {"max_length": 1}}),

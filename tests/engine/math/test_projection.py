@@ -103,3 +103,80 @@ def test_eigen_projection_is_the_top_orthonormal_eigenbasis() -> None:
         eigen_projection(basis, 13)
     with pytest.raises(ValueError, match="square"):
         eigen_basis(cov[:3])
+
+
+def _kept(spectra: list[tuple[torch.Tensor, torch.Tensor]], sizes: list[tuple[int, int]]) -> float:
+    """The energy a grid keeps under the Kronecker model, summed over blocks."""
+    return sum(
+        float(lam[:a].sum() * mu[:b].sum())
+        for (lam, mu), (a, b) in zip(spectra, sizes, strict=True)
+    )
+
+
+def _spectra(seed: int, shapes: list[tuple[int, int]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for o, i in shapes:
+        scale = float(torch.rand(1, generator=g)) * 10 ** float(
+            torch.randint(-2, 3, (1,), generator=g)
+        )
+        decay_o, decay_i = 0.5 + 0.5 * torch.rand(2, generator=g)
+        out.append(
+            (
+                scale * decay_o ** torch.arange(o, dtype=torch.float64),
+                decay_i ** torch.arange(i, dtype=torch.float64),
+            )
+        )
+    return out
+
+
+def test_energy_sizes_spend_the_budget_and_keep_more_energy_than_a_uniform_grid() -> None:
+    from worker.engine.math.projection import energy_sizes, kron_sizes
+
+    shapes = [(64, 48), (48, 64), (128, 48), (48, 128), (16, 16), (64, 64)]
+    for seed in range(5):
+        spectra = _spectra(seed, shapes)
+        for budget in (len(shapes), 60, 500, 4000):
+            sizes = energy_sizes(spectra, budget)
+            assert len(sizes) == len(shapes)
+            assert all(
+                1 <= a <= o and 1 <= b <= i for (a, b), (o, i) in zip(sizes, shapes, strict=True)
+            )
+            used = sum(a * b for a, b in sizes)
+            assert used <= budget
+            assert used >= budget - max(max(o, i) for o, i in shapes)  # within one row/column
+            if budget > len(shapes):
+                uniform = kron_sizes(shapes, budget)
+                assert _kept(spectra, sizes) >= _kept(spectra, uniform)
+    # a block whose gradients are 100x larger gets the larger grid
+    flat = torch.ones(32, dtype=torch.float64)
+    sizes = energy_sizes([(100 * flat, flat), (flat, flat)], 200)
+    assert sizes[0][0] * sizes[0][1] > sizes[1][0] * sizes[1][1]
+    # a budget that covers every block whole keeps every block whole
+    assert energy_sizes([(flat[:4], flat[:3]), (flat[:2], flat[:5])], 10**6) == [(4, 3), (2, 5)]
+
+
+def test_energy_sizes_refuse_bad_input() -> None:
+    from worker.engine.math.projection import energy_sizes
+
+    one = torch.ones(4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="smaller than the number of gradient blocks"):
+        energy_sizes([(one, one), (one, one)], 1)
+    with pytest.raises(ValueError, match="at least one gradient block"):
+        energy_sizes([], 8)
+    with pytest.raises(ValueError, match="non-negative"):
+        energy_sizes([(-one, one)], 8)
+
+
+def test_eigen_decomposition_values_are_the_descending_spectrum() -> None:
+    from worker.engine.math.projection import eigen_basis, eigen_decomposition
+
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(50, 6, generator=g)
+    cov = X.T @ X
+    values, rows = eigen_decomposition(cov)
+    torch.testing.assert_close(values, torch.linalg.eigvalsh(cov.double()).flip(0))
+    assert torch.equal(rows, eigen_basis(cov))
+    torch.testing.assert_close(
+        torch.diag(rows.double() @ cov.double() @ rows.double().T), values, rtol=1e-5, atol=1e-6
+    )

@@ -12,6 +12,7 @@ from worker.engine.errors import ConfigError, NoResponseTokensError
 from worker.engine.lowrank import LowRankLinear
 from worker.engine.math.projection import kron_relative_variance
 from worker.engine.scoring.gradients import (
+    Allocation,
     GradientFeaturizer,
     build_blocks,
     eigen_bases,
@@ -130,19 +131,28 @@ def test_projected_inner_products_of_real_gradients_within_jl_tolerance() -> Non
     assert bool(((mean - exact).abs() <= 1.1 * sigma).all())
 
 
-def _eigen_featurizer(model: torch.nn.Module, batches: list, proj_dim: int) -> GradientFeaturizer:  # type: ignore[type-arg]
+def _eigen_featurizer(
+    model: torch.nn.Module,
+    batches: list,  # type: ignore[type-arg]
+    proj_dim: int,
+    allocation: Allocation = "uniform",
+) -> GradientFeaturizer:
     bases = eigen_bases(side_covariances(model, LAYERS, batches))
-    blocks = build_blocks(model, LAYERS, proj_dim, seed=0, bases=bases)
+    blocks = build_blocks(model, LAYERS, proj_dim, seed=0, bases=bases, allocation=allocation)
     return GradientFeaturizer(model, LAYERS, proj_dim, seed=0, blocks=blocks)
 
 
+@pytest.mark.parametrize("allocation", ["uniform", "energy"])
 @pytest.mark.parametrize("low_rank", [False, True])
-def test_eigen_projected_gradients_match_the_naive_loop(low_rank: bool) -> None:
+def test_eigen_projected_gradients_match_the_naive_loop(
+    low_rank: bool, allocation: Allocation
+) -> None:
     model, tok = tiny_model("qwen2", seed=1)
     if low_rank:
         _low_rank(model, rank=8)
     batch = _batch(tok, 4)
-    feat = _eigen_featurizer(model, [batch], proj_dim=1024)
+    feat = _eigen_featurizer(model, [batch], proj_dim=1024, allocation=allocation)
+    assert feat.dim <= 1024
     fast = feat(batch)
     slow = naive_features(model, feat.blocks, batch)
     assert torch.allclose(fast, slow, atol=1e-5, rtol=1e-4), float((fast - slow).abs().max())
@@ -183,3 +193,19 @@ def test_a_full_eigen_basis_gives_exact_inner_products() -> None:
         rows.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)]))
     g = torch.stack(rows).double()
     torch.testing.assert_close(f @ f.T, g @ g.T, rtol=1e-4, atol=1e-8)
+
+
+def test_energy_allocation_sizes_blocks_by_their_spectra_and_needs_eigen_bases() -> None:
+    model, tok = tiny_model("llama", seed=0)
+    batch = _batch(tok, 3)
+    uniform = _eigen_featurizer(model, [batch], proj_dim=512)
+    energy = _eigen_featurizer(model, [batch], proj_dim=512, allocation="energy")
+    sizes = {(b.p_left.shape[0], b.p_right.shape[0]) for b in energy.blocks}
+    assert len(sizes) > 1  # not one grid for every block
+    assert sum(b.dim for b in energy.blocks) <= 512
+    # it keeps more of the probes' own squared gradients than the uniform grid
+    f_u, f_e = uniform(batch), energy(batch)
+    assert float((f_e**2).sum()) > float((f_u**2).sum())
+    with pytest.raises(ConfigError, match="projection_allocation") as err:
+        build_blocks(model, LAYERS, 512, seed=0, allocation="energy")
+    assert err.value.field == "projection_allocation"

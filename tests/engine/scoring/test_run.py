@@ -11,6 +11,7 @@ import pytest
 from tests.engine.scoring.conftest import pool_rows, target_rows, write
 from worker.engine.errors import (
     ArtifactError,
+    ConfigError,
     DataFormatError,
     EmptyDatasetError,
     NoResponseTokensError,
@@ -184,6 +185,18 @@ def test_eigen_projection_is_the_same_for_every_shard_and_keys_the_store(
         stats=stats,
     )
     assert stats.train_loaded == 0 and stats.train_computed == 9
+    # energy allocation: another projection, the same for every shard, keyed apart in the store
+    energy = replace(cfg, projection_allocation="energy")
+    by_energy = _scores(model_and_tok, train, [target], energy)
+    assert by_energy != pytest.approx(whole, rel=1e-3)
+    part = _scores(model_and_tok, train, [target], energy, indices=[7, 2, 8])
+    assert part == pytest.approx({i: by_energy[i] for i in (2, 7, 8)}, rel=1e-5, abs=1e-6)
+    stats = ScoreStats()
+    _scores(model_and_tok, train, [target], energy, store_dir=tmp_path / "s", stats=stats)
+    assert stats.train_loaded == 0 and stats.train_computed == 9
+    with pytest.raises(ConfigError) as err:
+        replace(cfg, projection="gaussian", projection_allocation="energy")
+    assert err.value.field == "projection_allocation"
 
 
 @pytest.mark.parametrize("features", ["exact", "projected"])

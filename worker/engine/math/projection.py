@@ -22,6 +22,7 @@ costs nothing per token.
 
 from __future__ import annotations
 
+import heapq
 import math
 
 import torch
@@ -98,24 +99,103 @@ def kron_relative_variance(k_out: int, k_in: int) -> float:
     return (1.0 + 2.0 / k_out) * (1.0 + 2.0 / k_in) - 1.0
 
 
-def eigen_basis(cov: torch.Tensor) -> torch.Tensor:
-    """Every eigenvector of a covariance ``cov: (d, d)`` as the rows of ``(d, d)``, largest
-    eigenvalue first; :func:`eigen_projection` keeps the top ``k`` rows.
+def eigen_decomposition(cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues ``(d,)`` (descending, float64, clamped at 0) and eigenvectors as the rows of
+    ``(d, d)`` (float32) of a covariance ``cov: (d, d)``, largest first.
 
     Eigenvalue ties are broken by ``eigh``'s order and each vector's sign is fixed (its
     largest-magnitude entry positive), so the result is a pure function of ``cov``. Computed in
-    float64, returned in float32 on ``cov``'s device.
+    float64, returned on ``cov``'s device.
     """
     d = cov.shape[0]
     if cov.ndim != 2 or cov.shape[1] != d:
         raise ValueError(f"covariance must be square, got {tuple(cov.shape)}")
     sym = cov.double()
-    _, vecs = torch.linalg.eigh((sym + sym.T) / 2)
+    vals, vecs = torch.linalg.eigh((sym + sym.T) / 2)
     rows = vecs.flip(1).T  # (d, d), largest eigenvalue first
     idx = rows.abs().argmax(dim=1, keepdim=True)
     signs = torch.sign(rows.gather(1, idx))
     signs[signs == 0] = 1
-    return (rows * signs).float()
+    return vals.flip(0).clamp_min(0.0), (rows * signs).float()
+
+
+def eigen_basis(cov: torch.Tensor) -> torch.Tensor:
+    """Every eigenvector of a covariance ``cov: (d, d)`` as the rows of ``(d, d)``, largest
+    eigenvalue first (:func:`eigen_decomposition` without the values); :func:`eigen_projection`
+    keeps the top ``k`` rows."""
+    return eigen_decomposition(cov)[1]
+
+
+def energy_sizes(
+    spectra: list[tuple[torch.Tensor, torch.Tensor]], budget: int
+) -> list[tuple[int, int]]:
+    """Choose ``(k_out, k_in)`` per gradient block, ``sum k_out * k_in <= budget``, to keep as
+    much of the expected squared gradient as a grid of the blocks' top eigenvectors can.
+
+    Under the Kronecker-factored model of a block's per-token gradient ``delta_t h_t^T`` (the
+    two sides independent, covariances ``C_out`` and ``C_in`` with eigenvalues ``lam``
+    and ``mu``, descending), keeping the top ``k_out`` and ``k_in`` eigenvectors keeps
+    ``E_b(k_out, k_in) = (sum_{i<k_out} lam_i)(sum_{j<k_in} mu_j)`` of its squared norm.
+    The covariances of every block are sums over the same probe tokens, so ``E_b`` is on one
+    scale across blocks and layers: a block whose gradients are large gets more of the budget
+    than one whose gradients are small, unlike :func:`kron_sizes`, which gives every block the
+    same grid. Greedy: every block starts at ``1 x 1``; then, repeatedly, the one step (a row
+    or a column added to one block's grid) with the largest gain in ``E`` per feature it costs
+    is taken while the budget allows.
+
+    Args:
+        spectra: per block, the eigenvalues ``(out,)`` of ``C_out`` and ``(in,)`` of ``C_in``,
+            each descending and non-negative (:func:`eigen_decomposition`).
+        budget: the feature dimension ``d``, at least the number of blocks.
+
+    Returns:
+        ``(k_out, k_in)`` per block, in order; each side at most the block's own dimension.
+    """
+    n_blocks = len(spectra)
+    if n_blocks < 1:
+        raise ValueError("need at least one gradient block")
+    if budget < n_blocks:
+        raise ValueError(
+            f"proj_dim {budget} is smaller than the number of gradient blocks {n_blocks}"
+        )
+    lam = [[float(x) for x in a.double().cpu()] for a, _ in spectra]
+    mu = [[float(x) for x in b.double().cpu()] for _, b in spectra]
+    for j in range(n_blocks):
+        if any(x < 0 for x in lam[j]) or any(x < 0 for x in mu[j]):
+            raise ValueError(f"block {j}: eigenvalues must be non-negative")
+    sizes = [[1, 1] for _ in range(n_blocks)]
+    kept_out = [lam[j][0] for j in range(n_blocks)]  # sum of the kept eigenvalues of each side
+    kept_in = [mu[j][0] for j in range(n_blocks)]
+    total = n_blocks
+    version = [0] * n_blocks
+    heap: list[tuple[float, int, int, int, int]] = []  # (-gain per feature, j, side, cost, ver)
+
+    def push(j: int) -> None:
+        a, b = sizes[j]
+        if a < len(lam[j]):  # one more output-side eigenvector: b features
+            heapq.heappush(heap, (-lam[j][a] * kept_in[j] / b, j, 0, b, version[j]))
+        if b < len(mu[j]):  # one more input-side eigenvector: a features
+            heapq.heappush(heap, (-mu[j][b] * kept_out[j] / a, j, 1, a, version[j]))
+
+    for j in range(n_blocks):
+        push(j)
+    while heap and total < budget:
+        neg_gain, j, side, cost, ver = heapq.heappop(heap)
+        if ver != version[j] or total + cost > budget:
+            continue
+        if neg_gain == 0.0:  # nothing left to gain anywhere (ties beyond the spectra's rank)
+            break
+        a, b = sizes[j]
+        if side == 0:
+            kept_out[j] += lam[j][a]
+            sizes[j][0] = a + 1
+        else:
+            kept_in[j] += mu[j][b]
+            sizes[j][1] = b + 1
+        total += cost
+        version[j] += 1
+        push(j)
+    return [(a, b) for a, b in sizes]
 
 
 def eigen_projection(basis: torch.Tensor, k: int) -> torch.Tensor:

@@ -53,6 +53,13 @@ class ScoreConfig:
         64,
         AT_LEAST_ONE,
     )
+    projection_allocation: Literal["uniform", "energy"] = _help(
+        "eigen projection only: how proj_dim is split over the gradient blocks. uniform: the "
+        "same near-square grid of eigenvectors for every block; energy: each block's grid sized "
+        "by how much of the probes' squared gradient its top eigenvectors keep, so layers with "
+        "large gradients get more features than layers with small ones",
+        "uniform",
+    )
     batch_size: int = _help("samples per forward/backward pass", 4, AT_LEAST_ONE)
     max_length: int = _help("tokens per sample; truncation keeps the response", 512, Range(ge=2))
     seed: int = _help(
@@ -83,6 +90,12 @@ class ScoreConfig:
                 field="features",
             )
         check_params(self)
+        if self.projection_allocation == "energy" and self.projection != "eigen":
+            raise ConfigError(
+                "projection_allocation 'energy' needs projection 'eigen' (block sizes come from "
+                f"the covariance spectra), not {self.projection!r}",
+                field="projection_allocation",
+            )
         if not self.layers:
             raise ConfigError("layers must name at least one linear-layer suffix", field="layers")
         if self.proj_dim < len(self.layers):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -24,8 +25,9 @@ from torch import nn
 from worker.engine.errors import ConfigError
 from worker.engine.math.exact import per_sample_grads
 from worker.engine.math.projection import (
-    eigen_basis,
+    eigen_decomposition,
     eigen_projection,
+    energy_sizes,
     gaussian_projection,
     kron_features,
     kron_sizes,
@@ -46,6 +48,7 @@ __all__ = [
     "Covariances",
     "GradBlock",
     "GradientFeaturizer",
+    "SideBasis",
     "build_blocks",
     "eigen_bases",
     "per_sample_loss",
@@ -81,9 +84,26 @@ Covariances = dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]]
 """Per scored parameter ``(module, param)``: ``(sum_t l_t l_t^T (rows, rows), sum_t r_t r_t^T
 (cols, cols))`` of its gradient's two sides (see :func:`worker.engine.scoring.hooks.sides`)."""
 
-Bases = dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]]
-"""Per scored parameter, the :func:`eigen_basis` of each side's covariance (rows, largest
-eigenvalue first): computed once, any projection size slices it."""
+
+@dataclass(frozen=True)
+class SideBasis:
+    """One side's covariance eigenvectors ``rows: (d, d)`` (largest first) and eigenvalues
+    ``values: (d,)`` (descending, float64), from
+    :func:`worker.engine.math.projection.eigen_decomposition`."""
+
+    rows: torch.Tensor
+    values: torch.Tensor
+
+
+Bases = dict[tuple[str, str], tuple[SideBasis, SideBasis]]
+"""Per scored parameter, the eigenbasis of each side's covariance (left, right): computed once,
+any projection size slices it."""
+
+Allocation = Literal["uniform", "energy"]
+"""How a projection's feature budget is split over the gradient blocks: ``uniform``, the same
+near-square grid for every block (:func:`worker.engine.math.projection.kron_sizes`);
+``energy``, by how much of the expected squared gradient each block's top eigenvectors keep
+(:func:`worker.engine.math.projection.energy_sizes`; eigen projections only)."""
 
 
 def side_covariances(
@@ -121,7 +141,12 @@ def side_covariances(
 
 def eigen_bases(covariances: Covariances) -> Bases:
     """The eigenbasis of both sides of every parameter's covariances."""
-    return {key: (eigen_basis(cl), eigen_basis(cr)) for key, (cl, cr) in covariances.items()}
+
+    def side(cov: torch.Tensor) -> SideBasis:
+        values, rows = eigen_decomposition(cov)
+        return SideBasis(rows, values)
+
+    return {key: (side(cl), side(cr)) for key, (cl, cr) in covariances.items()}
 
 
 def build_blocks(
@@ -130,13 +155,14 @@ def build_blocks(
     proj_dim: int,
     seed: int,
     bases: Bases | None = None,
+    allocation: Allocation = "uniform",
 ) -> list[GradBlock]:
     """The projected gradient blocks of ``model``, in module order, on the model's device.
 
-    Without ``covariances``: Gaussian matrices fixed by ``seed`` (generated on the CPU, so the
+    Without ``bases``: Gaussian matrices fixed by ``seed`` (generated on the CPU, so the
     same on every machine). With ``bases`` (:func:`eigen_bases` of :func:`side_covariances`):
     each side's top eigenvectors (:func:`worker.engine.math.projection.eigen_projection`,
-    LoGra's choice).
+    LoGra's choice), as many per block as ``allocation`` gives it (see :data:`Allocation`).
     """
     specs = scored_blocks(model, suffixes)
     if proj_dim < len(specs):
@@ -145,7 +171,18 @@ def build_blocks(
             f"block: {len(specs)} blocks in the layers {', '.join(suffixes)}), got {proj_dim}",
             field="proj_dim",
         )
-    sizes = kron_sizes([s for _, _, s in specs], proj_dim)
+    if allocation == "energy":
+        if bases is None:
+            raise ConfigError(
+                "projection_allocation 'energy' needs the eigen projection (the covariance "
+                "spectra decide each block's size); use projection 'eigen' or allocation "
+                "'uniform'",
+                field="projection_allocation",
+            )
+        spectra = [(bases[(n, p)][0].values, bases[(n, p)][1].values) for n, p, _ in specs]
+        sizes = energy_sizes(spectra, proj_dim)
+    else:
+        sizes = kron_sizes([s for _, _, s in specs], proj_dim)
     modules = dict(model.named_modules())
     device = model_device(model)
     blocks = []
@@ -155,8 +192,8 @@ def build_blocks(
             p_right = gaussian_projection(ki, cols, seed=seed * 1_000_003 + 2 * j + 1).to(device)
         else:
             bl, br = bases[(name, param)]
-            p_left = eigen_projection(bl, ko).to(device)
-            p_right = eigen_projection(br, ki).to(device)
+            p_left = eigen_projection(bl.rows, ko).to(device)
+            p_right = eigen_projection(br.rows, ki).to(device)
         m = modules[name]
         with torch.no_grad():
             if param == "A":  # grad_A = sum delta (B h)^T

@@ -115,7 +115,14 @@ def projection_blocks(
         for i in range(0, len(ordered), config.batch_size)
     ]
     bases = eigen_bases(side_covariances(model, config.layers, batches))
-    return build_blocks(model, config.layers, config.proj_dim, config.seed, bases=bases)
+    return build_blocks(
+        model,
+        config.layers,
+        config.proj_dim,
+        config.seed,
+        bases=bases,
+        allocation=config.projection_allocation,
+    )
 
 
 def _task_vector(
@@ -291,6 +298,8 @@ def task_score_stream(
         if config.projection != "gaussian":
             key["projection"] = config.projection
             key["projection_samples"] = config.projection_samples
+        if config.projection_allocation != "uniform":
+            key["projection_allocation"] = config.projection_allocation
         if adam is not None:
             key["adam"] = adam.fingerprint
         store = GradientStore(store_dir, key, featurizer.dim)
@@ -298,7 +307,7 @@ def task_score_stream(
     directions = []
     projection: tuple[Any, ...] = (config.proj_dim, config.seed, config.projection)
     if config.projection == "eigen":  # the basis depends on the pool's probes
-        projection += (config.projection_samples, pool_sha)
+        projection += (config.projection_samples, pool_sha, config.projection_allocation)
     for path in targets:
         sha = sha256_path(path)
         task_key = ("projected", model_hash, sha, config.max_length, config.normalize)
