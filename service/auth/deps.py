@@ -1,4 +1,5 @@
-"""The request dependency that turns ``Authorization: Bearer <key>`` into a tenant id."""
+"""The request dependencies that turn ``Authorization: Bearer <key>`` into the key's tenant and
+scope."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
-from service.auth.keys import hash_key, key_cache, tenant_for_hash
+from service.auth.keys import KeyAccess, access_for_hash, hash_key, key_cache
 from service.db import read_connection
 from service.errors import Unauthorized
 from service.logs import bind_values
@@ -17,33 +18,39 @@ from service.text import unstorable
 _bearer = HTTPBearer(auto_error=False, description="API key: `Authorization: Bearer iprox_...`")
 
 
-def _lookup(key_hash: str) -> str | None:
+def _lookup(key_hash: str) -> KeyAccess | None:
     # Opened and returned in the one worker thread: holding the connection until the handler
     # runs would keep a pooled connection idle while the request waits for a worker thread.
     with read_connection() as conn:
-        return tenant_for_hash(conn, key_hash)
+        return access_for_hash(conn, key_hash)
 
 
-async def current_tenant(
+async def current_key(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> str:
-    """The key's tenant. On the event loop when the key was checked in the last
-    ``IPROX_API_KEY_CACHE_S`` seconds (service.auth.keys.KeyCache); else one lookup in a
-    worker thread."""
+) -> KeyAccess:
+    """The key's tenant and scope; 401 for no or a bad key. On the event loop when the key was
+    checked in the last ``IPROX_API_KEY_CACHE_S`` seconds (service.auth.keys.KeyCache); else
+    one lookup in a worker thread."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("send 'Authorization: Bearer <API key>'")
     if unstorable(credentials.credentials):
         raise Unauthorized("the API key is unknown or revoked")
     key_hash = hash_key(credentials.credentials)
     cache = key_cache()
-    tenant = cache.get(key_hash)
-    if tenant is None:
-        tenant = await run_in_threadpool(_lookup, key_hash)
-        if tenant is None:
+    access = cache.get(key_hash)
+    if access is None:
+        access = await run_in_threadpool(_lookup, key_hash)
+        if access is None:
             raise Unauthorized("the API key is unknown or revoked")
-        cache.put(key_hash, tenant)
-    bind_values(tenant=tenant)  # every log record of the request names its tenant
-    return tenant
+        cache.put(key_hash, access)
+    bind_values(tenant=access.tenant_id)  # every log record of the request names its tenant
+    return access
 
 
+async def current_tenant(access: Annotated[KeyAccess, Depends(current_key)]) -> str:
+    """The tenant id of the request's key (checked by :func:`current_key`)."""
+    return access.tenant_id
+
+
+KeyDep = Annotated[KeyAccess, Depends(current_key)]
 TenantDep = Annotated[str, Depends(current_tenant)]
