@@ -31,7 +31,7 @@ def get_secret(tenant: TenantDep) -> WebhookSecret:
     response_model=WebhookSecret,
     operation_id="rotateWebhookSecret",
     summary="Rotate the webhook signing secret",
-    responses=problem_responses(401, 500, 503),
+    responses=problem_responses(401, 403, 500, 503),
 )
 def rotate_secret(tenant: TenantDep) -> WebhookSecret:
     """Make a new secret (the old one stops signing at once) and return it."""
