@@ -55,13 +55,17 @@ async def current_key(
             raise Unauthorized("the API key is unknown or revoked")
         cache.put(key_hash, access)
     bind_values(tenant=access.tenant_id)  # every log record of the request names its tenant
-    needed = needed_scope(request.method)
-    if needed is KeyScope.WRITE and access.scope is not KeyScope.WRITE:
+    if needed_scope(request.method) is KeyScope.WRITE:
+        _require_write(request, access)
+    return access
+
+
+def _require_write(request: Request, access: KeyAccess) -> None:
+    if access.scope is not KeyScope.WRITE:
         raise Forbidden(
             f"this API key has scope '{access.scope}'; {request.method} {request.url.path} "
-            f"needs a key with scope '{needed}'"
+            f"needs a key with scope '{KeyScope.WRITE}'"
         )
-    return access
 
 
 async def current_tenant(access: Annotated[KeyAccess, Depends(current_key)]) -> str:
@@ -69,5 +73,15 @@ async def current_tenant(access: Annotated[KeyAccess, Depends(current_key)]) -> 
     return access.tenant_id
 
 
+async def writer_tenant(
+    request: Request, access: Annotated[KeyAccess, Depends(current_key)]
+) -> str:
+    """The tenant id of a write key, for the few reads a read key must not make: the webhook
+    signing secret lets whoever holds it forge deliveries, so reading it needs write."""
+    _require_write(request, access)
+    return access.tenant_id
+
+
 KeyDep = Annotated[KeyAccess, Depends(current_key)]
 TenantDep = Annotated[str, Depends(current_tenant)]
+WriterDep = Annotated[str, Depends(writer_tenant)]

@@ -115,6 +115,8 @@ def test_a_read_key_is_refused_every_change_and_nothing_is_stored(
     cancel = f"/jobs/{job_id}/cancel"
     _assert_forbidden(client.post(cancel, headers=read), "POST", cancel)
     _assert_forbidden(client.post("/webhooks/secret", headers=read), "POST", "/webhooks/secret")
+    # A GET, but the secret lets its holder forge deliveries: reading it needs write too.
+    _assert_forbidden(client.get("/webhooks/secret", headers=read), "GET", "/webhooks/secret")
     assert _stored() == before
     assert client.get(f"/jobs/{job_id}", headers=read).json()["status"] == "queued"
     assert client.get("/webhooks/secret", headers=write).status_code == 404  # none was made

@@ -104,7 +104,7 @@ def test_errors_are_declared_as_problem_json(client: TestClient) -> None:
 
 
 def test_403_is_declared_exactly_where_a_read_key_is_refused(client: TestClient) -> None:
-    # A read key may GET (and HEAD); every other authenticated method needs a write key.
+    # A read key may GET (and HEAD) but for the webhook secret; everything else needs write.
     ops = _operations(_spec(client))
     refused = {k for k, op in ops.items() if op.get("security") and k[0] not in ("get", "head")}
     assert refused == {
@@ -112,6 +112,7 @@ def test_403_is_declared_exactly_where_a_read_key_is_refused(client: TestClient)
         ("post", "/jobs/{job_id}/cancel"),
         ("post", "/webhooks/secret"),
     }
+    refused.add(("get", "/webhooks/secret"))
     assert {k for k, op in ops.items() if "403" in op["responses"]} == refused
     forbidden = ops[("post", "/jobs")]["responses"]["403"]
     assert "scope" in forbidden["description"]
