@@ -1,7 +1,7 @@
 """Admin commands that need no ML engine, so they run in the API image (no torch):
 
     python -m service.admin migrate [--revision REV]
-    python -m service.admin keys create --tenant NAME [--name LABEL]
+    python -m service.admin keys create --tenant NAME [--name LABEL] [--scope read|write]
     python -m service.admin keys list [--tenant NAME] [--json]
     python -m service.admin keys revoke KEY_ID
 
@@ -19,7 +19,7 @@ from dataclasses import asdict
 from service.auth.keys import KeyInfo, create_key, list_keys, revoke_key
 from service.config import get_settings
 from service.db import session_scope
-from service.errors import NotFound
+from service.errors import NotFound, ValidationFailed
 from service.keys_cli import add_key_commands
 from service.migrate import upgrade
 
@@ -31,14 +31,15 @@ def migrate(revision: str = "head") -> str:
     return f"{url.split('@')[-1]} at {revision}"
 
 
-def create_api_key(tenant: str, name: str = "") -> str:
-    """A new key for ``tenant`` (created if new); the only time the key is shown."""
+def create_api_key(tenant: str, name: str = "", scope: str = "write") -> str:
+    """A new key of ``scope`` for ``tenant`` (created if new); the only time the key is shown."""
     with session_scope() as session:
-        return create_key(session, tenant, name=name).key
+        return create_key(session, tenant, name=name, scope=scope).key
 
 
 def list_api_keys(tenant: str | None = None, *, as_json: bool = False) -> str:
-    """The keys as a table (or JSON): id, tenant, name, prefix, created, revoked; never a key."""
+    """The keys as a table (or JSON): id, tenant, name, prefix, scope, created, revoked; never
+    a key."""
     with session_scope() as session:
         keys = list_keys(session, tenant)
     if as_json:
@@ -47,13 +48,14 @@ def list_api_keys(tenant: str | None = None, *, as_json: bool = False) -> str:
 
 
 def _table(keys: Sequence[KeyInfo]) -> str:
-    header = ("ID", "TENANT", "NAME", "PREFIX", "CREATED", "REVOKED")
+    header = ("ID", "TENANT", "NAME", "PREFIX", "SCOPE", "CREATED", "REVOKED")
     rows = [header] + [
         (
             k.id,
             k.tenant,
             k.name or "-",
             k.prefix,
+            k.scope,
             k.created_at.isoformat(timespec="seconds"),
             k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else "-",
         )
@@ -77,17 +79,18 @@ def revoke_api_key(key_id: str) -> str:
 
 
 def run_keys(args: argparse.Namespace, prog: str) -> int:
-    """Run a parsed ``keys`` action; an unknown key id is exit code 2 with a message."""
-    if args.action == "create":
-        print(create_api_key(args.tenant, args.name))
-    elif args.action == "list":
-        print(list_api_keys(args.tenant, as_json=args.json))
-    else:
-        try:
+    """Run a parsed ``keys`` action; an unknown key id or a refused value is exit code 2 with a
+    message."""
+    try:
+        if args.action == "create":
+            print(create_api_key(args.tenant, args.name, args.scope))
+        elif args.action == "list":
+            print(list_api_keys(args.tenant, as_json=args.json))
+        else:
             print(revoke_api_key(args.key_id))
-        except NotFound as exc:
-            print(f"{prog}: error: {exc.detail}", file=sys.stderr)
-            return 2
+    except (NotFound, ValidationFailed) as exc:
+        print(f"{prog}: error: {exc.detail}", file=sys.stderr)
+        return 2
     return 0
 
 

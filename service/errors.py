@@ -51,6 +51,12 @@ class Unauthorized(AppError):
     title = "Missing or invalid API key"
 
 
+class Forbidden(AppError):
+    status = 403
+    code = "forbidden"
+    title = "This API key may not do this"
+
+
 class NotFound(AppError):
     status = 404
     code = "not_found"
@@ -124,7 +130,7 @@ class Problem(BaseModel):
     instance: str = Field(description="The request path.", examples=["/jobs"])
     code: str = Field(
         description="Stable machine-readable code (validation_failed, not_found, conflict, "
-        "unauthorized, database_unavailable, overloaded, ...).",
+        "unauthorized, forbidden, database_unavailable, overloaded, ...).",
         examples=["validation_failed"],
     )
     errors: list[FieldError] | None = Field(
@@ -136,6 +142,7 @@ class Problem(BaseModel):
 
 _RESPONSE_TEXT = {
     401: "The API key is missing, unknown or revoked.",
+    403: "The API key's scope does not allow this: a key with scope read may only GET.",
     404: "No such resource for this API key (another tenant's ids look missing).",
     405: "The path does not answer this method.",
     409: "The resource is not in a state that allows this.",

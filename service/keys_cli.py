@@ -13,8 +13,16 @@ def add_key_commands(keys: argparse.ArgumentParser, prog: str) -> None:
     create = actions.add_parser("create", help="create a key for a tenant (created if new)")
     create.add_argument("--tenant", required=True, help="tenant name")
     create.add_argument("--name", default="", help="a label for the key")
+    create.add_argument(
+        "--scope",
+        choices=("read", "write"),  # service.auth.keys.SCOPES, not imported: argparse only
+        default="write",
+        help="write: every call (the default); read: GET and HEAD only, so it can list jobs "
+        "and download subsets but not submit or cancel jobs (the API answers 403)",
+    )
     listing = actions.add_parser(
-        "list", help="list keys: id, tenant, name, prefix, created, revoked (never the key)"
+        "list",
+        help="list keys: id, tenant, name, prefix, scope, created, revoked (never the key)",
     )
     listing.add_argument("--tenant", default=None, help="only this tenant's keys")
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -1,4 +1,5 @@
-"""Creating, hashing, checking, listing and revoking API keys."""
+"""Creating, hashing, checking, listing and revoking API keys. Each key has a scope
+(:class:`KeyScope`): ``write`` keys may do everything, ``read`` keys only GET and HEAD."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
 from service.config import get_settings
-from service.errors import NotFound
-from service.models import ApiKey, Tenant
+from service.errors import NotFound, ValidationFailed
+from service.models import ApiKey, KeyScope, Tenant
 from service.models.base import utcnow
 
 KEY_PREFIX = "iprox_"
+SCOPES = tuple(s.value for s in KeyScope)
 
 
 def hash_key(key: str) -> str:
@@ -34,6 +36,24 @@ class CreatedKey:
     tenant_id: str
     key_id: str
     key: str  # shown once; only its hash is stored
+    scope: KeyScope
+
+
+@dataclass(frozen=True)
+class KeyAccess:
+    """Who an unrevoked key speaks for, and what it may do."""
+
+    tenant_id: str
+    scope: KeyScope
+
+
+def parse_scope(scope: str) -> KeyScope:
+    """``scope`` as a KeyScope; anything else is a ValidationFailed naming ``scope``."""
+    try:
+        return KeyScope(scope)
+    except ValueError:
+        choices = " or ".join(repr(s) for s in SCOPES)
+        raise ValidationFailed(f"scope must be {choices}, not {scope!r}", field="scope") from None
 
 
 def get_or_create_tenant(session: Session, name: str) -> Tenant:
@@ -46,38 +66,55 @@ def get_or_create_tenant(session: Session, name: str) -> Tenant:
 
 
 def create_key(
-    session: Session, tenant_name: str, *, key: str | None = None, name: str = ""
+    session: Session,
+    tenant_name: str,
+    *,
+    key: str | None = None,
+    name: str = "",
+    scope: str = KeyScope.WRITE,
 ) -> CreatedKey:
-    """Store a key (``key`` given, or a new one) for ``tenant_name``, creating the tenant."""
+    """Store a key (``key`` given, or a new one) of ``scope`` for ``tenant_name``, creating the
+    tenant. A scope other than read or write is a ValidationFailed naming ``scope``."""
+    checked = parse_scope(scope)
     tenant = get_or_create_tenant(session, tenant_name)
     plain = key or generate_key()
-    row = ApiKey(tenant_id=tenant.id, name=name, key_hash=hash_key(plain), prefix=plain[:12])
+    row = ApiKey(
+        tenant_id=tenant.id,
+        name=name,
+        key_hash=hash_key(plain),
+        prefix=plain[:12],
+        scope=checked,
+    )
     session.add(row)
     session.flush()
-    return CreatedKey(tenant_id=tenant.id, key_id=row.id, key=plain)
+    return CreatedKey(tenant_id=tenant.id, key_id=row.id, key=plain, scope=checked)
 
 
 def ensure_key(session: Session, tenant_name: str, key: str) -> CreatedKey:
     """Make ``key`` valid for ``tenant_name`` (idempotent: the embedded default's local key)."""
     row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key)))
     if row is not None:
-        return CreatedKey(tenant_id=row.tenant_id, key_id=row.id, key=key)
+        return CreatedKey(tenant_id=row.tenant_id, key_id=row.id, key=key, scope=row.scope)
     return create_key(session, tenant_name, key=key, name="local")
 
 
 def tenant_for_key(db: Session | Connection, key: str) -> str | None:
     """The tenant id owning an unrevoked ``key``, else None."""
-    return tenant_for_hash(db, hash_key(key))
+    access = access_for_hash(db, hash_key(key))
+    return access.tenant_id if access is not None else None
 
 
-def tenant_for_hash(db: Session | Connection, key_hash: str) -> str | None:
-    """The tenant id owning the unrevoked key whose hash is ``key_hash``, else None."""
-    q = select(ApiKey.tenant_id).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
-    return db.scalar(q)
+def access_for_hash(db: Session | Connection, key_hash: str) -> KeyAccess | None:
+    """The tenant and scope of the unrevoked key whose hash is ``key_hash``, else None."""
+    q = select(ApiKey.tenant_id, ApiKey.scope).where(
+        ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None)
+    )
+    found = db.execute(q).first()
+    return KeyAccess(found.tenant_id, KeyScope(found.scope)) if found is not None else None
 
 
 class KeyCache:
-    """Tenants of keys found valid in the last ``ttl_s`` seconds, by key hash (never the key).
+    """Tenants and scopes of keys found valid in the last ``ttl_s`` seconds, by key hash (never the key).
 
     It spares the key lookup (a pooled connection and a round trip) on most requests. The
     price is bounded: a key revoked by another process (``iprox keys revoke``, another API
@@ -99,24 +136,24 @@ class KeyCache:
         self.ttl_s = ttl_s
         self.max_entries = max_entries
         self.clock = clock
-        self._entries: dict[str, tuple[str, float]] = {}
+        self._entries: dict[str, tuple[KeyAccess, float]] = {}
 
-    def get(self, key_hash: str) -> str | None:
+    def get(self, key_hash: str) -> KeyAccess | None:
         entry = self._entries.get(key_hash)
         if entry is None:
             return None
-        tenant, expires = entry
+        access, expires = entry
         if self.clock() >= expires:
             self._entries.pop(key_hash, None)
             return None
-        return tenant
+        return access
 
-    def put(self, key_hash: str, tenant: str) -> None:
+    def put(self, key_hash: str, access: KeyAccess) -> None:
         if self.ttl_s <= 0:
             return
         if len(self._entries) >= self.max_entries:
             self._entries = {}
-        self._entries[key_hash] = (tenant, self.clock() + self.ttl_s)
+        self._entries[key_hash] = (access, self.clock() + self.ttl_s)
 
     def forget(self, key_hash: str) -> None:
         self._entries.pop(key_hash, None)
@@ -150,12 +187,15 @@ class KeyInfo:
     tenant: str
     name: str
     prefix: str
+    scope: str
     created_at: datetime
     revoked_at: datetime | None
 
 
 def _info(row: ApiKey, tenant: str) -> KeyInfo:
-    return KeyInfo(row.id, tenant, row.name, row.prefix, row.created_at, row.revoked_at)
+    return KeyInfo(
+        row.id, tenant, row.name, row.prefix, row.scope.value, row.created_at, row.revoked_at
+    )
 
 
 def list_keys(session: Session, tenant_name: str | None = None) -> list[KeyInfo]:

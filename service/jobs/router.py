@@ -44,7 +44,7 @@ JobIdPath = Annotated[
     response_description="The job, queued; its URL is in the Location header.",
     responses={
         200: {"model": Estimate, "description": "A dry_run's estimate (nothing stored)."},
-        **problem_responses(401, 422, 500, 503),
+        **problem_responses(401, 403, 422, 500, 503),
     },
 )
 def create_job(
@@ -156,7 +156,7 @@ def get_job(job_id: JobIdPath, tenant: TenantDep) -> JobRead:
     response_model=JobRead,
     operation_id="cancelJob",
     summary="Cancel a job",
-    responses=problem_responses(401, 404, 409, 422, 500, 503),
+    responses=problem_responses(401, 403, 404, 409, 422, 500, 503),
 )
 def cancel_job(job_id: JobIdPath, tenant: TenantDep) -> JobRead:
     """A queued job is cancelled at once; a running one stops at its next batch."""

@@ -14,7 +14,7 @@ from service.models.job import (
     ShardStatus,
 )
 from service.models.proxy import Proxy
-from service.models.tenant import ApiKey, Tenant
+from service.models.tenant import ApiKey, KeyScope, Tenant
 
 __all__ = [
     "ApiKey",
@@ -27,6 +27,7 @@ __all__ = [
     "JobShard",
     "JobStage",
     "JobStatus",
+    "KeyScope",
     "Proxy",
     "Score",
     "ShardStatus",

@@ -9,7 +9,6 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     Boolean,
-    Enum,
     Float,
     ForeignKey,
     Index,
@@ -22,7 +21,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from service.models.base import Base, new_id, utcnow
-from service.models.types import UTCDateTime
+from service.models.types import UTCDateTime, checked_enum
 
 
 class JobKind(enum.StrEnum):
@@ -57,19 +56,6 @@ class ShardStatus(enum.StrEnum):
     STOPPED = "stopped"
 
 
-def _enum(cls: type[enum.Enum]) -> Enum:
-    # Stored as checked text rather than a native Postgres enum: identical on SQLite, and a new
-    # member needs no ALTER TYPE.
-    return Enum(
-        cls,
-        native_enum=False,
-        length=16,
-        values_callable=lambda e: [m.value for m in e],
-        create_constraint=True,
-        name=cls.__name__.lower(),
-    )
-
-
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
@@ -79,9 +65,9 @@ class Job(Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
-    kind: Mapped[JobKind] = mapped_column(_enum(JobKind))
-    status: Mapped[JobStatus] = mapped_column(_enum(JobStatus), default=JobStatus.QUEUED)
-    stage: Mapped[JobStage | None] = mapped_column(_enum(JobStage), default=None)
+    kind: Mapped[JobKind] = mapped_column(checked_enum(JobKind))
+    status: Mapped[JobStatus] = mapped_column(checked_enum(JobStatus), default=JobStatus.QUEUED)
+    stage: Mapped[JobStage | None] = mapped_column(checked_enum(JobStage), default=None)
     progress_done: Mapped[int] = mapped_column(Integer, default=0)
     progress_total: Mapped[int] = mapped_column(Integer, default=0)
     request: Mapped[dict[str, Any]] = mapped_column(JSON)
@@ -137,7 +123,9 @@ class JobShard(Base):
     shard_index: Mapped[int] = mapped_column(Integer, primary_key=True)
     start: Mapped[int] = mapped_column(Integer)
     stop: Mapped[int] = mapped_column(Integer)
-    status: Mapped[ShardStatus] = mapped_column(_enum(ShardStatus), default=ShardStatus.PENDING)
+    status: Mapped[ShardStatus] = mapped_column(
+        checked_enum(ShardStatus), default=ShardStatus.PENDING
+    )
     # Set when a worker takes the shard.
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     # The delivery at work on the shard (its Celery task id, kept across retries); None while

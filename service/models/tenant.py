@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import enum
 from datetime import datetime
 
 from sqlalchemy import ForeignKey, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from service.models.base import Base, new_id, utcnow
-from service.models.types import UTCDateTime
+from service.models.types import UTCDateTime, checked_enum
+
+
+class KeyScope(enum.StrEnum):
+    """What a key may do: ``read`` only the safe methods (GET, HEAD), ``write`` everything."""
+
+    READ = "read"
+    WRITE = "write"
 
 
 class Tenant(Base):
@@ -31,5 +39,9 @@ class ApiKey(Base):
     # Keys carry 256 random bits, so a fast hash is enough: nothing to brute-force.
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     prefix: Mapped[str] = mapped_column(String(16))
+    # The server default is what keys made before scopes existed got (they could do anything).
+    scope: Mapped[KeyScope] = mapped_column(
+        checked_enum(KeyScope), default=KeyScope.WRITE, server_default=KeyScope.WRITE.value
+    )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)

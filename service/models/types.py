@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import enum
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Dialect
+from sqlalchemy import DateTime, Dialect, Enum
 from sqlalchemy.types import TypeDecorator
 
 
@@ -26,3 +27,17 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def checked_enum(cls: type[enum.Enum]) -> Enum:
+    """A column of ``cls``'s values, stored by value."""
+    # Stored as checked text rather than a native Postgres enum: identical on SQLite, and a new
+    # member needs no ALTER TYPE.
+    return Enum(
+        cls,
+        native_enum=False,
+        length=16,
+        values_callable=lambda e: [m.value for m in e],
+        create_constraint=True,
+        name=cls.__name__.lower(),
+    )

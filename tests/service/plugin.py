@@ -58,12 +58,13 @@ def client(service_db: str) -> Iterator[TestClient]:
         yield c
 
 
-def new_key(tenant: str | None = None) -> str:
+def new_key(tenant: str | None = None, scope: str = "write") -> str:
     from service.auth.keys import create_key
     from service.db import session_scope
 
     with session_scope() as session:
-        return create_key(session, tenant or f"tenant-{uuid.uuid4().hex[:8]}").key
+        name = tenant or f"tenant-{uuid.uuid4().hex[:8]}"
+        return create_key(session, name, scope=scope).key
 
 
 @pytest.fixture

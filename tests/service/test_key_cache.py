@@ -11,9 +11,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 
 from service.auth import keys
-from service.auth.keys import KeyCache, create_key, generate_key, hash_key
+from service.auth.keys import KeyAccess, KeyCache, create_key, generate_key, hash_key
 from service.db import session_scope
-from service.models import ApiKey
+from service.models import ApiKey, KeyScope
 from service.models.base import utcnow
 
 
@@ -80,10 +80,13 @@ def test_ttl_zero_looks_every_key_up(client: TestClient, monkeypatch: pytest.Mon
 def test_the_cache_holds_hashes_and_starts_afresh_when_full() -> None:
     clock = Clock()
     cache = KeyCache(5.0, max_entries=2, clock=clock)
-    cache.put(hash_key("a"), "ta")
-    cache.put(hash_key("b"), "tb")
-    assert cache.get(hash_key("a")) == "ta" and cache.get("a") is None
-    cache.put(hash_key("c"), "tc")  # full: the old entries go, the new one stays
-    assert cache.get(hash_key("a")) is None and cache.get(hash_key("c")) == "tc"
+    ta, tb = KeyAccess("ta", KeyScope.WRITE), KeyAccess("tb", KeyScope.READ)
+    tc = KeyAccess("tc", KeyScope.READ)
+    cache.put(hash_key("a"), ta)
+    cache.put(hash_key("b"), tb)
+    assert cache.get(hash_key("a")) == ta and cache.get("a") is None
+    assert cache.get(hash_key("b")) == tb  # the scope is kept with the tenant
+    cache.put(hash_key("c"), tc)  # full: the old entries go, the new one stays
+    assert cache.get(hash_key("a")) is None and cache.get(hash_key("c")) == tc
     clock.now += 5.0
     assert cache.get(hash_key("c")) is None

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
@@ -109,6 +110,62 @@ def test_the_warmup_stage_is_storable_after_the_migration(backend: str, tmp_path
 
     if backend == "sqlite":
         check(f"sqlite:///{tmp_path / 'm.db'}")
+    else:
+        with fresh_postgres() as url:
+            check(url)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_key_made_before_scopes_keeps_working_with_scope_write(
+    backend: str, tmp_path: Path
+) -> None:
+    from service.auth.keys import KeyAccess, access_for_hash, hash_key, list_keys
+    from service.models import KeyScope
+    from service.models.base import utcnow
+    from service.models.types import UTCDateTime
+
+    # The tables as revision 0006 had them (the ORM's api_keys has a scope column).
+    tenants = sa.table("tenants", sa.column("id"), sa.column("name"), sa.column("created_at"))
+    api_keys = sa.table(
+        "api_keys",
+        *(sa.column(c) for c in ("id", "tenant_id", "name", "key_hash", "prefix")),
+        sa.column("created_at", UTCDateTime()),
+    )
+    key = "iprox_made-before-scopes"
+
+    def check(url: str) -> None:
+        upgrade(url)
+        downgrade(url, "0006")  # fresh_postgres() migrates to head
+        engine = make_engine(url)
+        with engine.begin() as conn:
+            conn.execute(sa.insert(tenants).values(id="t1", name="old", created_at=utcnow()))
+            conn.execute(
+                sa.insert(api_keys).values(
+                    id="k1",
+                    tenant_id="t1",
+                    name="ci",
+                    key_hash=hash_key(key),
+                    prefix=key[:12],
+                    created_at=utcnow(),
+                )
+            )
+        upgrade(url)
+        with Session(engine) as s:
+            assert access_for_hash(s, hash_key(key)) == KeyAccess("t1", KeyScope.WRITE)
+            assert [(k.id, k.name, k.scope) for k in list_keys(s, "old")] == [("k1", "ci", "write")]
+        with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+            conn.execute(sa.text("UPDATE api_keys SET scope = 'admin'"))
+        engine.dispose()
+        downgrade(url, "0006")  # the column goes; the key stays
+        engine = make_engine(url)
+        assert "scope" not in {c["name"] for c in inspect(engine).get_columns("api_keys")}
+        with engine.connect() as conn:
+            assert conn.execute(sa.select(api_keys.c.id, api_keys.c.name)).all() == [("k1", "ci")]
+        engine.dispose()
+        upgrade(url)
+
+    if backend == "sqlite":
+        check(f"sqlite:///{tmp_path / 'keys.db'}")
     else:
         with fresh_postgres() as url:
             check(url)

@@ -84,9 +84,10 @@ def test_errors_are_declared_as_problem_json(client: TestClient) -> None:
     assert "HTTPValidationError" not in spec["components"]["schemas"]
     problem_ref = {"$ref": "#/components/schemas/Problem"}
     expected = {
-        ("post", "/jobs"): {"401", "422", "500", "503"},
+        ("post", "/jobs"): {"401", "403", "422", "500", "503"},
         ("get", "/jobs/{job_id}"): {"401", "404", "500", "503"},
-        ("post", "/jobs/{job_id}/cancel"): {"401", "404", "409", "500", "503"},
+        ("post", "/jobs/{job_id}/cancel"): {"401", "403", "404", "409", "500", "503"},
+        ("post", "/webhooks/secret"): {"401", "403", "500", "503"},
         ("get", "/jobs/{job_id}/subset"): {"401", "404", "409", "422", "500", "503"},
         ("get", "/proxies/{proxy_id}"): {"401", "404", "500", "503"},
         ("get", "/readyz"): {"503"},
@@ -100,6 +101,21 @@ def test_errors_are_declared_as_problem_json(client: TestClient) -> None:
             if status[0] in "45":
                 assert set(response["content"]) == {PROBLEM}, (key, status)
                 assert response["content"][PROBLEM]["schema"] == problem_ref, (key, status)
+
+
+def test_403_is_declared_exactly_where_a_read_key_is_refused(client: TestClient) -> None:
+    # A read key may GET (and HEAD) but for the webhook secret; everything else needs write.
+    ops = _operations(_spec(client))
+    refused = {k for k, op in ops.items() if op.get("security") and k[0] not in ("get", "head")}
+    assert refused == {
+        ("post", "/jobs"),
+        ("post", "/jobs/{job_id}/cancel"),
+        ("post", "/webhooks/secret"),
+    }
+    refused.add(("get", "/webhooks/secret"))
+    assert {k for k, op in ops.items() if "403" in op["responses"]} == refused
+    forbidden = ops[("post", "/jobs")]["responses"]["403"]
+    assert "scope" in forbidden["description"]
 
 
 def test_docs_and_redoc_load_only_local_assets(client: TestClient) -> None:

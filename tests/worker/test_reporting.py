@@ -97,7 +97,7 @@ def test_metrics_after_a_job(
     after = r.text
     scored = "iprox_samples_scored_total"
     assert _sample(after, scored) - _sample(before, scored) == 6
-    for stage in ("loading", "compressing", "scoring"):
+    for stage in ("loading", "compressing", "scoring", "ranking"):
         count = "iprox_stage_duration_seconds_count"
         label = f'stage="{stage}"'
         assert _sample(after, count, label) > _sample(before, count, label), stage

@@ -3,6 +3,7 @@ preconditioning; the job's scores are the engine's for the same run, and the req
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,16 +40,26 @@ def _engine_scores(body: dict[str, Any], run: Path, adam: bool) -> dict[int, flo
     return out
 
 
+def _sample(metrics: str, name: str) -> float:
+    found = re.search("^" + re.escape(name) + r" (\S+)$", metrics, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
 def test_a_warmed_up_adam_job_scores_as_the_engine_does(
     client: TestClient, auth: dict[str, str], job_body: Callable[..., dict[str, Any]]
 ) -> None:
     body = job_body(warmup=WARMUP, scorer=FAST_SCORER | {"adam": True})
+    before = client.get("/metrics").text
     r = client.post("/jobs", json=body, headers=auth)
     assert r.status_code == 202, r.text
     job_id = r.json()["id"]
     InlineQueue().run(job_id)
     job = client.get(f"/jobs/{job_id}", headers=auth).json()
     assert job["status"] == "succeeded", job["error"]
+    after = client.get("/metrics").text
+    for stage in ("warmup", "ranking"):
+        count = f'iprox_stage_duration_seconds_count{{stage="{stage}"}}'
+        assert _sample(after, count) > _sample(before, count), stage
     assert job["proxy_id"] is None  # proxies were built per checkpoint, not saved as one
     warm = job["result"]["warmup"]
     assert warm["adam"] is True and len(warm["checkpoints"]) == 2

@@ -24,6 +24,11 @@ log = logging.getLogger(__name__)
 _STAGES = {s.value: s for s in JobStage}
 
 
+def observe_stage(stage: str, seconds: float) -> None:
+    """One stage of one task took ``seconds`` (``iprox_stage_duration_seconds``)."""
+    STAGE_SECONDS.labels(stage).observe(seconds)
+
+
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
@@ -98,12 +103,12 @@ class Reporter:
     def close(self) -> None:
         """The last stage ended: observe its duration."""
         if self._stage is not None:
-            STAGE_SECONDS.labels(self._stage).observe(time.monotonic() - self._stage_started)
+            observe_stage(self._stage, time.monotonic() - self._stage_started)
             self._stage = None
 
     def _enter(self, stage: str, now: float) -> None:
         if self._stage is not None:
-            STAGE_SECONDS.labels(self._stage).observe(now - self._stage_started)
+            observe_stage(self._stage, now - self._stage_started)
         self._stage, self._stage_started = stage, now
         bind_values(stage=stage)
 

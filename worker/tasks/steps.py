@@ -45,7 +45,7 @@ from worker.engine.errors import Cancelled, DataFormatError, EmptyDatasetError, 
 from worker.tasks.configs import named_errors, proxy_config, score_config, selection_config
 from worker.tasks.inputs import local_input
 from worker.tasks.proxies import ensure_proxy, fidelity_summary, local_proxy
-from worker.tasks.reporting import Reporter
+from worker.tasks.reporting import Reporter, observe_stage
 from worker.tasks.runtime import model_cache, worker_runtime
 from worker.tasks.warmup import WARMUP_DIR, ensure_warmup
 
@@ -407,5 +407,7 @@ def rank_job(job_id: str, settings: Settings) -> None:
             "checkpoints": [{"step": c.step, "weight": c.mean_lr} for c in ckpts],
             "adam": bool((request.get("scorer") or {}).get("adam")),
         }
+    # No Reporter runs here (ranking reports no progress), so the stage is timed by hand.
+    observe_stage(JobStage.RANKING, time.perf_counter() - ranking_started)
     with session_scope() as s:
         state.succeed(s, job_id, result)

@@ -70,6 +70,7 @@ def ensure_warmup(
             progress=progress,
             should_stop=reporter.should_stop,
         )
+        reporter.close()  # the warm-up stage ended: observe its duration
         if out.exists():  # an overlapping delivery finished first: keep its run
             return out
         tmp.rename(out)
