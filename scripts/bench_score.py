@@ -56,6 +56,7 @@ from worker.engine.scoring.gradients import (  # noqa: E402
     build_blocks,
     eigen_bases,
     side_covariances,
+    side_energies,
 )
 from worker.engine.scoring.hooks import hooked_pass, per_sample_loss, scored_parameters  # noqa: E402
 
@@ -81,9 +82,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--projections",
         nargs="+",
-        choices=["gaussian", "eigen", "eigen-energy"],
-        default=["gaussian", "eigen", "eigen-energy"],
-        help="projected kinds measured (eigen: uniform grid; eigen-energy: sizes by energy)",
+        choices=["gaussian", "gaussian-energy", "eigen", "eigen-energy"],
+        default=["gaussian", "gaussian-energy", "eigen", "eigen-energy"],
+        help="projected kinds measured (-energy: block sizes by the probes' gradient energy)",
     )
     p.add_argument(
         "--proxies",
@@ -145,17 +146,23 @@ def featurizers(
     seeds: list[int],
     covs: dict[int, Any],
     kinds: list[str],
+    energies: dict[int, Any],
 ) -> dict[str, GradientFeaturizer]:
     """One featurizer per (projection kind, dim, seed); eigen bases from ``covs[seed]``
-    (:func:`eigen_bases`, computed once per seed). Kinds: ``gaussian``, ``eigen`` (the same
-    grid for every block) and ``eigen-energy`` (block sizes by their spectra's energy)."""
+    (:func:`eigen_bases`, computed once per seed) and energies from ``energies[seed]``. Kinds:
+    ``gaussian`` and ``eigen`` (the same grid for every block), ``gaussian-energy`` and
+    ``eigen-energy`` (block sizes by the probes' gradient energy)."""
     out = {}
     for dim in dims:
         for seed in seeds:
             for kind in kinds:
                 if kind == "gaussian":
                     blocks = build_blocks(model, LAYERS, dim, seed)
-                elif seed in covs:
+                elif kind == "gaussian-energy" and seed in energies:
+                    blocks = build_blocks(
+                        model, LAYERS, dim, seed, allocation="energy", energies=energies[seed]
+                    )
+                elif kind.startswith("eigen") and seed in covs:
                     allocation = "energy" if kind == "eigen-energy" else "uniform"
                     blocks = build_blocks(
                         model, LAYERS, dim, seed, bases=covs[seed], allocation=allocation
@@ -312,7 +319,7 @@ def measure_model(
     """Scores of every mode and their timings for one model; rows without reference columns."""
     pad = pad_token_id(tok)
     pool_records = load_records(files["pool"])
-    covs, cov_s = {}, {}
+    covs, cov_s, energies = {}, {}, {}
     for seed in seeds:
         t = time.perf_counter()
         picked = sorted(random.Random(seed).sample(range(len(pool_records)), args.eigen_samples))
@@ -323,7 +330,8 @@ def measure_model(
             side_covariances(model, LAYERS, batches(probes, args.batch_size, pad))
         )
         cov_s[seed] = time.perf_counter() - t
-    feats = featurizers(model, dims, seeds, covs, args.projections)
+        energies[seed] = side_energies(model, LAYERS, batches(probes, args.batch_size, pad))
+    feats = featurizers(model, dims, seeds, covs, args.projections, energies)
     print(f"{label}: timing {len(feats) + 2} modes", flush=True)
     rates = time_modes(model, tok, files, feats, args)
     print(f"{label}: scoring the pool ({', '.join(['exact', *feats])})", flush=True)

@@ -176,13 +176,16 @@ class ScorerSpec(BaseModel):
         examples=["gaussian"],
     )
     projection_samples: int | None = Field(
-        None, gt=0, description="Pool records that define an eigen projection.", examples=[64]
+        None,
+        gt=0,
+        description="Pool records that define an eigen projection or an energy allocation.",
+        examples=[64],
     )
     projection_allocation: Literal["uniform", "energy"] | None = Field(
         None,
-        description="Eigen projection only: uniform (the same grid of eigenvectors for every "
-        "layer) or energy (each layer's share of proj_dim by how much of the probes' squared "
-        "gradient its top eigenvectors keep).",
+        description="Projected features only: uniform (the same grid for every layer) or energy "
+        "(each layer's share of proj_dim by its gradient energy on projection_samples probe "
+        "records).",
         examples=["energy"],
     )
     batch_size: int | None = Field(
@@ -211,14 +214,6 @@ class ScorerSpec(BaseModel):
         method = info.data.get("method")
         if value is not None and method in PROJECTED_ONLY and value != "projected":
             raise ValueError(f"the {method} scorer scores from projected features only")
-        return value
-
-    @field_validator("projection_allocation")
-    @classmethod
-    def _allocation_of_the_projection(cls, value: str | None, info: ValidationInfo) -> str | None:
-        # The engine's ScoreConfig holds the same rule (energy sizes come from eigen spectra).
-        if value == "energy" and info.data.get("projection") != "eigen":
-            raise ValueError("energy allocation needs projection 'eigen'")
         return value
 
 

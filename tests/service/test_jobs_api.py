@@ -99,7 +99,7 @@ def test_rejected_requests_name_the_field_and_write_nothing(
         ("scorer.features", {"scorer": {"features": "sketched"}}),
         (
             "scorer.projection_allocation",
-            {"scorer": {"features": "projected", "projection_allocation": "energy"}},
+            {"scorer": {"features": "projected", "projection_allocation": "largest"}},
         ),
         # Below one feature per layer suffix: a 422 here, not a job that fails as internal.
         ("scorer.proj_dim", {"scorer": {"features": "projected", "proj_dim": 2}}),

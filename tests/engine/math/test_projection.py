@@ -180,3 +180,30 @@ def test_eigen_decomposition_values_are_the_descending_spectrum() -> None:
     torch.testing.assert_close(
         torch.diag(rows.double() @ cov.double() @ rows.double().T), values, rtol=1e-5, atol=1e-6
     )
+
+
+def test_energy_grid_sizes_follow_energy_to_the_two_thirds_and_spend_the_budget() -> None:
+    from worker.engine.math.projection import energy_grid_sizes, kron_sizes
+
+    shapes = [(64, 64)] * 4
+    sizes = energy_grid_sizes(shapes, [8.0, 1.0, 1.0, 0.0], 400)
+    dims = [a * b for a, b in sizes]
+    assert sum(dims) <= 400 and sum(dims) >= 400 - 64
+    assert all(1 <= a <= 64 and 1 <= b <= 64 for a, b in sizes)
+    assert dims[0] > dims[1] and dims[3] < dims[1]  # 8^(2/3) = 4 times the share of a 1
+    assert 3.0 <= dims[0] / dims[1] <= 5.0
+    assert all(max(a, b) <= 2 * min(a, b) + 1 for a, b in sizes if min(a, b) > 1)  # near-square
+    # a block too small to take its share keeps all it can use; the rest goes to the others
+    sizes = energy_grid_sizes([(2, 3), (64, 64)], [1e6, 1.0], 500)
+    assert sizes[0] == (2, 3) and sizes[1][0] * sizes[1][1] >= 494 - 64
+    # equal energies: the uniform grid's budget, near-square blocks
+    even = energy_grid_sizes(shapes, [1.0] * 4, 400)
+    assert sum(a * b for a, b in even) == sum(a * b for a, b in kron_sizes(shapes, 400))
+    # no energy anywhere: the uniform grid
+    assert energy_grid_sizes(shapes, [0.0] * 4, 400) == kron_sizes(shapes, 400)
+    # the budget floor of one feature per block holds
+    assert energy_grid_sizes(shapes, [1e9, 0.0, 0.0, 0.0], 4) == [(1, 1)] * 4
+    with pytest.raises(ValueError, match="non-negative"):
+        energy_grid_sizes(shapes, [1.0, -1.0, 1.0, 1.0], 400)
+    with pytest.raises(ValueError, match="3 energies for 4 blocks"):
+        energy_grid_sizes(shapes, [1.0] * 3, 400)

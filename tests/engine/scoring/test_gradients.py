@@ -19,6 +19,7 @@ from worker.engine.scoring.gradients import (
     per_sample_loss,
     scored_parameters,
     side_covariances,
+    side_energies,
     target_modules,
 )
 
@@ -207,5 +208,30 @@ def test_energy_allocation_sizes_blocks_by_their_spectra_and_needs_eigen_bases()
     f_u, f_e = uniform(batch), energy(batch)
     assert float((f_e**2).sum()) > float((f_u**2).sum())
     with pytest.raises(ConfigError, match="projection_allocation") as err:
-        build_blocks(model, LAYERS, 512, seed=0, allocation="energy")
+        build_blocks(model, LAYERS, 512, seed=0, allocation="energy")  # neither bases nor energies
     assert err.value.field == "projection_allocation"
+
+
+def test_side_energies_are_the_two_sides_sums_of_squares() -> None:
+    model, tok = tiny_model("llama", seed=0)
+    batch = _batch(tok, 3)
+    cov = side_covariances(model, LAYERS, [batch])
+    energies = side_energies(model, LAYERS, [batch])
+    assert set(energies) == set(cov)
+    for key, (cl, cr) in cov.items():
+        want = float(torch.trace(cl).double() * torch.trace(cr).double())
+        assert energies[key] == pytest.approx(want, rel=1e-4), key
+
+
+def test_a_gaussian_projection_sized_by_energy_matches_the_naive_loop() -> None:
+    model, tok = tiny_model("qwen2", seed=1)
+    batch = _batch(tok, 4)
+    energies = side_energies(model, LAYERS, [batch])
+    blocks = build_blocks(model, LAYERS, 1024, seed=0, allocation="energy", energies=energies)
+    uniform = build_blocks(model, LAYERS, 1024, seed=0)
+    assert [b.dim for b in blocks] != [b.dim for b in uniform]
+    assert sum(b.dim for b in blocks) <= 1024
+    feat = GradientFeaturizer(model, LAYERS, 1024, seed=0, blocks=blocks)
+    fast = feat(batch)
+    slow = naive_features(model, feat.blocks, batch)
+    assert torch.allclose(fast, slow, atol=1e-5, rtol=1e-4), float((fast - slow).abs().max())

@@ -11,7 +11,6 @@ import pytest
 from tests.engine.scoring.conftest import pool_rows, target_rows, write
 from worker.engine.errors import (
     ArtifactError,
-    ConfigError,
     DataFormatError,
     EmptyDatasetError,
     NoResponseTokensError,
@@ -194,9 +193,15 @@ def test_eigen_projection_is_the_same_for_every_shard_and_keys_the_store(
     stats = ScoreStats()
     _scores(model_and_tok, train, [target], energy, store_dir=tmp_path / "s", stats=stats)
     assert stats.train_loaded == 0 and stats.train_computed == 9
-    with pytest.raises(ConfigError) as err:
-        replace(cfg, projection="gaussian", projection_allocation="energy")
-    assert err.value.field == "projection_allocation"
+    # a Gaussian projection sized by energy: its own features, keyed apart from uniform ones
+    g_energy = replace(cfg, projection="gaussian", projection_allocation="energy")
+    by_g_energy = _scores(model_and_tok, train, [target], g_energy)
+    assert by_g_energy != pytest.approx(gaussian, rel=1e-3)
+    part = _scores(model_and_tok, train, [target], g_energy, indices=[7, 2, 8])
+    assert part == pytest.approx({i: by_g_energy[i] for i in (2, 7, 8)}, rel=1e-5, abs=1e-6)
+    stats = ScoreStats()
+    _scores(model_and_tok, train, [target], g_energy, store_dir=tmp_path / "s", stats=stats)
+    assert stats.train_loaded == 0 and stats.train_computed == 9
 
 
 @pytest.mark.parametrize("features", ["exact", "projected"])

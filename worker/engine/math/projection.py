@@ -198,6 +198,87 @@ def energy_sizes(
     return [(a, b) for a, b in sizes]
 
 
+def energy_grid_sizes(
+    shapes: list[tuple[int, int]], energies: list[float], budget: int
+) -> list[tuple[int, int]]:
+    """Choose ``(k_out, k_in)`` per gradient block for random (Gaussian) Kronecker factors, the
+    budget split by the blocks' gradient energy ``E_b`` (``sum k_out k_in <= budget``).
+
+    A block's contribution to the variance of a projected inner product ``<g, v>`` is about
+    ``E_b / sqrt(d_b)`` for a near-square ``d_b = k_out k_in`` grid (relative variance
+    ``(1 + 2/k_out)(1 + 2/k_in) - 1 ~ 4 / sqrt(d_b)``, times ``|g_b|^2 |v_b|^2 ~ E_b``);
+    minimising ``sum_b E_b d_b^(-1/2)`` under ``sum_b d_b = budget`` gives
+    ``d_b ~ E_b^(2/3)``. Each block gets that share (at least 1, at most ``out * in``, what a
+    capped block cannot use shared out again), floored to a near-square grid; what flooring
+    leaves is spent a row or column at a time on the blocks with the largest share.
+
+    Args:
+        shapes: ``(out, in)`` of each block's gradient.
+        energies: per block, a non-negative measure of its squared gradient (e.g. the probes'
+            ``sum_t |delta_t|^2 * sum_t |h_t|^2``); all zero falls back to :func:`kron_sizes`.
+        budget: the feature dimension ``d``, at least the number of blocks.
+    """
+    n_blocks = len(shapes)
+    if n_blocks < 1:
+        raise ValueError("need at least one gradient block")
+    if len(energies) != n_blocks:
+        raise ValueError(f"{len(energies)} energies for {n_blocks} blocks")
+    if budget < n_blocks:
+        raise ValueError(
+            f"proj_dim {budget} is smaller than the number of gradient blocks {n_blocks}"
+        )
+    if any(not math.isfinite(e) or e < 0 for e in energies):
+        raise ValueError("energies must be finite and non-negative")
+    if not any(e > 0 for e in energies):
+        return kron_sizes(shapes, budget)
+    weight = [e ** (2.0 / 3.0) for e in energies]
+    cap = [o * i for o, i in shapes]
+    share = [0.0] * n_blocks
+    free = set(range(n_blocks))
+    left = float(budget)
+    while free:  # water-filling: capped blocks keep their cap, the rest share what is left
+        total_w = sum(weight[j] for j in free)
+        over = {
+            j for j in free if (total_w > 0 and left * weight[j] / total_w >= cap[j]) or cap[j] <= 1
+        }
+        if not over:
+            for j in free:
+                share[j] = left * weight[j] / total_w if total_w > 0 else 0.0
+            break
+        for j in over:
+            share[j] = float(cap[j])
+            left -= cap[j]
+        free -= over
+    sizes = []
+    for j, (o, i) in enumerate(shapes):
+        d = max(1, int(share[j]))
+        a = min(o, max(1, math.isqrt(d)))
+        b = min(i, max(1, d // a))
+        a = min(o, max(1, d // b))
+        sizes.append((a, b))
+    total = sum(a * b for a, b in sizes)
+    while total > budget:  # the floor of 1 per block can overshoot a tiny budget
+        j = max(range(n_blocks), key=lambda k: sizes[k][0] * sizes[k][1])
+        a, b = sizes[j]
+        sizes[j] = (a - 1, b) if a >= b else (a, b - 1)
+        total -= b if a >= b else a
+    order = sorted(range(n_blocks), key=lambda k: -weight[k])
+    grew = True
+    while grew:
+        grew = False
+        for j in order:
+            o, i = shapes[j]
+            a, b = sizes[j]
+            for na, nb in ((a + 1, b), (a, b + 1)) if a <= b else ((a, b + 1), (a + 1, b)):
+                extra = na * nb - a * b
+                if na <= o and nb <= i and total + extra <= budget:
+                    sizes[j] = (na, nb)
+                    total += extra
+                    grew = True
+                    break
+    return sizes
+
+
 def eigen_projection(basis: torch.Tensor, k: int) -> torch.Tensor:
     """The top-``k`` rows ``(k, d)`` of an :func:`eigen_basis` ``(d, d)``.
 

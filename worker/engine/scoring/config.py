@@ -48,16 +48,18 @@ class ScoreConfig:
         "gaussian",
     )
     projection_samples: int = _help(
-        "eigen projection only: pool records whose per-token gradient factors give the "
-        "covariances (a seeded slice of the whole pool, the same for every shard)",
+        "eigen projection or energy allocation only: pool records whose per-token gradient "
+        "factors give the covariances or energies (a seeded slice of the whole pool, the same "
+        "for every shard)",
         64,
         AT_LEAST_ONE,
     )
     projection_allocation: Literal["uniform", "energy"] = _help(
-        "eigen projection only: how proj_dim is split over the gradient blocks. uniform: the "
-        "same near-square grid of eigenvectors for every block; energy: each block's grid sized "
-        "by how much of the probes' squared gradient its top eigenvectors keep, so layers with "
-        "large gradients get more features than layers with small ones",
+        "projected features only: how proj_dim is split over the gradient blocks. uniform: the "
+        "same near-square grid for every block; energy: by the blocks' gradient energy on "
+        "projection_samples probe records picked by seed (eigen: how much of it each block's "
+        "top eigenvectors keep; gaussian: shares ~ energy^(2/3), which minimise the variance), "
+        "so layers with large gradients get more features than layers with small ones",
         "uniform",
     )
     batch_size: int = _help("samples per forward/backward pass", 4, AT_LEAST_ONE)
@@ -90,12 +92,6 @@ class ScoreConfig:
                 field="features",
             )
         check_params(self)
-        if self.projection_allocation == "energy" and self.projection != "eigen":
-            raise ConfigError(
-                "projection_allocation 'energy' needs projection 'eigen' (block sizes come from "
-                f"the covariance spectra), not {self.projection!r}",
-                field="projection_allocation",
-            )
         if not self.layers:
             raise ConfigError("layers must name at least one linear-layer suffix", field="layers")
         if self.proj_dim < len(self.layers):

@@ -27,6 +27,7 @@ from worker.engine.math.exact import per_sample_grads
 from worker.engine.math.projection import (
     eigen_decomposition,
     eigen_projection,
+    energy_grid_sizes,
     energy_sizes,
     gaussian_projection,
     kron_features,
@@ -46,6 +47,7 @@ from worker.engine.scoring.precondition import AdamState
 
 __all__ = [
     "Covariances",
+    "Energies",
     "GradBlock",
     "GradientFeaturizer",
     "SideBasis",
@@ -54,6 +56,7 @@ __all__ = [
     "per_sample_loss",
     "scored_parameters",
     "side_covariances",
+    "side_energies",
     "target_modules",
 ]
 
@@ -102,8 +105,11 @@ any projection size slices it."""
 Allocation = Literal["uniform", "energy"]
 """How a projection's feature budget is split over the gradient blocks: ``uniform``, the same
 near-square grid for every block (:func:`worker.engine.math.projection.kron_sizes`);
-``energy``, by how much of the expected squared gradient each block's top eigenvectors keep
-(:func:`worker.engine.math.projection.energy_sizes`; eigen projections only)."""
+``energy``, by the blocks' gradient energy on probe records: for an eigen projection, how
+much of the expected squared gradient each block's top eigenvectors keep
+(:func:`worker.engine.math.projection.energy_sizes`); for a Gaussian one, shares
+``~ E_b^(2/3)``, which minimise the projected inner products' variance
+(:func:`worker.engine.math.projection.energy_grid_sizes`)."""
 
 
 def side_covariances(
@@ -139,6 +145,38 @@ def side_covariances(
     return acc
 
 
+Energies = dict[tuple[str, str], float]
+"""Per scored parameter, ``sum_t |l_t|^2 * sum_t |r_t|^2`` over probe tokens: the scale of its
+per-sample gradients' squared norm under the Kronecker-factored model (one number a block)."""
+
+
+def side_energies(
+    model: nn.Module, suffixes: Sequence[str], batches: Sequence[dict[str, torch.Tensor]]
+) -> Energies:
+    """The :data:`Energies` of every scored parameter over the tokens of ``batches``: what a
+    Gaussian projection with ``allocation="energy"`` sizes its blocks by (two sums per block,
+    none of the ``out x out`` / ``in x in`` covariances an eigen projection needs)."""
+    specs = scored_blocks(model, suffixes)
+    modules = dict(model.named_modules())
+    device = model_device(model)
+    acc = {(name, param): torch.zeros(2, device=device) for name, param, _ in specs}
+    params: dict[str, list[str]] = {}
+    for name, param, _ in specs:
+        params.setdefault(name, []).append(param)
+
+    def on_backward(name: str, delta: torch.Tensor, h: torch.Tensor) -> None:
+        for param in params[name]:
+            left, right = sides(modules[name], param, delta, h)
+            acc[(name, param)].add_(
+                torch.stack([left.float().square().sum(), right.float().square().sum()])
+            )
+
+    consumer = Callbacks(list(params), lambda _name, h: h, on_backward)
+    for batch in batches:
+        hooked_pass(model, batch, [consumer])
+    return {key: float(v[0].double() * v[1].double()) for key, v in acc.items()}
+
+
 def eigen_bases(covariances: Covariances) -> Bases:
     """The eigenbasis of both sides of every parameter's covariances."""
 
@@ -156,6 +194,7 @@ def build_blocks(
     seed: int,
     bases: Bases | None = None,
     allocation: Allocation = "uniform",
+    energies: Energies | None = None,
 ) -> list[GradBlock]:
     """The projected gradient blocks of ``model``, in module order, on the model's device.
 
@@ -163,6 +202,8 @@ def build_blocks(
     same on every machine). With ``bases`` (:func:`eigen_bases` of :func:`side_covariances`):
     each side's top eigenvectors (:func:`worker.engine.math.projection.eigen_projection`,
     LoGra's choice), as many per block as ``allocation`` gives it (see :data:`Allocation`).
+    A Gaussian projection with ``allocation="energy"`` sizes its blocks by ``energies``
+    (:func:`side_energies`; :func:`worker.engine.math.projection.energy_grid_sizes`).
     """
     specs = scored_blocks(model, suffixes)
     if proj_dim < len(specs):
@@ -171,16 +212,18 @@ def build_blocks(
             f"block: {len(specs)} blocks in the layers {', '.join(suffixes)}), got {proj_dim}",
             field="proj_dim",
         )
-    if allocation == "energy":
-        if bases is None:
-            raise ConfigError(
-                "projection_allocation 'energy' needs the eigen projection (the covariance "
-                "spectra decide each block's size); use projection 'eigen' or allocation "
-                "'uniform'",
-                field="projection_allocation",
-            )
+    if allocation == "energy" and bases is not None:
         spectra = [(bases[(n, p)][0].values, bases[(n, p)][1].values) for n, p, _ in specs]
         sizes = energy_sizes(spectra, proj_dim)
+    elif allocation == "energy":
+        if energies is None:
+            raise ConfigError(
+                "projection_allocation 'energy' needs the probes' gradient energies (or an "
+                "eigen projection's spectra) to size each block",
+                field="projection_allocation",
+            )
+        shapes = [shape for _, _, shape in specs]
+        sizes = energy_grid_sizes(shapes, [energies[(n, p)] for n, p, _ in specs], proj_dim)
     else:
         sizes = kron_sizes([s for _, _, s in specs], proj_dim)
     modules = dict(model.named_modules())

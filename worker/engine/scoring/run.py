@@ -51,6 +51,7 @@ from worker.engine.scoring.gradients import (
     build_blocks,
     eigen_bases,
     side_covariances,
+    side_energies,
 )
 from worker.engine.scoring.precondition import AdamState
 from worker.engine.scoring.registry import scorer_entry
@@ -97,9 +98,10 @@ def _pool(
 def projection_blocks(
     model: nn.Module, tokenizer: Any, train: Path, config: ScoreConfig
 ) -> list[GradBlock]:
-    """The projection of ``config`` for ``model``. An eigen projection's probes are a seeded
-    slice of the whole pool file, so every shard of a job projects the same way."""
-    if config.projection == "gaussian":
+    """The projection of ``config`` for ``model``. The probes of an eigen projection (and of an
+    energy allocation) are a seeded slice of the whole pool file, so every shard of a job
+    projects the same way."""
+    if config.projection == "gaussian" and config.projection_allocation == "uniform":
         return build_blocks(model, config.layers, config.proj_dim, config.seed)
     records = load_records(train)
     picked = random.Random(config.seed).sample(
@@ -114,6 +116,16 @@ def projection_blocks(
         collate(ordered[i : i + config.batch_size], pad)
         for i in range(0, len(ordered), config.batch_size)
     ]
+    if config.projection == "gaussian":
+        energies = side_energies(model, config.layers, batches)
+        return build_blocks(
+            model,
+            config.layers,
+            config.proj_dim,
+            config.seed,
+            allocation="energy",
+            energies=energies,
+        )
     bases = eigen_bases(side_covariances(model, config.layers, batches))
     return build_blocks(
         model,
@@ -284,7 +296,8 @@ def task_score_stream(
             model, config.layers, config.proj_dim, config.seed, adam=adam, blocks=featurizer.blocks
         )
     # The pool file is hashed once, and only when something keys on it (it may be large).
-    pool_sha = sha256_path(train) if store_dir is not None or config.projection == "eigen" else ""
+    probed = config.projection == "eigen" or config.projection_allocation == "energy"
+    pool_sha = sha256_path(train) if store_dir is not None or probed else ""
     store = None
     if store_dir is not None:
         key: dict[str, Any] = {
@@ -300,13 +313,14 @@ def task_score_stream(
             key["projection_samples"] = config.projection_samples
         if config.projection_allocation != "uniform":
             key["projection_allocation"] = config.projection_allocation
+            key["projection_samples"] = config.projection_samples
         if adam is not None:
             key["adam"] = adam.fingerprint
         store = GradientStore(store_dir, key, featurizer.dim)
 
     directions = []
     projection: tuple[Any, ...] = (config.proj_dim, config.seed, config.projection)
-    if config.projection == "eigen":  # the basis depends on the pool's probes
+    if probed:  # the basis or the block sizes depend on the pool's probes
         projection += (config.projection_samples, pool_sha, config.projection_allocation)
     for path in targets:
         sha = sha256_path(path)
