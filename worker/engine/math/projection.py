@@ -119,13 +119,6 @@ def eigen_decomposition(cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return vals.flip(0).clamp_min(0.0), (rows * signs).float()
 
 
-def eigen_basis(cov: torch.Tensor) -> torch.Tensor:
-    """Every eigenvector of a covariance ``cov: (d, d)`` as the rows of ``(d, d)``, largest
-    eigenvalue first (:func:`eigen_decomposition` without the values); :func:`eigen_projection`
-    keeps the top ``k`` rows."""
-    return eigen_decomposition(cov)[1]
-
-
 def energy_sizes(
     spectra: list[tuple[torch.Tensor, torch.Tensor]], budget: int
 ) -> list[tuple[int, int]]:
@@ -280,7 +273,8 @@ def energy_grid_sizes(
 
 
 def eigen_projection(basis: torch.Tensor, k: int) -> torch.Tensor:
-    """The top-``k`` rows ``(k, d)`` of an :func:`eigen_basis` ``(d, d)``.
+    """The top-``k`` rows ``(k, d)`` of the eigenvectors ``(d, d)`` of
+    :func:`eigen_decomposition`.
 
     LoGra's choice of projection: per layer, the principal directions of the inputs and of the
     output gradients. The rows are orthonormal, so the projected inner product is the exact inner
