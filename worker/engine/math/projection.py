@@ -59,6 +59,16 @@ def kron_features(d: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bto,bti->boi", d, x).reshape(d.shape[0], -1)
 
 
+def _check_budget(n_blocks: int, budget: int) -> None:
+    """A feature budget must give every gradient block at least one feature."""
+    if n_blocks < 1:
+        raise ValueError("need at least one gradient block")
+    if budget < n_blocks:
+        raise ValueError(
+            f"proj_dim {budget} is smaller than the number of gradient blocks {n_blocks}"
+        )
+
+
 def kron_sizes(shapes: list[tuple[int, int]], budget: int) -> list[tuple[int, int]]:
     """Choose ``(k_out, k_in)`` per gradient block so that the total ``sum k_out * k_in`` is as
     close to ``budget`` as a near-square grid allows, never above it.
@@ -72,12 +82,7 @@ def kron_sizes(shapes: list[tuple[int, int]], budget: int) -> list[tuple[int, in
         budget: the target feature dimension ``d``.
     """
     n_blocks = len(shapes)
-    if n_blocks < 1:
-        raise ValueError("need at least one gradient block")
-    if budget < n_blocks:
-        raise ValueError(
-            f"proj_dim {budget} is smaller than the number of gradient blocks {n_blocks}"
-        )
+    _check_budget(n_blocks, budget)
     k = max(1, math.isqrt(budget // n_blocks))
     sizes = [(min(k, o), min(k, i)) for o, i in shapes]
     total = sum(a * b for a, b in sizes)
@@ -145,12 +150,7 @@ def energy_sizes(
         ``(k_out, k_in)`` per block, in order; each side at most the block's own dimension.
     """
     n_blocks = len(spectra)
-    if n_blocks < 1:
-        raise ValueError("need at least one gradient block")
-    if budget < n_blocks:
-        raise ValueError(
-            f"proj_dim {budget} is smaller than the number of gradient blocks {n_blocks}"
-        )
+    _check_budget(n_blocks, budget)
     lam = [[float(x) for x in a.double().cpu()] for a, _ in spectra]
     mu = [[float(x) for x in b.double().cpu()] for _, b in spectra]
     for j in range(n_blocks):
@@ -212,14 +212,9 @@ def energy_grid_sizes(
         budget: the feature dimension ``d``, at least the number of blocks.
     """
     n_blocks = len(shapes)
-    if n_blocks < 1:
-        raise ValueError("need at least one gradient block")
     if len(energies) != n_blocks:
         raise ValueError(f"{len(energies)} energies for {n_blocks} blocks")
-    if budget < n_blocks:
-        raise ValueError(
-            f"proj_dim {budget} is smaller than the number of gradient blocks {n_blocks}"
-        )
+    _check_budget(n_blocks, budget)
     if any(not math.isfinite(e) or e < 0 for e in energies):
         raise ValueError("energies must be finite and non-negative")
     if not any(e > 0 for e in energies):

@@ -112,6 +112,14 @@ much of the expected squared gradient each block's top eigenvectors keep
 (:func:`worker.engine.math.projection.energy_grid_sizes`)."""
 
 
+def _params_by_module(specs: Sequence[tuple[str, str, tuple[int, int]]]) -> dict[str, list[str]]:
+    """The scored parameter names of each module, in :func:`scored_blocks` order."""
+    params: dict[str, list[str]] = {}
+    for name, param, _ in specs:
+        params.setdefault(name, []).append(param)
+    return params
+
+
 def side_covariances(
     model: nn.Module, suffixes: Sequence[str], batches: Sequence[dict[str, torch.Tensor]]
 ) -> Covariances:
@@ -127,9 +135,7 @@ def side_covariances(
         )
         for name, param, (rows, cols) in specs
     }
-    params: dict[str, list[str]] = {}
-    for name, param, _ in specs:
-        params.setdefault(name, []).append(param)
+    params = _params_by_module(specs)
 
     def on_backward(name: str, delta: torch.Tensor, h: torch.Tensor) -> None:
         for param in params[name]:
@@ -160,9 +166,7 @@ def side_energies(
     modules = dict(model.named_modules())
     device = model_device(model)
     acc = {(name, param): torch.zeros(2, device=device) for name, param, _ in specs}
-    params: dict[str, list[str]] = {}
-    for name, param, _ in specs:
-        params.setdefault(name, []).append(param)
+    params = _params_by_module(specs)
 
     def on_backward(name: str, delta: torch.Tensor, h: torch.Tensor) -> None:
         for param in params[name]:
