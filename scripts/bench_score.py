@@ -3,8 +3,9 @@
 Reference: the exact (unprojected) TracIn scores of the full target model. On SmolLM2-135M-Instruct
 (or ``--model``), one run:
 
-* the target's projected scores, Gaussian and eigen (LoGra) projections at each ``--proj-dims``
-  for two seeds each: Spearman with the exact scores, with the other seed, top-5% overlap;
+* the target's projected scores, Gaussian and eigen (LoGra) projections, each with the uniform
+  grid and with the energy allocation (``--projections``), at each ``--proj-dims`` for two
+  seeds each: Spearman with the exact scores, with the other seed, top-5% overlap;
 * each proxy (``--proxies``, e.g. ``ipsvd:0.5``), exact and projected at the first dimension,
   against the exact target; the GSM8K share of every row's top 5%;
 * samples/s of each scoring mode beside a bare forward+backward pass (weight gradients of the

@@ -171,9 +171,10 @@ class ScorerSpec(BaseModel):
     )
     projection: Literal["gaussian", "eigen"] | None = Field(
         None,
-        description="Projected features only: gaussian (seeded random) or eigen (each layer's "
-        "top covariance eigenvectors on a seeded pool slice).",
-        examples=["gaussian"],
+        description="Projected features only: eigen (the default: each layer's top covariance "
+        "eigenvectors on a seeded pool slice of projection_samples records) or gaussian "
+        "(seeded random factors).",
+        examples=["eigen"],
     )
     projection_samples: int | None = Field(
         None,
@@ -183,9 +184,9 @@ class ScorerSpec(BaseModel):
     )
     projection_allocation: Literal["uniform", "energy"] | None = Field(
         None,
-        description="Projected features only: uniform (the same grid for every layer) or energy "
-        "(each layer's share of proj_dim by its gradient energy on projection_samples probe "
-        "records).",
+        description="Projected features only: energy (the default: each layer's share of "
+        "proj_dim by its gradient energy on projection_samples probe records) or uniform (the "
+        "same grid for every layer).",
         examples=["energy"],
     )
     batch_size: int | None = Field(

@@ -17,6 +17,7 @@ from worker.engine.scoring.gradients import (
     build_blocks,
     eigen_bases,
     per_sample_loss,
+    probe_eigen_bases,
     scored_parameters,
     side_covariances,
     side_energies,
@@ -235,3 +236,23 @@ def test_a_gaussian_projection_sized_by_energy_matches_the_naive_loop() -> None:
     fast = feat(batch)
     slow = naive_features(model, feat.blocks, batch)
     assert torch.allclose(fast, slow, atol=1e-5, rtol=1e-4), float((fast - slow).abs().max())
+
+
+def test_probe_eigen_bases_do_not_depend_on_the_covariance_budget() -> None:
+    model, tok = tiny_model("gemma3", seed=2)
+    batches = [_batch(tok, 3), _batch(tok, 2)]
+    whole = eigen_bases(side_covariances(model, LAYERS, batches))
+    grouped = probe_eigen_bases(model, LAYERS, batches, budget=1, max_rows=10**6)  # one a group
+    assert set(grouped) == set(whole)
+    for key, (left, right) in whole.items():
+        for a, b in zip((left, right), grouped[key], strict=True):
+            torch.testing.assert_close(b.values, a.values.cpu(), rtol=1e-5, atol=1e-6)
+            # eigenvectors up to the tie order of (near-)equal eigenvalues: compare projectors
+            top = int((a.values > a.values[0] * 1e-3).sum().clamp(max=4))
+            pa, pb = a.rows[:top].double().cpu(), b.rows[:top].double()
+            torch.testing.assert_close(pb.T @ pb, pa.T @ pa, rtol=0, atol=1e-3)
+    # a row cap keeps the top rows and values of each side, and bounds the energy grid
+    capped = probe_eigen_bases(model, LAYERS, batches, max_rows=3)
+    assert all(s.rows.shape[0] <= 3 and s.values.shape[0] <= 3 for p in capped.values() for s in p)
+    blocks = build_blocks(model, LAYERS, 4096, seed=0, bases=capped, allocation="energy")
+    assert all(b.p_left.shape[0] <= 3 and b.p_right.shape[0] <= 3 for b in blocks)

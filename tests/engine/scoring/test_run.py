@@ -165,12 +165,18 @@ def test_eigen_projection_is_the_same_for_every_shard_and_keys_the_store(
     train = write(tmp_path / "pool.jsonl", pool_rows(9))
     target = write(tmp_path / "t.jsonl", target_rows(2))
     cfg = ScoreConfig(
-        features="projected", projection="eigen", projection_samples=4, proj_dim=256, max_length=64
+        features="projected",
+        projection="eigen",
+        projection_allocation="uniform",
+        projection_samples=4,
+        proj_dim=256,
+        max_length=64,
     )
     whole = _scores(model_and_tok, train, [target], cfg)
     shard = _scores(model_and_tok, train, [target], cfg, indices=[7, 2, 8])
     assert shard == pytest.approx({i: whole[i] for i in (2, 7, 8)}, rel=1e-5, abs=1e-6)
     gaussian = _scores(model_and_tok, train, [target], replace(cfg, projection="gaussian"))
+    assert ScoreConfig().projection == "eigen" and ScoreConfig().projection_allocation == "energy"
     assert gaussian != pytest.approx(whole, rel=1e-3)
     # the store keys the projection: eigen features are not served to a gaussian run
     stats = ScoreStats()

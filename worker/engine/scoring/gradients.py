@@ -54,6 +54,7 @@ __all__ = [
     "build_blocks",
     "eigen_bases",
     "per_sample_loss",
+    "probe_eigen_bases",
     "scored_parameters",
     "side_covariances",
     "side_energies",
@@ -121,11 +122,15 @@ def _params_by_module(specs: Sequence[tuple[str, str, tuple[int, int]]]) -> dict
 
 
 def side_covariances(
-    model: nn.Module, suffixes: Sequence[str], batches: Sequence[dict[str, torch.Tensor]]
+    model: nn.Module,
+    suffixes: Sequence[str],
+    batches: Sequence[dict[str, torch.Tensor]],
+    only: set[tuple[str, str]] | None = None,
 ) -> Covariances:
     """Uncentred covariances of both sides of every scored parameter's per-token gradient
-    factors, summed over the tokens of ``batches`` (the probes of an eigen projection)."""
-    specs = scored_blocks(model, suffixes)
+    factors (or of the ``only`` ones), summed over the tokens of ``batches`` (the probes of an
+    eigen projection)."""
+    specs = [b for b in scored_blocks(model, suffixes) if only is None or b[:2] in only]
     modules = dict(model.named_modules())
     device = model_device(model)
     acc: Covariances = {
@@ -181,14 +186,51 @@ def side_energies(
     return {key: float(v[0].double() * v[1].double()) for key, v in acc.items()}
 
 
-def eigen_bases(covariances: Covariances) -> Bases:
-    """The eigenbasis of both sides of every parameter's covariances."""
+def eigen_bases(covariances: Covariances, max_rows: int | None = None) -> Bases:
+    """The eigenbasis of both sides of every parameter's covariances, each side's top
+    ``max_rows`` eigenvectors (and eigenvalues) kept when given, on the CPU."""
 
     def side(cov: torch.Tensor) -> SideBasis:
         values, rows = eigen_decomposition(cov)
-        return SideBasis(rows, values)
+        keep = rows.shape[0] if max_rows is None else min(rows.shape[0], max_rows)
+        return SideBasis(rows[:keep].cpu().clone(), values[:keep].cpu().clone())
 
     return {key: (side(cl), side(cr)) for key, (cl, cr) in covariances.items()}
+
+
+# Floats of covariances held at once while eigen bases are measured (1 GiB in float32), and the
+# eigenvectors kept per side: an energy allocation gave no side of SmolLM2 more than 576 at
+# proj_dim 65,536 (docs/benchmarks.md, bench:score), and 1,024 rows of every side of a 7B
+# model (Qwen2.5-7B shapes) are about 10 GB against some 130 GB for all the full covariances.
+COVARIANCE_BUDGET = 1 << 28
+MAX_BASIS_ROWS = 1024
+
+
+def probe_eigen_bases(
+    model: nn.Module,
+    suffixes: Sequence[str],
+    batches: Sequence[dict[str, torch.Tensor]],
+    budget: int = COVARIANCE_BUDGET,
+    max_rows: int = MAX_BASIS_ROWS,
+) -> Bases:
+    """The :func:`eigen_bases` of every scored parameter from the probe ``batches``, at most
+    about ``budget`` floats of covariances at a time: the blocks are taken in groups (in model
+    order) whose ``rows^2 + cols^2`` fit the budget (a block larger than it alone), each group
+    with probe passes of its own, its covariances freed once decomposed. The covariances are
+    sums over the same tokens, so the bases do not depend on the grouping."""
+    groups: list[set[tuple[str, str]]] = [set()]
+    held = 0
+    for name, param, (rows, cols) in scored_blocks(model, suffixes):
+        size = rows * rows + cols * cols
+        if groups[-1] and held + size > budget:
+            groups.append(set())
+            held = 0
+        groups[-1].add((name, param))
+        held += size
+    bases: Bases = {}
+    for group in groups:
+        bases |= eigen_bases(side_covariances(model, suffixes, batches, only=group), max_rows)
+    return bases
 
 
 def build_blocks(

@@ -49,8 +49,7 @@ from worker.engine.scoring.gradients import (
     GradBlock,
     GradientFeaturizer,
     build_blocks,
-    eigen_bases,
-    side_covariances,
+    probe_eigen_bases,
     side_energies,
 )
 from worker.engine.scoring.precondition import AdamState
@@ -126,7 +125,7 @@ def projection_blocks(
             allocation="energy",
             energies=energies,
         )
-    bases = eigen_bases(side_covariances(model, config.layers, batches))
+    bases = probe_eigen_bases(model, config.layers, batches)
     return build_blocks(
         model,
         config.layers,
