@@ -141,7 +141,7 @@ def test_every_route_gives_the_same_scores(tasks: int) -> None:
         {"formed": False, "gram": True},
         {"formed": False, "gram": False},
         {"formed": True},
-        {"formed": True, "formed_budget": 1},  # one sample's gradient at a time
+        {"formed": True, "formed_budget": 1},  # one row of every sample's gradient at a time
         {},
     ]
     for route in routes:
@@ -173,8 +173,8 @@ def test_gram_rule_math_on_both_sides_of_the_threshold() -> None:
     right = torch.randn(3, 5, 50, generator=g, dtype=torch.float64)
     V = torch.randn(2, 40, 50, generator=g, dtype=torch.float64)
     G = torch.einsum("bto,bti->boi", left, right)
-    for chunk in (1, 2, 3):
-        inner, sq = scores_of_formed(left, right, V, chunk)
+    for budget in (1, 150, 3 * 7 * 50, 10**6):  # tiles of 1, 1, 7 and all 40 rows
+        inner, sq = scores_of_formed(left, right, V, budget)
         torch.testing.assert_close(inner, torch.einsum("boi,koi->bk", G, V))
         torch.testing.assert_close(sq, G.pow(2).sum(dim=(1, 2)))
 

@@ -50,11 +50,12 @@ TargetVectors = list[torch.Tensor]
 
 
 def default_formed_budget(model: nn.Module) -> int:
-    """Floats of formed per-sample gradients made at once by default. On the CPU, 2^20 (4 MB:
-    each chunk is formed, dotted with the task vectors and normed while it is still in cache;
-    measured on SmolLM2 at 64 tokens, batch 8, 2 threads: exact scoring 1.30x a bare
-    forward+backward at 2^20 against 1.58x at 2^26, median of 5, see docs/benchmarks.md); on an
-    accelerator, 2^26 (fewer, larger kernels)."""
+    """Floats of formed per-sample gradients made at once by default
+    (:func:`~worker.engine.math.exact.scores_of_formed` tiles rows to fit). On the CPU, 2^20
+    (4 MB: a tile is formed, dotted and normed while in cache; in a side-by-side timing on
+    SmolLM2 at 64 tokens, batch 8, 2 threads, 2^18 and 2^20 were equally fast, 2^22 about 6%
+    slower and whole 256 MB batches some 20% slower); on an accelerator, 2^26 (fewer, larger
+    kernels)."""
     return 1 << 20 if model_device(model).type == "cpu" else 1 << 26
 
 
@@ -200,8 +201,7 @@ class ExactScorer:
                     else self.formed
                 )
                 if formed:
-                    chunk = max(1, self.formed_budget // (rows * cols))
-                    i, s2 = scores_of_formed(left, right, vectors[j], chunk)
+                    i, s2 = scores_of_formed(left, right, vectors[j], self.formed_budget)
                     inner.add_(i)
                     sq.add_(s2)
                 else:
