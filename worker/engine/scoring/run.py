@@ -115,24 +115,15 @@ def projection_blocks(
         collate(ordered[i : i + config.batch_size], pad)
         for i in range(0, len(ordered), config.batch_size)
     ]
-    if config.projection == "gaussian":
-        energies = side_energies(model, config.layers, batches)
-        return build_blocks(
-            model,
-            config.layers,
-            config.proj_dim,
-            config.seed,
-            allocation="energy",
-            energies=energies,
-        )
-    bases = probe_eigen_bases(model, config.layers, batches)
+    eigen = config.projection == "eigen"
     return build_blocks(
         model,
         config.layers,
         config.proj_dim,
         config.seed,
-        bases=bases,
+        bases=probe_eigen_bases(model, config.layers, batches) if eigen else None,
         allocation=config.projection_allocation,
+        energies=None if eigen else side_energies(model, config.layers, batches),
     )
 
 
