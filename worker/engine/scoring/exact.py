@@ -52,10 +52,11 @@ TargetVectors = list[torch.Tensor]
 def default_formed_budget(model: nn.Module) -> int:
     """Floats of formed per-sample gradients made at once by default
     (:func:`~worker.engine.math.exact.scores_of_formed` tiles rows to fit). On the CPU, 2^20
-    (4 MB: a tile is formed, dotted and normed while in cache; in a side-by-side timing on
-    SmolLM2 at 64 tokens, batch 8, 2 threads, 2^18 and 2^20 were equally fast, 2^22 about 6%
-    slower and whole 256 MB batches some 20% slower); on an accelerator, 2^26 (fewer, larger
-    kernels)."""
+    (4 MB: a tile is formed, dotted and normed while in cache; a one-off side-by-side timing on
+    SmolLM2 at 64 tokens, batch 8, 2 threads, not a recorded benchmark, found 2^18 and 2^20
+    equally fast and larger tiles slower); on an accelerator, 2^26 (fewer, larger kernels). The
+    exact scorer's cost against a bare forward+backward is in docs/benchmarks.md
+    (bench:score)."""
     return 1 << 20 if model_device(model).type == "cpu" else 1 << 26
 
 

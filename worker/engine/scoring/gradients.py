@@ -199,9 +199,10 @@ def eigen_bases(covariances: Covariances, max_rows: int | None = None) -> Bases:
 
 
 # Floats of covariances held at once while eigen bases are measured (1 GiB in float32), and the
-# eigenvectors kept per side: an energy allocation gave no side of SmolLM2 more than 576 at
-# proj_dim 65,536 (docs/benchmarks.md, bench:score), and 1,024 rows of every side of a 7B
-# model (Qwen2.5-7B shapes) are about 10 GB against some 130 GB for all the full covariances.
+# eigenvectors kept per side: in a one-off check (32 Dolly probes, 64 tokens; not a recorded
+# benchmark) an energy allocation gave no side of SmolLM2 more than 576 at proj_dim 65,536, and
+# 1,024 rows of every side of a Qwen2.5-7B-shaped model come to about 10 GB against some 130 GB
+# for all the full covariances (computed from the shapes, not measured).
 COVARIANCE_BUDGET = 1 << 28
 MAX_BASIS_ROWS = 1024
 
