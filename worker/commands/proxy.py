@@ -41,6 +41,8 @@ _FLAGS: tuple[str, ...] = (
     "align_max_length",
     "align_hvp",
     "align_fd_step",
+    "distill_steps",
+    "distill_lr",
     "ga_weight",
     "gram_weight",
     "kl_weight",

@@ -73,3 +73,70 @@ def test_lr_schedule_warms_up_then_decays_to_zero() -> None:
     assert factors[4] == pytest.approx(1.0)
     assert all(a >= b for a, b in itertools.pairwise(factors[4:]))
     assert factors[-1] < 0.05
+
+
+def test_distillation_lowers_kl_first_order_then_alignment_runs(
+    make_target: Callable[..., LoadedModel], records: list[Record]
+) -> None:
+    target = make_target("llama")
+    cfg = ProxyConfig(
+        method="svd",
+        sparsity=0.7,
+        distill_steps=6,
+        distill_lr=5e-3,
+        align_steps=2,
+        align_batch_size=4,
+        warmup_fraction=0.0,
+        max_length=64,
+    )
+    proxy = build_proxy(
+        target, records, ProxyConfig(**{**cfg.to_dict(), "distill_steps": 0, "align_steps": 0})
+    )
+    tok = target.tokenizer
+    examples = encode_all(records[:4], tok, 64)
+    batch = collate(examples, pad_token_id(tok))
+    before = alignment_losses(target.model, proxy.model, batch, cfg, create_graph=False)
+    frozen = {n: p.clone() for n, p in proxy.model.named_parameters() if not p.requires_grad}
+    ticks: list[tuple[int, int]] = []
+
+    def progress(_stage: str, done: int, total: int, _metrics: object = None) -> None:
+        ticks.append((done, total))
+
+    double = torch.autograd.grad
+    calls: list[bool] = []
+
+    def spy(*args: object, **kwargs: object) -> object:
+        calls.append(bool(kwargs.get("create_graph", False)))
+        return double(*args, **kwargs)  # type: ignore[arg-type]
+
+    torch.autograd.grad = spy  # type: ignore[assignment]
+    try:
+        history = align(
+            target.model, proxy.model, examples, cfg, pad_id=pad_token_id(tok), progress=progress
+        )
+    finally:
+        torch.autograd.grad = double
+    after = alignment_losses(target.model, proxy.model, batch, cfg, create_graph=False)
+    assert len(history) == 8
+    assert [h.get("distill", 0.0) for h in history] == [1.0] * 6 + [0.0] * 2
+    assert all("ga" in h for h in history[6:]) and not any("ga" in h for h in history[:6])
+    # distillation is first order: the first 6 steps take no gradient of a gradient
+    assert calls[:6] == [False] * 6 and any(calls[6:])
+    kl0, kl1 = float(before.kl.detach()), float(after.kl.detach())
+    assert kl1 < 0.8 * kl0, (kl0, kl1)
+    assert ticks[0] == (0, 8) and ticks[-1] == (8, 8) and len(ticks) == 9
+    for n, p in proxy.model.named_parameters():
+        if n in frozen:
+            assert torch.equal(p, frozen[n]), n
+    assert all(p.grad is None for p in proxy.model.parameters())
+
+
+def test_distillation_alone_counts_as_an_alignment_stage(
+    make_target: Callable[..., LoadedModel], records: list[Record]
+) -> None:
+    target = make_target("llama")
+    cfg = ProxyConfig(method="svd", distill_steps=2, align_steps=0, max_length=64)
+    assert cfg.aligns
+    proxy = build_proxy(target, records, cfg)
+    assert proxy.manifest["alignment"]["steps"] == 2
+    assert proxy.manifest["alignment"]["records"] >= cfg.align_batch_size

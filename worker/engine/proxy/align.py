@@ -8,6 +8,10 @@ token distributions over response tokens. ``L_GA`` is a function of gradients, s
 gradient needs second-order autograd (``create_graph=True`` on the proxy's backward pass); the
 target's side is a constant (computed without a graph to the factors).
 
+An optional distillation phase (``distill_steps``) comes first: ``L_KL`` alone, first order,
+so a step costs about a training step of the proxy, to bring a heavily compressed proxy's
+function back near the target's before its gradients are aligned.
+
 Steps use small batches (single records are noisy), AdamW (optional weight decay), a constant
 rate or linear warm-up then cosine decay, and optional gradient-norm clipping. ``align_epochs``
 turns the step count into passes over the alignment set.
@@ -255,6 +259,28 @@ def finite_difference_gradients(
     )
 
 
+def distill_gradients(
+    target: nn.Module,
+    proxy: nn.Module,
+    batch: dict[str, torch.Tensor],
+    config: ProxyConfig,
+    params: Sequence[nn.Parameter],
+) -> torch.Tensor:
+    """One step of the distillation phase: set each factor's ``.grad`` to the gradient of
+    ``L_KL`` alone and return ``L_KL`` (detached). First order: the target runs without a
+    graph, the proxy's backward is a plain one (no gradient of a gradient), so a step costs
+    about a training step of the proxy plus a forward of the target."""
+    mask = loss_positions(batch["labels"])
+    with torch.no_grad():
+        t_logits = forward_logits(target, batch)
+    with torch.enable_grad(), _requires_grad(params):
+        kl = temperature_kl(t_logits, forward_logits(proxy, batch), mask, config.temperature)
+        grads = torch.autograd.grad(kl, list(params))
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g.to(p.dtype)
+    return kl.detach()
+
+
 def lr_factor(step: int, total: int, warmup_fraction: float, schedule: str = "cosine") -> float:
     """Multiplier of the peak rate at ``step`` (0-based): 1 for ``constant``; for ``cosine``
     linear warm-up, then cosine to zero."""
@@ -288,41 +314,95 @@ def align(
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
 ) -> list[dict[str, float]]:
-    """Run :func:`alignment_steps` steps on ``proxy``'s factors (in place); the per-step
-    history."""
+    """Run ``distill_steps`` steps of distillation (:func:`distill_gradients`), then
+    :func:`alignment_steps` steps of ``L_GA + kl_weight L_KL`` on ``proxy``'s factors (in
+    place); the per-step history of both phases (distillation's entries carry ``distill``)."""
     if not config.aligns:
         return []
     if not examples:
         raise ValueError("alignment needs at least one example")
-    total = alignment_steps(config, len(examples))
+    steps = alignment_steps(config, len(examples))
+    distill = config.distill_steps
+    total = distill + steps
     params = [t for m in factor_modules(proxy).values() for t in (m.A, m.B)]
+    stream = _batches(examples, config.align_batch_size, config.seed + 1)
+    history: list[dict[str, float]] = []
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda s: lr_factor(s, total, config.warmup_fraction, config.lr_schedule),
+        lambda s: lr_factor(s, steps, config.warmup_fraction, config.lr_schedule),
     )
-    stream = _batches(examples, config.align_batch_size, config.seed + 1)
-    history: list[dict[str, float]] = []
-    # The exact gradient of L_GA is a double backward, which fused CPU attention lacks.
+    # The exact gradient of L_GA is a double backward, which fused CPU attention lacks; the
+    # distillation phase is first order and keeps the model's attention.
     attention = eager_attention(proxy) if config.align_hvp == "exact" else nullcontext()
     with (
-        attention,
         checkpointed_layers(proxy, config.checkpointing),
         checkpointed_layers(target, config.checkpointing),
     ):
         report(progress, "aligning", 0, total)  # the stage starts before its first step ends
-        for step in range(total):
-            check_stop(should_stop, "aligning")
-            _step(target, proxy, next(stream), config, pad_id, params, optimizer, history)
-            schedule.step()
-            h = history[-1]
-            metrics = {"step": step + 1, "L_GA": h["ga"], "KL": h["kl"], "loss": h["loss"]}
-            if "gram" in h:
-                metrics["L_gram"] = h["gram"]
-            report(progress, "aligning", step + 1, total, metrics)
+        if distill:
+            run = (progress, should_stop, total)
+            _distill(target, proxy, stream, config, pad_id, params, history, run)
+        with attention:
+            for step in range(distill, total):
+                check_stop(should_stop, "aligning")
+                _step(target, proxy, next(stream), config, pad_id, params, optimizer, history)
+                schedule.step()
+                h = history[-1]
+                metrics = {"step": step + 1, "L_GA": h["ga"], "KL": h["kl"], "loss": h["loss"]}
+                if "gram" in h:
+                    metrics["L_gram"] = h["gram"]
+                report(progress, "aligning", step + 1, total, metrics)
     for p in params:
         p.grad = None
     return history
+
+
+def _distill(
+    target: nn.Module,
+    proxy: nn.Module,
+    stream: Iterator[Sequence[Example]],
+    config: ProxyConfig,
+    pad_id: int,
+    params: list[nn.Parameter],
+    history: list[dict[str, float]],
+    run: tuple[ProgressFn | None, StopFn | None, int],
+) -> None:
+    """The distillation phase: ``distill_steps`` AdamW steps on ``L_KL`` alone at
+    ``distill_lr`` (linear warm-up, cosine decay; weight decay and clipping as alignment's),
+    drawing batches from the same stream as the alignment steps after it. Its optimiser state
+    is dropped at the end: ``L_GA``'s steps start their own, as they would without this phase.
+    ``run``: the progress callback, the stop check and the stage's total steps (both phases)."""
+    progress, should_stop, overall = run
+    total = config.distill_steps
+    optimizer = torch.optim.AdamW(params, lr=config.distill_lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total, config.warmup_fraction, "cosine")
+    )
+    for step in range(total):
+        check_stop(should_stop, "aligning")
+        batch = collate(next(stream), pad_id, model_device(proxy))
+        optimizer.zero_grad(set_to_none=True)
+        kl = float(distill_gradients(target, proxy, batch, config, params))
+        grad_norm = (
+            float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
+            if config.max_grad_norm > 0
+            else float("nan")
+        )
+        history.append(
+            {
+                "step": len(history) + 1,
+                "distill": 1.0,
+                "lr": optimizer.param_groups[0]["lr"],
+                "loss": kl,
+                "kl": kl,
+                "grad_norm": grad_norm,
+            }
+        )
+        optimizer.step()
+        schedule.step()
+        metrics = {"step": step + 1, "KL": kl, "loss": kl}
+        report(progress, "aligning", step + 1, overall, metrics)
 
 
 def step_gradients(

@@ -177,6 +177,18 @@ class ProxyConfig:
             "grow with it faster than scoring's"
         ),
     )
+    distill_steps: int = field(
+        default=0,
+        metadata=_help(
+            "optimiser steps of a distillation phase before alignment: the KL term alone, "
+            "first order (about a training step of the proxy each, against a double "
+            "backward for an L_GA step), on batches of the alignment set; 0: none"
+        ),
+    )
+    distill_lr: float = field(
+        default=1e-4,
+        metadata=_help("peak AdamW learning rate of the distillation phase (warm-up, cosine)"),
+    )
     ga_weight: float = field(
         default=1.0, metadata=_help("weight of L_GA (batch-mean gradient alignment)")
     )
@@ -263,7 +275,7 @@ class ProxyConfig:
     @property
     def aligns(self) -> bool:
         """Whether the build has an alignment stage."""
-        return self.align_steps > 0 or self.align_epochs is not None
+        return self.align_steps > 0 or self.align_epochs is not None or self.distill_steps > 0
 
     @classmethod
     def for_recipe(cls, recipe: str = "iprox", **given: Any) -> ProxyConfig:
@@ -303,6 +315,8 @@ RANGES: dict[str, Range] = {
     "probe_positions": AT_LEAST_ONE,
     "ridge": POSITIVE,
     "align_steps": NON_NEGATIVE,
+    "distill_steps": NON_NEGATIVE,
+    "distill_lr": POSITIVE,
     "align_samples": AT_LEAST_ONE,
     "align_batch_size": AT_LEAST_ONE,
     "kl_weight": NON_NEGATIVE,
