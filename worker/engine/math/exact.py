@@ -26,14 +26,26 @@ def use_gram(tokens: int, rows: int, cols: int) -> bool:
     return tokens * (rows + cols) <= rows * cols
 
 
+FORMED_COST = 2.0
+"""Cost of one FLOP of forming per-sample gradients (a batched matmul whose inner dimension is
+a sample's length, writing ``batch x rows x cols`` floats) in units of one FLOP of the Gram
+route's matmuls (one ``(batch T) x cols`` by ``cols x rows`` product, as in the forward). Set
+from side-by-side timings on SmolLM2 at 64 tokens, batch 8, 2 CPU threads: the batched
+per-sample matmul took 1.7-1.9x a single weight-gradient matmul of the same FLOPs, and with one
+target task the Gram route scored 1.02-1.13x a bare forward+backward against 1.25x formed
+(docs/benchmarks.md, bench:score). A constant, not a timing taken at run time: the route, and
+so the rounding of every score, depends only on shapes and the task count."""
+
+
 def form_for_scores(tokens: int, rows: int, cols: int, tasks: int) -> bool:
     """True when forming each sample's gradient is cheaper than the Gram route for the inner
     products with ``tasks`` matrices and the squared norm, per sample:
-    ``T rows cols + (tasks + 1) rows cols`` (form ``G``, then a dot per task and the norm) against
-    ``tasks T rows cols + T^2 (rows + cols)`` (a ``V r_t`` per task and token, two Grams).
-    With two tasks forming wins from ``T = 3`` on; with one, from
-    ``T^2 (rows + cols) >= 2 rows cols`` (``T >= 34`` for a square 1,152-wide layer)."""
-    formed = tokens * rows * cols + (tasks + 1) * rows * cols
+    ``FORMED_COST T rows cols + (tasks + 1) rows cols`` (form ``G``, then a dot per task and
+    the norm) against ``tasks T rows cols + T^2 (rows + cols)`` (a ``V r_t`` per task and
+    token, two Grams). With one task the Gram route wins up to
+    ``T = (FORMED_COST - 1) rows cols / (rows + cols)`` tokens (288 for a square 576-wide
+    layer); with two or more, forming wins from a few tokens on."""
+    formed = FORMED_COST * tokens * rows * cols + (tasks + 1) * rows * cols
     gram = tasks * tokens * rows * cols + tokens * tokens * (rows + cols)
     return formed <= gram
 

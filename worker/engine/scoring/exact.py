@@ -115,7 +115,8 @@ class ExactScorer:
                 left, right = sides(module, self.blocks[j][1], delta, h)
                 on_block(j, left, right)
 
-        return Callbacks(list(self._by_module), lambda _name, h: h, on_backward)
+        # Only outer products of (delta, h) are taken: padding needs no mask (wants_masked).
+        return Callbacks(list(self._by_module), lambda _name, h: h, on_backward, masked=False)
 
     def norms(self, n: int) -> tuple[Consumer, torch.Tensor]:
         """A consumer for a pass over ``n`` samples and the ``|g_i|^2`` ``(n,)`` it fills (raw

@@ -13,7 +13,8 @@ back-propagates activation gradients alone (cheaper than a training step, which 
 
 Loss: per sample, the mean cross-entropy over its response tokens (LESS's normalisation); the
 batch loss is the sum over samples, so each sample's gradient is exactly its own loss gradient.
-Inputs at padding positions are zeroed, so padding contributes nothing.
+Inputs at padding positions are zeroed for consumers that need it (:func:`wants_masked`), so
+padding contributes nothing; batches are right-padded (``collate``).
 
 Every captured vector is float32 on the model's device, whatever the model's dtype.
 """
@@ -132,13 +133,24 @@ class Consumer(Protocol):
     def on_backward(self, name: str, delta: torch.Tensor, state: Any) -> None: ...
 
 
+def wants_masked(consumer: Consumer) -> bool:
+    """Whether ``consumer`` needs inputs zeroed at padding (its ``masked`` attribute; default
+    True). One that only uses outer products ``delta_t h_t^T`` does not: a causal LM's loss
+    never depends on a right-padded position (later positions are padding too, and padding
+    carries no label), so ``delta_t`` is exactly zero there and the product vanishes whatever
+    ``h_t`` is. Covariances of ``h`` alone do need it."""
+    return bool(getattr(consumer, "masked", True))
+
+
 @dataclass(frozen=True)
 class Callbacks:
-    """A :class:`Consumer` made of two functions over a fixed set of modules."""
+    """A :class:`Consumer` made of two functions over a fixed set of modules; ``masked``: see
+    :func:`wants_masked`."""
 
     names: Sequence[str]
     forward: Callable[[str, torch.Tensor], Any]
     backward: Callable[[str, torch.Tensor, Any], None]
+    masked: bool = True
 
     def modules(self) -> Iterable[str]:
         return self.names
@@ -158,6 +170,7 @@ def hooked_pass(
     device = model_device(model)
     batch = {k: v.to(device) for k, v in batch.items()}
     mask = batch["attention_mask"]
+    keep = mask.unsqueeze(-1).float()
     named = dict(model.named_modules())
     wanted: dict[str, list[Consumer]] = {}
     for c in consumers:
@@ -167,8 +180,11 @@ def hooked_pass(
 
     def forward_hook(name: str):  # type: ignore[no-untyped-def]
         def hook(_m: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-            h = inputs[0].detach().float() * mask.unsqueeze(-1).float()
-            states = [(c, c.on_forward(name, h)) for c in wanted[name]]
+            raw = inputs[0].detach().float()
+            masked = raw * keep if any(wants_masked(c) for c in wanted[name]) else raw
+            states = [
+                (c, c.on_forward(name, masked if wants_masked(c) else raw)) for c in wanted[name]
+            ]
 
             def on_grad(delta: torch.Tensor) -> None:
                 d = delta.detach().float()
