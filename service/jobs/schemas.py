@@ -50,6 +50,16 @@ class ProxySpec(BaseModel):
     align_steps: int | None = Field(
         None, ge=0, description="Alignment optimiser steps (0: no alignment).", examples=[10]
     )
+    distill_steps: int | None = Field(
+        None,
+        ge=0,
+        description="Distillation steps before alignment: the KL term alone, first order "
+        "(about a training step of the proxy each); 0: none.",
+        examples=[200],
+    )
+    distill_lr: float | None = Field(
+        None, gt=0, description="Peak learning rate of the distillation phase.", examples=[1e-4]
+    )
     kl_weight: float | None = Field(
         None, ge=0, description="Weight of the KL term in the alignment loss.", examples=[1.0]
     )

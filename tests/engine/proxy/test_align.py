@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import itertools
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -76,7 +77,9 @@ def test_lr_schedule_warms_up_then_decays_to_zero() -> None:
 
 
 def test_distillation_lowers_kl_first_order_then_alignment_runs(
-    make_target: Callable[..., LoadedModel], records: list[Record]
+    make_target: Callable[..., LoadedModel],
+    records: list[Record],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     target = make_target("llama")
     cfg = ProxyConfig(
@@ -105,17 +108,15 @@ def test_distillation_lowers_kl_first_order_then_alignment_runs(
     double = torch.autograd.grad
     calls: list[bool] = []
 
-    def spy(*args: object, **kwargs: object) -> object:
+    def spy(*args: Any, **kwargs: Any) -> Any:
         calls.append(bool(kwargs.get("create_graph", False)))
-        return double(*args, **kwargs)  # type: ignore[arg-type]
+        return double(*args, **kwargs)
 
-    torch.autograd.grad = spy  # type: ignore[assignment]
-    try:
-        history = align(
-            target.model, proxy.model, examples, cfg, pad_id=pad_token_id(tok), progress=progress
-        )
-    finally:
-        torch.autograd.grad = double
+    monkeypatch.setattr(torch.autograd, "grad", spy)
+    history = align(
+        target.model, proxy.model, examples, cfg, pad_id=pad_token_id(tok), progress=progress
+    )
+    monkeypatch.undo()
     after = alignment_losses(target.model, proxy.model, batch, cfg, create_graph=False)
     assert len(history) == 8
     assert [h.get("distill", 0.0) for h in history] == [1.0] * 6 + [0.0] * 2
