@@ -55,6 +55,8 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "balanced-global": ("iprox", {"rank_allocation": "global", "align_steps": 0}),
     "official-aligned": ("official", {}),
     "iprox-aligned": ("iprox", {}),
+    # the iprox recipe before its distillation phase existed (now distill_steps 200)
+    "iprox-no-distill": ("iprox", {"distill_steps": 0}),
 }
 
 

@@ -48,7 +48,10 @@ class ProxySpec(BaseModel):
         None, gt=0, description="Pool records that measure IPSVD's covariances.", examples=[16]
     )
     align_steps: int | None = Field(
-        None, ge=0, description="Alignment optimiser steps (0: no alignment).", examples=[10]
+        None,
+        ge=0,
+        description="Alignment optimiser steps (0: no alignment, and no distillation phase).",
+        examples=[10],
     )
     distill_steps: int | None = Field(
         None,

@@ -143,7 +143,7 @@ def test_progress_is_reported_and_stop_cancels(
             metrics.append(m)
 
     target = make_target("llama")
-    cfg = ProxyConfig(**{**FAST, "align_steps": 2, "align_batch_size": 2})  # type: ignore[arg-type]
+    cfg = ProxyConfig(**{**FAST, "align_steps": 2, "align_batch_size": 2, "distill_steps": 0})  # type: ignore[arg-type]
     build_proxy(target, records, cfg, progress=progress)
     stages = {s for s, _, _ in seen}
     assert stages == {"compressing", "aligning", "fidelity"}

@@ -155,6 +155,8 @@ def build_proxy(
         if config.balance:
             balance_proxy(proxy_model)  # Adam moved the factors off the balanced gauge
     t_align = time.perf_counter() - t0
+    distilled = [h for h in history if h.get("distill")]
+    ga_steps = [h for h in history if not h.get("distill")]
     proxy_model.eval()
     counts = parameter_summary(model, proxy_model)
     compressed_target = sum(r["target_params"] for r in layer_reports if r["kind"] == "lowrank")
@@ -190,9 +192,15 @@ def build_proxy(
         "alignment": {
             "records": len(align_records) if config.aligns else 0,
             "record_ids": [r.id for r in align_records] if config.aligns else [],
-            "steps": len(history),
-            "first": history[0] if history else None,
-            "last": history[-1] if history else None,
+            # L_GA steps; the distillation phase before them is counted and summed apart
+            "steps": len(ga_steps),
+            "first": ga_steps[0] if ga_steps else None,
+            "last": ga_steps[-1] if ga_steps else None,
+            "distill": {
+                "steps": len(distilled),
+                "first_kl": distilled[0]["kl"] if distilled else None,
+                "last_kl": distilled[-1]["kl"] if distilled else None,
+            },
         },
         "seed": config.seed,
         "config": config.to_dict(),
