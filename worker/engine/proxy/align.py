@@ -384,11 +384,7 @@ def _distill(
         batch = collate(next(stream), pad_id, model_device(proxy))
         optimizer.zero_grad(set_to_none=True)
         kl = float(distill_gradients(target, proxy, batch, config, params))
-        grad_norm = (
-            float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
-            if config.max_grad_norm > 0
-            else float("nan")
-        )
+        grad_norm = _clip(params, config)
         history.append(
             {
                 "step": len(history) + 1,
@@ -444,6 +440,14 @@ def step_gradients(
         rows = max(1, rows // 2)
 
 
+def _clip(params: Sequence[nn.Parameter], config: ProxyConfig) -> float:
+    """Clip the factors' gradient to ``max_grad_norm`` (0: no clipping); the norm before
+    clipping, NaN when not clipped."""
+    if config.max_grad_norm <= 0:
+        return float("nan")
+    return float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
+
+
 def _free(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -463,11 +467,7 @@ def _step(
     batch = collate(chunk, pad_id, model_device(proxy))
     optimizer.zero_grad(set_to_none=True)
     losses, rows = step_gradients(target, proxy, batch, config, params)
-    grad_norm = (
-        float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
-        if config.max_grad_norm > 0
-        else float("nan")
-    )
+    grad_norm = _clip(params, config)
     history.append(
         {
             "step": len(history) + 1,
