@@ -522,9 +522,9 @@ def write(args: argparse.Namespace, files: dict[str, Any], rows: list[dict[str, 
         "## Exact and projected scores, seeds, proxies (`scripts/bench_score.py`)\n\n"
         + "".join(f"Command: `.venv/bin/python scripts/bench_score.py {c}`\n\n" for c in commands)
         + (
-            "The exact rows' samples/s (and their fwd+bwd reference) come from the "
-            "`--retime-exact` command, run after a change to the exact kernels; every other "
-            "figure from the other command.\n\n"
+            "The target's exact row's samples/s (and its fwd+bwd reference) come from the "
+            "`--retime-exact` command, run after a change to the exact kernels (possibly on "
+            "another machine); every other figure from the other command.\n\n"
             if retimed
             else ""
         )
