@@ -30,10 +30,11 @@ FORMED_COST = 2.0
 """Cost of one FLOP of forming per-sample gradients (a batched matmul whose inner dimension is
 a sample's length, writing ``batch x rows x cols`` floats) in units of one FLOP of the Gram
 route's matmuls (one ``(batch T) x cols`` by ``cols x rows`` product, as in the forward). Set
-from side-by-side timings on SmolLM2 at 64 tokens, batch 8, 2 CPU threads: the batched
-per-sample matmul took 1.7-1.9x a single weight-gradient matmul of the same FLOPs, and with one
-target task the Gram route scored 1.02-1.13x a bare forward+backward against 1.25x formed
-(docs/benchmarks.md, bench:score). A constant, not a timing taken at run time: the route, and
+from one-off side-by-side timings on SmolLM2 at 64 tokens, batch 8, 2 CPU threads (a script
+outside the repository, not a recorded benchmark): forming took about 1.9x the time of the
+weight-gradient matmuls it replaces, and with one target task and the same hooks the Gram
+route scored 1.13x a bare forward+backward against 1.25x formed (3 repeats). The recorded cost of the default is
+bench:score in docs/benchmarks.md. A constant, not a timing taken at run time: the route, and
 so the rounding of every score, depends only on shapes and the task count."""
 
 

@@ -179,12 +179,13 @@ def hooked_pass(
     handles = []
 
     def forward_hook(name: str):  # type: ignore[no-untyped-def]
+        flags = [(c, wants_masked(c)) for c in wanted[name]]
+        any_masked = any(m for _, m in flags)
+
         def hook(_m: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             raw = inputs[0].detach().float()
-            masked = raw * keep if any(wants_masked(c) for c in wanted[name]) else raw
-            states = [
-                (c, c.on_forward(name, masked if wants_masked(c) else raw)) for c in wanted[name]
-            ]
+            masked = raw * keep if any_masked else raw
+            states = [(c, c.on_forward(name, masked if m else raw)) for c, m in flags]
 
             def on_grad(delta: torch.Tensor) -> None:
                 d = delta.detach().float()
