@@ -12,6 +12,9 @@ report (``manifest["fidelity"]``), its calibration figures are shown beside the 
 Rows are named (``--rows``); each invocation appends its rows to docs/bench/fidelity.json (the
 reference scores are cached there too, keyed by the sizes, so later invocations skip it) and
 rewrites the ``bench:fidelity`` section of docs/benchmarks.md from every row measured so far.
+Another ``--model`` has a file and a section of its own (``fidelity-<model>``). ``--spaces``
+scores each built proxy once per gradient space (``weights``: each low-rank layer's product
+``A B`` as one matrix, the target's coordinates), one row each.
 
     .venv/bin/python scripts/bench_fidelity.py --rows svd official-init unbalanced balanced
     .venv/bin/python scripts/bench_fidelity.py --rows official-aligned --sparsity 0.5
@@ -43,8 +46,16 @@ from worker.engine.proxy import ProxyConfig, build_proxy  # noqa: E402
 from worker.engine.proxy import build as build_module  # noqa: E402
 from worker.engine.proxy.lm import forward_logits, sequence_losses  # noqa: E402
 
-SECTION = "fidelity"
-OUT = ROOT / "docs" / "bench" / "fidelity.json"
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def outputs(model: str) -> tuple[str, Path]:
+    """The docs section and the JSON state of ``model``'s rows: each model has its own (its own
+    reference), the default model the plain ``fidelity`` ones."""
+    if model == DEFAULT_MODEL:
+        return "fidelity", ROOT / "docs" / "bench" / "fidelity.json"
+    return f"fidelity-{model}", ROOT / "docs" / "bench" / f"fidelity-{model}.json"
+
 
 # Named rows: (recipe, overrides). "unaligned" rows set no alignment.
 ROWS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -62,7 +73,7 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument(
         "--rows", nargs="*", default=[], help=f"rows: {', '.join(ROWS)} (none: rewrite the docs)"
     )
@@ -74,6 +85,14 @@ def parse_args() -> argparse.Namespace:
         help="config overrides for every row of this run (JSON values), e.g. kl_weight=0.1",
     )
     p.add_argument("--label", default="", help="suffix for the rows' names (with --set)")
+    p.add_argument(
+        "--spaces",
+        nargs="+",
+        default=["factors"],
+        choices=["factors", "weights"],
+        help="score each built proxy in these gradient spaces (one row each; weights: the "
+        "product A B of each low-rank layer as one matrix, marked in the row's name)",
+    )
     p.add_argument("--sparsity", type=float, default=0.5)
     p.add_argument("--pool-size", type=int, default=240)
     p.add_argument("--gsm-fraction", type=float, default=300 / 3296)
@@ -179,7 +198,8 @@ def main() -> None:
     }
     deadline = time.monotonic() + 60 * args.wait_reference
     while True:
-        state = json.loads(OUT.read_text()) if OUT.exists() else {"sizes": None, "rows": []}
+        out = outputs(args.model)[1]
+        state = json.loads(out.read_text()) if out.exists() else {"sizes": None, "rows": []}
         if state.get("sizes") != sizes:
             state = {"sizes": sizes, "rows": [], "reference": None}
         if state.get("reference") is not None or time.monotonic() > deadline:
@@ -227,34 +247,38 @@ def main() -> None:
             t = time.perf_counter()
             proxy = build_proxy(target, build_records, config)
             build_s = time.perf_counter() - t
-            print(f"{label}: scoring the pool", flush=True)
-            t = time.perf_counter()
-            scores = all_scores(proxy.model, tok, files, {}, args)["exact"]
-            score_s = time.perf_counter() - t
             m = proxy.manifest
-            row = {
-                "row": label,
-                "recipe": recipe,
-                "sparsity": args.sparsity,
-                "overrides": {**row_overrides, **overrides},
-                "param_share": m["proxy_params"] / m["target_params"],
-                "timings_s": m["timings_s"],
-                "build_s": build_s,
-                "score_s": score_s,
-                "align_steps": m["alignment"]["steps"],
-                "align_last": m["alignment"]["last"],
-                "heldout_loss": heldout_loss(proxy.model, tok, extra["heldout"], args),
-                "ranks_by_type": m["ranks_by_type"],
-                "fidelity": m.get("fidelity"),
-                **compare(scores, ref, files["gsm_idx"], args.pool_size),
-                "command": shlex.join(sys.argv[1:]),
-                "load": Path("/proc/loadavg").read_text().split()[:3],
-                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            }
-            state["rows"] = [r for r in state["rows"] if r["row"] != label] + [row]
-            print(json.dumps({k: row[k] for k in row if k != "ranks_by_type"}, indent=1))
-            if not args.no_write:
-                write(args, state, files)
+            loss = heldout_loss(proxy.model, tok, extra["heldout"], args)
+            for space in args.spaces:
+                scored = label + (" [weight-space scores]" if space == "weights" else "")
+                print(f"{scored}: scoring the pool", flush=True)
+                t = time.perf_counter()
+                scores = all_scores(proxy.model, tok, files, {}, args, space=space)["exact"]
+                score_s = time.perf_counter() - t
+                row = {
+                    "row": scored,
+                    "space": space,
+                    "recipe": recipe,
+                    "sparsity": args.sparsity,
+                    "overrides": {**row_overrides, **overrides},
+                    "param_share": m["proxy_params"] / m["target_params"],
+                    "timings_s": m["timings_s"],
+                    "build_s": build_s,
+                    "score_s": score_s,
+                    "align_steps": m["alignment"]["steps"],
+                    "align_last": m["alignment"]["last"],
+                    "heldout_loss": loss,
+                    "ranks_by_type": m["ranks_by_type"],
+                    "fidelity": m.get("fidelity"),
+                    **compare(scores, ref, files["gsm_idx"], args.pool_size),
+                    "command": shlex.join(sys.argv[1:]),
+                    "load": Path("/proc/loadavg").read_text().split()[:3],
+                    "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                }
+                state["rows"] = [r for r in state["rows"] if r["row"] != scored] + [row]
+                print(json.dumps({k: row[k] for k in row if k != "ranks_by_type"}, indent=1))
+                if not args.no_write:
+                    write(args, state, files)
             del proxy
 
 
@@ -263,13 +287,14 @@ def _f(x: Any, digits: int = 2) -> str:
 
 
 def write(args: argparse.Namespace, state: dict[str, Any], files: dict[str, Any]) -> None:
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    if OUT.exists():  # another invocation may have added rows since this one started
-        stored = json.loads(OUT.read_text())
+    section, out = outputs(args.model)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():  # another invocation may have added rows since this one started
+        stored = json.loads(out.read_text())
         if stored.get("sizes") == state["sizes"]:
             mine = {r["row"] for r in state["rows"]}
             state["rows"] = [r for r in stored["rows"] if r["row"] not in mine] + state["rows"]
-    OUT.write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
+    out.write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
     ref = state["reference"]
     head = (
         "| row | recipe | rho | params | build s (probe / factorise / align) | align steps | "
@@ -290,13 +315,15 @@ def write(args: argparse.Namespace, state: dict[str, Any], files: dict[str, Any]
         )
     commands = sorted({r["command"] for r in state["rows"]})
     text = (
-        "## Proxy fidelity (`scripts/bench_fidelity.py`)\n\n"
+        "## Proxy fidelity (`scripts/bench_fidelity.py`"
+        + ("" if args.model == DEFAULT_MODEL else f", {args.model}")
+        + ")\n\n"
         + "".join(
             f"Command: `.venv/bin/python scripts/bench_fidelity.py {c}`\n\n" for c in commands
         )
         + f"Machine: {platform.processor() or platform.machine()} CPU, {args.threads} torch "
         "threads, a 2-core machine shared with other jobs (build seconds are noisy: the load "
-        "average at each row is in docs/bench/fidelity.json). One run per row.\n\n"
+        f"average at each row is in docs/bench/{out.name}). One run per row.\n\n"
         f"Sizes: model `{args.model}`; pool {args.pool_size} records (seeded Dolly-3k slice + "
         f"{files['n_gsm']} GSM8K train, GSM8K share {files['n_gsm'] / args.pool_size:.3f}); "
         f"targets {args.gsm_targets} GSM8K test and {args.mmlu_targets} MMLU dev rows; "
@@ -307,7 +334,7 @@ def write(args: argparse.Namespace, state: dict[str, Any], files: dict[str, Any]
         "share of the target's parameters (embeddings included).\n\n" + head + body
     )
     print(text)
-    write_section(SECTION, text)
+    write_section(section, text)
 
 
 if __name__ == "__main__":

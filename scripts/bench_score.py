@@ -59,7 +59,12 @@ from worker.engine.scoring.gradients import (  # noqa: E402
     side_covariances,
     side_energies,
 )
-from worker.engine.scoring.hooks import hooked_pass, per_sample_loss, scored_parameters  # noqa: E402
+from worker.engine.scoring.hooks import (  # noqa: E402
+    GradientSpace,
+    hooked_pass,
+    per_sample_loss,
+    scored_parameters,
+)
 
 DATA = ROOT.parent / "shared" / "data"
 SECTION = "score"
@@ -205,10 +210,12 @@ def all_scores(
     files: dict[str, Any],
     feats: dict[str, GradientFeaturizer],
     args: argparse.Namespace,
+    space: GradientSpace = "factors",
 ) -> dict[str, torch.Tensor]:
-    """``{mode: (pool, tasks)}`` in pool order: ``exact`` and every featurizer's cosine scores."""
+    """``{mode: (pool, tasks)}`` in pool order: ``exact`` and every featurizer's cosine scores
+    (a proxy's low-rank layers scored in ``space``)."""
     pad = pad_token_id(tok)
-    scorer = ExactScorer(model, LAYERS)
+    scorer = ExactScorer(model, LAYERS, space=space)
     task_batches = {
         t: batches(
             encode_records(files[t], load_records(files[t]), tok, args.max_length),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from tests.engine.scoring.test_gradients import LAYERS, _batch, _low_rank
 from tests.tiny import ARCHES, tiny_model
 from worker.engine.data import collate, encode, pad_token_id, record_from_obj
 from worker.engine.errors import ConfigError
+from worker.engine.lowrank import LowRankLinear
 from worker.engine.math.exact import (
     FORMED_COST,
     form_for_scores,
@@ -118,6 +120,46 @@ def test_exact_scores_of_a_proxy_are_those_of_its_factors() -> None:
     _low_rank(model, rank=8)
     train, tasks = _batch(tok, 3), [_targets(tok, 3, 2)]
     _close(_exact(model, train, tasks), naive_scores(model, train, tasks))
+
+
+def _densified(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every low-rank layer an ``nn.Linear`` of weight ``A B``."""
+    dense = copy.deepcopy(model)
+    for name, m in list(dense.named_modules()):
+        if isinstance(m, LowRankLinear):
+            parent, _, child = name.rpartition(".")
+            linear = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
+            with torch.no_grad():
+                linear.weight.copy_(m.dense_weight())
+                if m.bias is not None:
+                    linear.bias.copy_(m.bias)
+            setattr(dense.get_submodule(parent), child, linear)
+    return dense
+
+
+def test_weight_space_scores_of_a_proxy_are_those_of_its_dense_product() -> None:
+    model, tok = tiny_model("llama", seed=1)
+    _low_rank(model, rank=8)
+    train, tasks = _batch(tok, 3), [_targets(tok, 3, 2), _targets(tok, 2, 4)]
+    weights = _exact(model, train, tasks, space="weights")
+    dense = _densified(model)
+    _close(weights, naive_scores(dense, train, tasks))
+    _close(weights, _exact(dense, train, tasks))
+    # a different quantity from the factors' scores (which the test above checks)
+    assert not torch.allclose(weights, _exact(model, train, tasks), rtol=1e-2)
+    blocks = scored_blocks(model, LAYERS, "weights")
+    assert all(param == "weight" for _, param, _ in blocks)
+    assert blocks == scored_blocks(dense, LAYERS)
+    # a dense model's blocks do not depend on the space
+    assert scored_blocks(dense, LAYERS, "weights") == scored_blocks(dense, LAYERS)
+
+
+def test_weight_space_scores_refuse_adam_preconditioning() -> None:
+    model, _ = tiny_model("qwen2", seed=4)
+    _low_rank(model, rank=8)
+    with pytest.raises(ConfigError) as err:
+        ExactScorer(model, LAYERS, adam=_random_state(model), space="weights")
+    assert err.value.field == "gradient_space"
 
 
 @pytest.mark.parametrize("low_rank", [False, True])

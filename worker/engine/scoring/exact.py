@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
+from worker.engine.errors import ConfigError
+from worker.engine.lowrank import LowRankLinear
 from worker.engine.math.exact import (
     form_for_scores,
     inner_products,
@@ -35,10 +37,12 @@ from worker.engine.scoring.hooks import (
     Block,
     Callbacks,
     Consumer,
+    GradientSpace,
     hooked_pass,
     model_device,
     scored_blocks,
     sides,
+    target_modules,
 )
 from worker.engine.scoring.precondition import AdamState
 
@@ -67,7 +71,8 @@ class ExactScorer:
     :func:`~worker.engine.math.exact.form_for_scores` (each sample's gradient formed, at most
     ``formed_budget`` floats of them at once) against the Gram route (``V r_t`` products and Gram
     norms); for norms alone, :func:`~worker.engine.math.exact.use_gram`. ``formed`` and ``gram``
-    force one side (tests); ``None`` lets the cost rule choose.
+    force one side (tests); ``None`` lets the cost rule choose. ``space``: where a proxy's
+    low-rank layers are scored (:data:`~worker.engine.scoring.hooks.GradientSpace`).
     """
 
     def __init__(
@@ -78,13 +83,24 @@ class ExactScorer:
         gram: bool | None = None,
         formed: bool | None = None,
         formed_budget: int | None = None,
+        space: GradientSpace = "factors",
     ) -> None:
+        if (
+            adam is not None
+            and space == "weights"
+            and any(isinstance(m, LowRankLinear) for _, m in target_modules(model, suffixes))
+        ):
+            raise ConfigError(
+                "gradient_space weights has no Adam moments to precondition with (the proxy "
+                "trained its factors, not their product): use gradient_space factors",
+                field="gradient_space",
+            )
         self.model = model
         self.formed = formed
         self.formed_budget = (
             formed_budget if formed_budget is not None else default_formed_budget(model)
         )
-        self.blocks: list[Block] = scored_blocks(model, suffixes)
+        self.blocks: list[Block] = scored_blocks(model, suffixes, space)
         self.adam = adam
         self.gram = gram
         self.computed = 0

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import nn
@@ -39,6 +39,12 @@ from worker.engine.math.nll import response_loss
 Block = tuple[str, str, tuple[int, int]]
 """``(module name, parameter name, (rows, cols))`` of one scored parameter."""
 
+GradientSpace = Literal["factors", "weights"]
+"""Where a :class:`LowRankLinear` layer's gradient is taken: ``factors``, the gradients of ``A``
+and ``B`` (``r (out + in)`` numbers, the paper's proxy features); ``weights``, the gradient of
+the product ``A B`` as one ``out x in`` matrix, ``sum_t delta_t h_t^T`` (the target's own
+coordinates). Dense layers are scored by their ``weight`` in both."""
+
 
 def target_modules(model: nn.Module, suffixes: Sequence[str]) -> list[tuple[str, nn.Module]]:
     """``(name, module)`` of every ``nn.Linear`` / ``LowRankLinear`` whose name ends with a suffix."""
@@ -50,15 +56,17 @@ def target_modules(model: nn.Module, suffixes: Sequence[str]) -> list[tuple[str,
     return found
 
 
-def scored_blocks(model: nn.Module, suffixes: Sequence[str]) -> list[Block]:
-    """The scored parameters in module order: ``A`` then ``B`` of a low-rank layer, else
-    ``weight``, each with its shape."""
+def scored_blocks(
+    model: nn.Module, suffixes: Sequence[str], space: GradientSpace = "factors"
+) -> list[Block]:
+    """The scored parameters in module order: ``A`` then ``B`` of a low-rank layer (in the
+    ``weights`` space its product, named ``weight``), else ``weight``, each with its shape."""
     out: list[Block] = []
     for name, m in target_modules(model, suffixes):
-        if isinstance(m, LowRankLinear):
+        if isinstance(m, LowRankLinear) and space == "factors":
             out.append((name, "A", (m.out_features, m.rank)))
             out.append((name, "B", (m.rank, m.in_features)))
-        elif isinstance(m, nn.Linear):
+        elif isinstance(m, (nn.Linear, LowRankLinear)):
             out.append((name, "weight", (m.out_features, m.in_features)))
     return out
 
