@@ -265,6 +265,7 @@ def main() -> None:
                     "timings_s": m["timings_s"],
                     "build_s": build_s,
                     "score_s": score_s,
+                    "distill_steps": m["alignment"]["distill"]["steps"],
                     "align_steps": m["alignment"]["steps"],
                     "align_last": m["alignment"]["last"],
                     "heldout_loss": loss,
@@ -297,7 +298,7 @@ def write(args: argparse.Namespace, state: dict[str, Any], files: dict[str, Any]
     out.write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
     ref = state["reference"]
     head = (
-        "| row | recipe | rho | params | build s (probe / factorise / align) | align steps | "
+        "| row | recipe | rho | params | build s (probe / factorise / align) | distill + L_GA steps | "
         "held-out loss | GSM8K Spearman | GSM8K top-5% | MMLU Spearman | MMLU top-5% | "
         "GSM8K share of top 5% | report: Spearman / top-10% |\n" + "|---" * 13 + "|\n"
     )
@@ -308,7 +309,8 @@ def write(args: argparse.Namespace, state: dict[str, Any], files: dict[str, Any]
         report = f"{_f(fid.get('spearman'))} / {_f(fid.get('top10_overlap'))}" if fid else "-"
         body += (
             f"| {r['row']} | {r['recipe']} | {r['sparsity']} | {r['param_share']:.3f} | "
-            f"{t['probe']:.0f} / {t['factorise']:.0f} / {t['align']:.0f} | {r['align_steps']} | "
+            f"{t['probe']:.0f} / {t['factorise']:.0f} / {t['align']:.0f} | "
+            f"{r.get('distill_steps', 0)} + {r['align_steps']} | "
             f"{r['heldout_loss']:.2f} | {r['gsm8k_spearman']:.2f} | {r['gsm8k_top5']:.2f} | "
             f"{r['mmlu_spearman']:.2f} | {r['mmlu_top5']:.2f} | {r['gsm8k_share_top5']:.2f} | "
             f"{report} |\n"
