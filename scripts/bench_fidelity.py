@@ -23,6 +23,7 @@ scores each built proxy once per gradient space (``weights``: each low-rank laye
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import shlex
@@ -69,6 +70,12 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     # the iprox recipe before its distillation phase existed (now distill_steps 200)
     "iprox-no-distill": ("iprox", {"distill_steps": 0}),
 }
+
+# Rows of no proxy: the full target itself in another dtype, scored exactly. How far its ranking
+# is from the float32 reference is a floor for any proxy's agreement (scores that move under
+# rounding alone cannot be kept by a smaller model either) and what bfloat16 scoring on a GPU
+# gives up.
+CONTROLS: dict[str, torch.dtype] = {"target-bfloat16": torch.bfloat16}
 
 
 def parse_args() -> argparse.Namespace:
@@ -180,9 +187,9 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    unknown = [r for r in args.rows if r not in ROWS]
+    unknown = [r for r in args.rows if r not in ROWS and r not in CONTROLS]
     if unknown:
-        raise SystemExit(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
+        raise SystemExit(f"unknown rows {unknown}; choose from {', '.join([*ROWS, *CONTROLS])}")
     overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
     sizes = {
         k: getattr(args, k)
@@ -233,6 +240,12 @@ def main() -> None:
         ref = torch.tensor(state["reference"]["scores"])
         build_records = load_records(extra["build"])
         for name in args.rows:
+            if name in CONTROLS:
+                row = control_row(name, model, tok, files, extra["heldout"], ref, args)
+                state["rows"] = [r for r in state["rows"] if r["row"] != name] + [row]
+                if not args.no_write:
+                    write(args, state, files)
+                continue
             recipe, row_overrides = ROWS[name]
             given = {
                 "sparsity": args.sparsity,
@@ -272,15 +285,59 @@ def main() -> None:
                     "ranks_by_type": m["ranks_by_type"],
                     "fidelity": m.get("fidelity"),
                     **compare(scores, ref, files["gsm_idx"], args.pool_size),
-                    "command": shlex.join(sys.argv[1:]),
-                    "load": Path("/proc/loadavg").read_text().split()[:3],
-                    "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                    **stamp(),
                 }
                 state["rows"] = [r for r in state["rows"] if r["row"] != scored] + [row]
                 print(json.dumps({k: row[k] for k in row if k != "ranks_by_type"}, indent=1))
                 if not args.no_write:
                     write(args, state, files)
             del proxy
+
+
+def stamp() -> dict[str, Any]:
+    """How, when and at what load a row was measured."""
+    return {
+        "command": shlex.join(sys.argv[1:]),
+        "load": Path("/proc/loadavg").read_text().split()[:3],
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
+def control_row(
+    name: str,
+    model: torch.nn.Module,
+    tok: Any,
+    files: dict[str, Any],
+    heldout: Path,
+    ref: torch.Tensor,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """The row of a :data:`CONTROLS` entry: a copy of the target in that dtype, scored exactly."""
+    other = copy.deepcopy(model).to(CONTROLS[name])
+    print(f"{name}: scoring the pool", flush=True)
+    t = time.perf_counter()
+    scores = all_scores(other, tok, files, {}, args)["exact"]
+    row = {
+        "row": name,
+        "space": "weights",
+        "recipe": "-",
+        "sparsity": 0.0,
+        "overrides": {},
+        "param_share": 1.0,
+        "timings_s": {"probe": 0.0, "factorise": 0.0, "align": 0.0, "total": 0.0},
+        "build_s": 0.0,
+        "score_s": time.perf_counter() - t,
+        "distill_steps": 0,
+        "align_steps": 0,
+        "align_last": None,
+        "heldout_loss": heldout_loss(other, tok, heldout, args),
+        "ranks_by_type": {},
+        "fidelity": None,
+        **compare(scores, ref, files["gsm_idx"], args.pool_size),
+        **stamp(),
+    }
+    print(json.dumps(row, indent=1))
+    return row
 
 
 def _f(x: Any, digits: int = 2) -> str:
