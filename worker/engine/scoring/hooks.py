@@ -2,7 +2,8 @@
 
 Which layers: every linear layer whose module name ends with one of ``ScoreConfig.layers``. A
 dense ``nn.Linear`` contributes its ``weight``; a :class:`LowRankLinear` (a proxy's compressed
-layer) contributes its two factors ``A`` and ``B``. Biases, norms and embeddings are left out.
+layer) contributes its two factors ``A`` and ``B`` (or, in the ``weights`` :data:`GradientSpace`,
+their product as one matrix). Biases, norms and embeddings are left out.
 
 How: a forward hook on each such module sees its input ``h_t`` and a tensor hook on its output
 sees ``delta_t = dL/dy_t``. The per-sample gradient of a scored parameter is then
