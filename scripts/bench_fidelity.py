@@ -7,7 +7,9 @@ pool: probes and alignment come from there, as a service job's would come from i
 the pool exactly with it and compares: Spearman and top-5% overlap with the reference, the GSM8K
 share of the proxy's top 5%, the proxy's parameter share, build seconds (probe / factorise /
 align) and its response loss on held-out Dolly records. When the build produced a fidelity
-report (``manifest["fidelity"]``), its calibration figures are shown beside the full-pool ones.
+report (``manifest["fidelity"]``), its calibration figures are shown beside the full-pool ones
+(from rows of 2026-12-01 22:40 UTC on, against the GSM8K targets, as a select job's report is
+against its own target set; before, against a slice of the build set as its own target).
 
 Rows are named (``--rows``); each invocation appends its rows to docs/bench/fidelity.json (the
 reference scores are cached there too, keyed by the sizes, so later invocations skip it) and
@@ -239,6 +241,7 @@ def main() -> None:
             }
         ref = torch.tensor(state["reference"]["scores"])
         build_records = load_records(extra["build"])
+        gsm_targets = load_records(files["gsm8k"])
         for name in args.rows:
             if name in CONTROLS:
                 row = control_row(name, model, tok, files, extra["heldout"], ref, args)
@@ -258,7 +261,8 @@ def main() -> None:
             label = name + (f" ({args.label})" if args.label else "")
             print(f"{label}: building ({config.to_dict()})", flush=True)
             t = time.perf_counter()
-            proxy = build_proxy(target, build_records, config)
+            # the report's target set is the GSM8K targets, as a select job's would be its own
+            proxy = build_proxy(target, build_records, config, targets=gsm_targets)
             build_s = time.perf_counter() - t
             m = proxy.manifest
             loss = heldout_loss(proxy.model, tok, extra["heldout"], args)
