@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import torch
 
+from tests.engine.proxy.conftest import pool
 from tests.tiny import ARCHES
 from worker.engine.data import Record, collate, encode_all, pad_token_id
 from worker.engine.errors import Cancelled, ConfigError
@@ -122,6 +123,25 @@ def test_probe_and_alignment_sets_are_seeded_and_disjoint(records: list[Record])
     assert not {r.id for r in probe} & {r.id for r in aligned}
     other = split_records(records, ProxyConfig(probe_samples=10, align_steps=1, seed=1))[0]
     assert [r.id for r in other] != [r.id for r in probe]
+
+
+def test_the_default_alignment_set_gives_distillation_fresh_batches() -> None:
+    records = pool(1000)
+
+    def n_align(**given: Any) -> int:
+        return len(
+            split_records(records, ProxyConfig(probe_samples=64, align_steps=20, **given))[1]
+        )
+
+    # 1% of the pool without distillation; a batch per distillation step with it
+    assert n_align(distill_steps=0) == 10
+    assert n_align(distill_steps=50, align_batch_size=4) == 200
+    # never more than half the records left after probing: (1000 - 64) // 2
+    assert n_align(distill_steps=200, align_batch_size=4) == 468
+    # a given size wins
+    assert n_align(distill_steps=200, align_samples=30) == 30
+    # no alignment, no alignment set
+    assert len(split_records(records, ProxyConfig(align_steps=0))[1]) == 0
 
 
 def test_no_matching_layer_is_a_config_error(

@@ -51,9 +51,12 @@ def split_records(
 ) -> tuple[list[Record], list[Record]]:
     """Seeded, disjoint probe and alignment sets drawn from ``records``.
 
-    The alignment set defaults to ``align_fraction`` of the pool (at least one batch). When the pool is too
-    small for both, the alignment set reuses records from the probe set rather than shrinking
-    the probe set (probing is what the factorisation rests on).
+    The alignment set defaults to ``align_fraction`` of the pool (at least one batch), or, when
+    the build distils, to a fresh batch per distillation step if that is more (the measured
+    recipe: 200 steps on 800 records, docs/benchmarks.md bench:fidelity), but never more than
+    half the records left after probing (the rest stays for the fidelity report's calibration
+    slice). When the pool is too small for both, the alignment set reuses records from the
+    probe set rather than shrinking the probe set (probing is what the factorisation rests on).
     """
     generator = torch.Generator(device="cpu").manual_seed(config.seed)
     order = torch.randperm(len(records), generator=generator, device="cpu")
@@ -62,7 +65,12 @@ def split_records(
     n_probe = min(config.probe_samples, len(shuffled)) if probing else 0
     n_align = 0
     if config.aligns:
-        default = max(config.align_batch_size, math.ceil(config.align_fraction * len(records)))
+        distilled = min(
+            config.distill_steps * config.align_batch_size, (len(records) - n_probe) // 2
+        )
+        default = max(
+            config.align_batch_size, math.ceil(config.align_fraction * len(records)), distilled
+        )
         n_align = min(config.align_samples or default, len(shuffled))
     probe = shuffled[:n_probe]
     rest = shuffled[n_probe:]

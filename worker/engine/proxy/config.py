@@ -148,7 +148,9 @@ class ProxyConfig:
     align_samples: int | None = field(
         default=None,
         metadata=_help(
-            "records in the alignment set (default: align_fraction of the pool, at least one batch)"
+            "records in the alignment set (default: align_fraction of the pool, at least one "
+            "batch, or a fresh batch per distillation step if more, at most half the records "
+            "left after probing)"
         ),
     )
     align_fraction: float = field(
