@@ -367,7 +367,7 @@ def write(args: argparse.Namespace, state: dict[str, Any], files: dict[str, Any]
     for r in state["rows"]:
         t = r["timings_s"]
         fid = r.get("fidelity") or {}
-        report = f"{_f(fid.get('spearman'))} / {_f(fid.get('top10_overlap'))}" if fid else "-"
+        report = f"{_f(fid.get('spearman'))} / {_f(fid.get('top_overlap'))}" if fid else "-"
         body += (
             f"| {r['row']} | {r['recipe']} | {r['sparsity']} | {r['param_share']:.3f} | "
             f"{t['probe']:.0f} / {t['factorise']:.0f} / {t['align']:.0f} | "
