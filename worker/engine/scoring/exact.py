@@ -42,7 +42,6 @@ from worker.engine.scoring.hooks import (
     model_device,
     scored_blocks,
     sides,
-    target_modules,
 )
 from worker.engine.scoring.precondition import AdamState
 
@@ -85,26 +84,25 @@ class ExactScorer:
         formed_budget: int | None = None,
         space: GradientSpace = "factors",
     ) -> None:
-        if (
-            adam is not None
-            and space == "weights"
-            and any(isinstance(m, LowRankLinear) for _, m in target_modules(model, suffixes))
-        ):
-            raise ConfigError(
-                "gradient_space weights has no Adam moments to precondition with (the proxy "
-                "trained its factors, not their product): use gradient_space factors",
-                field="gradient_space",
-            )
         self.model = model
         self.formed = formed
         self.formed_budget = (
             formed_budget if formed_budget is not None else default_formed_budget(model)
         )
         self.blocks: list[Block] = scored_blocks(model, suffixes, space)
+        self._modules = dict(model.named_modules())
+        if adam is not None and any(
+            param == "weight" and isinstance(self._modules[name], LowRankLinear)
+            for name, param, _ in self.blocks
+        ):
+            raise ConfigError(
+                "gradient_space weights has no Adam moments to precondition with (the proxy "
+                "trained its factors, not their product): use gradient_space factors",
+                field="gradient_space",
+            )
         self.adam = adam
         self.gram = gram
         self.computed = 0
-        self._modules = dict(model.named_modules())
         self._by_module: dict[str, list[int]] = {}
         for j, (name, _, _) in enumerate(self.blocks):
             self._by_module.setdefault(name, []).append(j)
