@@ -50,6 +50,10 @@ REDIS_DB_RECOVERY = 15  # its own database: these tests flush it
 STALE_S = 8
 N = 16
 SHARD = 4  # samples per shard, scored one per batch: a shard is in flight for 4 batches
+# Workers whose scorer pauses after every batch: each test acts on a job still in progress
+# (kills a worker mid-shard, flushes the broker, cuts the database), and a fast machine
+# scored the whole pool between two polls of the score count with the plain app.
+SLOW_APP = "tests.integration.slow_worker"
 POOL = [{"id": f"r{i}", "prompt": f"Add {i} and {i}.", "completion": f"{2 * i}."} for i in range(N)]
 
 
@@ -67,7 +71,7 @@ class Recovery:
 
     def start_worker(self, name: str) -> subprocess.Popen[bytes]:
         log = self.base / f"{name}.log"
-        cmd = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker"]
+        cmd = [sys.executable, "-m", "celery", "-A", SLOW_APP, "worker"]
         cmd += ["-Q", self.env["IPROX_QUEUE"], "--concurrency", "1", "-n", f"{name}@%h"]
         cmd += ["--without-gossip", "--without-mingle", "--loglevel", "INFO"]
         cmd += ["--logfile", str(log)]
