@@ -63,6 +63,13 @@ class ProxySpec(BaseModel):
     distill_lr: float | None = Field(
         None, gt=0, description="Peak learning rate of the distillation phase.", examples=[1e-4]
     )
+    hidden_weight: float | None = Field(
+        None,
+        ge=0,
+        description="Weight of hidden-state matching (every decoder layer's output against "
+        "the target's) beside the KL term in the distillation phase; 0: KL alone.",
+        examples=[1.0],
+    )
     kl_weight: float | None = Field(
         None, ge=0, description="Weight of the KL term in the alignment loss.", examples=[1.0]
     )

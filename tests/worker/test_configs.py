@@ -34,8 +34,11 @@ def test_proxy_spec_fields_exist_in_proxy_config() -> None:
     assert cfg.lr == ProxyConfig().lr  # unset fields keep the engine's defaults
     memory = proxy_config(ProxySpec(checkpointing=True, factor_dtype="float32").model_dump())
     assert (memory.checkpointing, memory.factor_dtype) == (True, "float32")
-    distilled = proxy_config(ProxySpec(distill_steps=5, distill_lr=3e-4).model_dump())
+    distilled = proxy_config(
+        ProxySpec(distill_steps=5, distill_lr=3e-4, hidden_weight=2.0).model_dump()
+    )
     assert (distilled.distill_steps, distilled.distill_lr, distilled.aligns) == (5, 3e-4, True)
+    assert distilled.hidden_weight == 2.0
 
 
 def test_proxy_recipe_resolves_in_the_worker_with_overrides() -> None:

@@ -43,6 +43,7 @@ _FLAGS: tuple[str, ...] = (
     "align_fd_step",
     "distill_steps",
     "distill_lr",
+    "hidden_weight",
     "ga_weight",
     "gram_weight",
     "kl_weight",

@@ -17,6 +17,7 @@ from worker.engine.models import LoadedModel
 from worker.engine.proxy import ProxyConfig, build_proxy
 from worker.engine.proxy.align import align, alignment_losses, lr_factor
 from worker.engine.proxy.compress import replace_layer
+from worker.engine.proxy.lm import forward_states, hidden_state_error
 from worker.engine.proxy.probes import select_layers
 
 
@@ -143,3 +144,63 @@ def test_distillation_runs_only_when_the_build_aligns(
     assert proxy.manifest["alignment"]["steps"] == 0
     assert ProxyConfig().distill_steps == 200
     assert ProxyConfig.for_recipe("official").distill_steps == 0
+
+
+def test_hidden_state_error_is_relative_per_position_and_needs_matching_layers() -> None:
+    t = torch.zeros(1, 3, 2)
+    t[0, 0] = torch.tensor([100.0, 0.0])  # a massive first position
+    t[0, 1] = torch.tensor([0.0, 1.0])
+    t[0, 2] = torch.tensor([5.0, 5.0])  # padding, outside the mask
+    p = t.clone()
+    p[0, 0, 0] += 10.0  # 1% of |h|^2 off
+    p[0, 1, 1] += 1.0  # 100% off
+    p[0, 2] = 0.0
+    mask = torch.tensor([[True, True, False]])
+    err = hidden_state_error([t, t], [p, t], mask)
+    assert float(err) == pytest.approx(((0.01 + 1.0) / 2 + 0.0) / 2)
+    assert float(hidden_state_error([t], [t], mask)) == 0.0
+    with pytest.raises(ValueError, match="1 target layers against 2 proxy"):
+        hidden_state_error([t], [t, t], mask)
+
+
+def test_hidden_state_matching_brings_every_layer_nearer_the_target(
+    make_target: Callable[..., LoadedModel], records: list[Record]
+) -> None:
+    """Distillation with ``hidden_weight`` ends with a smaller hidden-state error than the
+    same steps on the KL term alone, and records the term in its history."""
+    target = make_target("llama")
+    cfg = ProxyConfig(
+        method="svd",
+        sparsity=0.7,
+        distill_steps=8,
+        distill_lr=5e-3,
+        align_steps=1,
+        align_batch_size=4,
+        max_length=64,
+    )
+    base = build_proxy(
+        target, records, ProxyConfig(**{**cfg.to_dict(), "distill_steps": 0, "align_steps": 0})
+    )
+    tok = target.tokenizer
+    examples = encode_all(records[:4], tok, 64)
+    batch = collate(examples, pad_token_id(tok))
+    mask = batch["attention_mask"].bool()
+    with torch.no_grad():
+        _, t_hidden = forward_states(target.model, batch, hidden=True)
+
+    def error_after(weight: float) -> tuple[float, list[dict[str, float]]]:
+        proxy = copy.deepcopy(base.model)
+        run = ProxyConfig(**{**cfg.to_dict(), "hidden_weight": weight})
+        history = align(target.model, proxy, examples, run, pad_id=pad_token_id(tok))
+        with torch.no_grad():
+            _, p_hidden = forward_states(proxy, batch, hidden=True)
+        return float(hidden_state_error(t_hidden, p_hidden, mask)), history
+
+    with torch.no_grad():
+        _, start = forward_states(base.model, batch, hidden=True)
+    before = float(hidden_state_error(t_hidden, start, mask))
+    kl_only, kl_history = error_after(0.0)
+    matched, history = error_after(10.0)
+    assert matched < 0.7 * before and matched < kl_only, (before, kl_only, matched)
+    assert all("hidden" in h for h in history[:8]) and "hidden" not in kl_history[0]
+    assert history[0]["loss"] == pytest.approx(history[0]["kl"] + 10.0 * history[0]["hidden"])

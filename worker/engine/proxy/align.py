@@ -40,7 +40,14 @@ from worker.engine.progress import ProgressFn, StopFn, check_stop, report
 from worker.engine.proxy.compress import factor_modules
 from worker.engine.proxy.config import ProxyConfig
 from worker.engine.proxy.gram import gram_loss, proxy_gram, target_gram
-from worker.engine.proxy.lm import forward_logits, loss_positions, sequence_losses, temperature_kl
+from worker.engine.proxy.lm import (
+    forward_logits,
+    forward_states,
+    hidden_state_error,
+    loss_positions,
+    sequence_losses,
+    temperature_kl,
+)
 
 
 @dataclass(frozen=True)
@@ -265,20 +272,32 @@ def distill_gradients(
     batch: dict[str, torch.Tensor],
     config: ProxyConfig,
     params: Sequence[nn.Parameter],
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One step of the distillation phase: set each factor's ``.grad`` to the gradient of
-    ``L_KL`` alone and return ``L_KL`` (detached). First order: the target runs without a
-    graph, the proxy's backward is a plain one (no gradient of a gradient), so a step costs
-    about a training step of the proxy plus a forward of the target."""
+    ``L_KL + hidden_weight * L_hidden`` and return ``(L_KL, L_hidden)`` (detached; ``L_hidden``
+    is None at weight 0). ``L_hidden`` (:func:`hidden_state_error`) matches every decoder
+    layer's output on attended positions, so the inputs each compressed layer sees, one factor
+    of its per-sample gradients, move toward the target's as well as the output distribution.
+    First order: the target runs without a graph, the proxy's backward is a plain one (no
+    gradient of a gradient), so a step costs about a training step of the proxy plus a
+    forward of the target."""
     mask = loss_positions(batch["labels"])
+    hidden = config.hidden_weight > 0
     with torch.no_grad():
-        t_logits = forward_logits(target, batch)
+        t_logits, t_hidden = forward_states(target, batch, hidden=hidden)
     with torch.enable_grad(), _requires_grad(params):
-        kl = temperature_kl(t_logits, forward_logits(proxy, batch), mask, config.temperature)
-        grads = torch.autograd.grad(kl, list(params))
+        p_logits, p_hidden = forward_states(proxy, batch, hidden=hidden)
+        kl = temperature_kl(t_logits, p_logits, mask, config.temperature)
+        states = (
+            hidden_state_error(t_hidden, p_hidden, batch["attention_mask"].bool())
+            if hidden
+            else None
+        )
+        loss = kl if states is None else kl + config.hidden_weight * states
+        grads = torch.autograd.grad(loss, list(params))
     for p, g in zip(params, grads, strict=True):
         p.grad = g.to(p.dtype)
-    return kl.detach()
+    return kl.detach(), None if states is None else states.detach()
 
 
 def lr_factor(step: int, total: int, warmup_fraction: float, schedule: str = "cosine") -> float:
@@ -383,21 +402,24 @@ def _distill(
         check_stop(should_stop, "aligning")
         batch = collate(next(stream), pad_id, model_device(proxy))
         optimizer.zero_grad(set_to_none=True)
-        kl = float(distill_gradients(target, proxy, batch, config, params))
+        kl_t, states_t = distill_gradients(target, proxy, batch, config, params)
+        kl = float(kl_t)
+        loss = kl if states_t is None else kl + config.hidden_weight * float(states_t)
         grad_norm = _clip(params, config)
-        history.append(
-            {
-                "step": len(history) + 1,
-                "distill": 1.0,
-                "lr": optimizer.param_groups[0]["lr"],
-                "loss": kl,
-                "kl": kl,
-                "grad_norm": grad_norm,
-            }
-        )
+        entry = {
+            "step": len(history) + 1,
+            "distill": 1.0,
+            "lr": optimizer.param_groups[0]["lr"],
+            "loss": loss,
+            "kl": kl,
+            "grad_norm": grad_norm,
+        }
+        metrics = {"step": step + 1, "KL": kl, "loss": loss}
+        if states_t is not None:
+            entry["hidden"] = metrics["L_hidden"] = float(states_t)
+        history.append(entry)
         optimizer.step()
         schedule.step()
-        metrics = {"step": step + 1, "KL": kl, "loss": kl}
         report(progress, "aligning", step + 1, overall, metrics)
 
 

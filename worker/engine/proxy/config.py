@@ -195,6 +195,14 @@ class ProxyConfig:
         default=1e-4,
         metadata=_help("peak AdamW learning rate of the distillation phase (warm-up, cosine)"),
     )
+    hidden_weight: float = field(
+        default=0.0,
+        metadata=_help(
+            "weight of hidden-state matching in the distillation phase: every decoder layer's "
+            "output against the target's, relative squared error per attended position, "
+            "beside the KL term (0: KL alone)"
+        ),
+    )
     ga_weight: float = field(
         default=1.0, metadata=_help("weight of L_GA (batch-mean gradient alignment)")
     )
@@ -323,6 +331,7 @@ RANGES: dict[str, Range] = {
     "align_steps": NON_NEGATIVE,
     "distill_steps": NON_NEGATIVE,
     "distill_lr": POSITIVE,
+    "hidden_weight": NON_NEGATIVE,
     "align_samples": AT_LEAST_ONE,
     "align_batch_size": AT_LEAST_ONE,
     "kl_weight": NON_NEGATIVE,
@@ -364,6 +373,7 @@ OFFICIAL: dict[str, Any] = {
     "align_fraction": 0.009,
     "align_batch_size": 4,
     "distill_steps": 0,
+    "hidden_weight": 0.0,
     "kl_weight": 0.0,
     "temperature": 2.0,
     "lr": 1e-4,

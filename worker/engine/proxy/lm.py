@@ -6,6 +6,8 @@ of the next token is not ``IGNORE_INDEX`` (a response token).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -50,6 +52,47 @@ def temperature_kl(
     log_pp = torch.log_softmax(p, dim=-1)
     kl = (log_pt.exp() * (log_pt - log_pp)).sum(dim=-1)
     return temperature**2 * kl.mean()
+
+
+def hidden_state_error(
+    target_hidden: Sequence[torch.Tensor], proxy_hidden: Sequence[torch.Tensor], mask: torch.Tensor
+) -> torch.Tensor:
+    """Mean over layers and the positions in ``mask`` of ``|h_p - h_t|^2 / |h_t|^2``.
+
+    ``*_hidden``: one ``(batch, seq, hidden)`` tensor per layer, in the same order;
+    ``mask: (batch, seq)`` bool. Each position's error is relative to its own target norm, so
+    neither the residual stream's growth with depth nor a few positions' massive activations
+    (a first token's norm can be hundreds of times the rest) decide the sum. Target states
+    carry no gradient.
+    """
+    if len(target_hidden) != len(proxy_hidden):
+        raise ValueError(f"{len(target_hidden)} target layers against {len(proxy_hidden)} proxy")
+    if not target_hidden:
+        raise ValueError("no hidden states to compare")
+    errors = []
+    for t, p in zip(target_hidden, proxy_hidden, strict=True):
+        t_rows = t.detach()[mask].float()
+        p_rows = p[mask].float()
+        norms = t_rows.pow(2).sum(-1).clamp_min(torch.finfo(torch.float32).tiny)
+        errors.append(((p_rows - t_rows).pow(2).sum(-1) / norms).mean())
+    return torch.stack(errors).mean()
+
+
+def forward_states(
+    model: nn.Module, batch: dict[str, torch.Tensor], *, hidden: bool
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """Logits ``(batch, seq, vocab)`` and, with ``hidden``, each decoder layer's output
+    ``(batch, seq, hidden)`` (the embeddings, the same in a proxy as in its target, left out;
+    without ``hidden``, none), from one pass as :func:`forward_logits`'s."""
+    if not hidden:
+        return forward_logits(model, batch), ()
+    out = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        use_cache=False,
+        output_hidden_states=True,
+    )
+    return out.logits, tuple(out.hidden_states[1:])
 
 
 def forward_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
