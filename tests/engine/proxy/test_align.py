@@ -10,12 +10,13 @@ from typing import Any
 import pytest
 import torch
 
-from worker.engine.data import Record, collate, encode_all, pad_token_id
+from worker.engine.data import Example, Record, collate, encode_all, pad_token_id
 from worker.engine.lowrank import LowRankLinear
 from worker.engine.math.ipsvd import svd_factors
 from worker.engine.models import LoadedModel
 from worker.engine.proxy import ProxyConfig, build_proxy
 from worker.engine.proxy.align import align, alignment_losses, lr_factor
+from worker.engine.proxy.build import Proxy
 from worker.engine.proxy.compress import replace_layer
 from worker.engine.proxy.lm import forward_states, hidden_state_error
 from worker.engine.proxy.probes import select_layers
@@ -84,22 +85,9 @@ def test_distillation_lowers_kl_first_order_then_alignment_runs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     target = make_target("llama")
-    cfg = ProxyConfig(
-        method="svd",
-        sparsity=0.7,
-        distill_steps=6,
-        distill_lr=5e-3,
-        align_steps=2,
-        align_batch_size=4,
-        warmup_fraction=0.0,
-        max_length=64,
-    )
-    proxy = build_proxy(
-        target, records, ProxyConfig(**{**cfg.to_dict(), "distill_steps": 0, "align_steps": 0})
-    )
+    cfg = _distilling(distill_steps=6, align_steps=2, warmup_fraction=0.0)
+    proxy, examples, batch = _unaligned(target, records, cfg)
     tok = target.tokenizer
-    examples = encode_all(records[:4], tok, 64)
-    batch = collate(examples, pad_token_id(tok))
     before = alignment_losses(target.model, proxy.model, batch, cfg, create_graph=False)
     frozen = {n: p.clone() for n, p in proxy.model.named_parameters() if not p.requires_grad}
     ticks: list[tuple[int, int]] = []
@@ -169,21 +157,9 @@ def test_hidden_state_matching_brings_every_layer_nearer_the_target(
     """Distillation with ``hidden_weight`` ends with a smaller hidden-state error than the
     same steps on the KL term alone, and records the term in its history."""
     target = make_target("llama")
-    cfg = ProxyConfig(
-        method="svd",
-        sparsity=0.7,
-        distill_steps=8,
-        distill_lr=5e-3,
-        align_steps=1,
-        align_batch_size=4,
-        max_length=64,
-    )
-    base = build_proxy(
-        target, records, ProxyConfig(**{**cfg.to_dict(), "distill_steps": 0, "align_steps": 0})
-    )
+    cfg = _distilling(distill_steps=8, align_steps=1)
+    base, examples, batch = _unaligned(target, records, cfg)
     tok = target.tokenizer
-    examples = encode_all(records[:4], tok, 64)
-    batch = collate(examples, pad_token_id(tok))
     mask = batch["attention_mask"].bool()
     with torch.no_grad():
         _, t_hidden = forward_states(target.model, batch, hidden=True)
@@ -204,3 +180,23 @@ def test_hidden_state_matching_brings_every_layer_nearer_the_target(
     assert matched < 0.7 * before and matched < kl_only, (before, kl_only, matched)
     assert all("hidden" in h for h in history[:8]) and "hidden" not in kl_history[0]
     assert history[0]["loss"] == pytest.approx(history[0]["kl"] + 10.0 * history[0]["hidden"])
+
+
+def _distilling(**overrides: Any) -> ProxyConfig:
+    """A small SVD proxy's config that distils at a high rate (``overrides`` set the steps)."""
+    base: dict[str, Any] = dict(
+        method="svd", sparsity=0.7, distill_lr=5e-3, align_batch_size=4, max_length=64
+    )
+    return ProxyConfig(**(base | overrides))
+
+
+def _unaligned(
+    target: LoadedModel, records: list[Record], cfg: ProxyConfig
+) -> tuple[Proxy, list[Example], dict[str, torch.Tensor]]:
+    """``cfg``'s proxy built without distillation or alignment, the first four records
+    encoded, and their batch."""
+    proxy = build_proxy(
+        target, records, ProxyConfig(**{**cfg.to_dict(), "distill_steps": 0, "align_steps": 0})
+    )
+    examples = encode_all(records[:4], target.tokenizer, 64)
+    return proxy, examples, collate(examples, pad_token_id(target.tokenizer))
