@@ -285,6 +285,7 @@ def main() -> None:
                     "distill_steps": m["alignment"]["distill"]["steps"],
                     "align_steps": m["alignment"]["steps"],
                     "align_last": m["alignment"]["last"],
+                    "distill_summary": m["alignment"]["distill"],
                     "heldout_loss": loss,
                     "ranks_by_type": m["ranks_by_type"],
                     "fidelity": m.get("fidelity"),

@@ -200,3 +200,15 @@ def _unaligned(
     )
     examples = encode_all(records[:4], target.tokenizer, 64)
     return proxy, examples, collate(examples, pad_token_id(target.tokenizer))
+
+
+def test_the_manifest_records_the_hidden_state_term_where_distillation_matched_states(
+    make_target: Callable[..., LoadedModel], records: list[Record]
+) -> None:
+    target = make_target("llama")
+    cfg = _distilling(distill_steps=3, align_steps=1, hidden_weight=1.0, fidelity_samples=0)
+    summary = build_proxy(target, records, cfg).manifest["alignment"]["distill"]
+    assert summary["steps"] == 3
+    assert 0 < summary["last_hidden"] < summary["first_hidden"], summary
+    plain = build_proxy(target, records, ProxyConfig(**{**cfg.to_dict(), "hidden_weight": 0.0}))
+    assert "last_hidden" not in plain.manifest["alignment"]["distill"]

@@ -208,6 +208,12 @@ def build_proxy(
                 "steps": len(distilled),
                 "first_kl": distilled[0]["kl"] if distilled else None,
                 "last_kl": distilled[-1]["kl"] if distilled else None,
+                # the hidden-state term (hidden_weight), where the phase matched states
+                **(
+                    {"first_hidden": distilled[0]["hidden"], "last_hidden": distilled[-1]["hidden"]}
+                    if distilled and "hidden" in distilled[0]
+                    else {}
+                ),
             },
         },
         "seed": config.seed,
