@@ -3,8 +3,8 @@
 It is ``worker.celery_app`` with the scorer slowed by ``BATCH_DELAY_S`` after each batch, so
 a shard of four one-sample batches is in flight for seconds rather than milliseconds: a test
 that kills a worker mid-shard, flushes the broker or cuts the database then acts on a job in
-progress on any machine, instead of racing a fast one to it. The patch is applied before the prefork pool forks, so the pool's
-child scores through it too."""
+progress on any machine, instead of racing a fast one to it. The patch is applied before
+the prefork pool forks, so the pool's child scores through it too."""
 
 from __future__ import annotations
 

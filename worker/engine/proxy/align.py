@@ -272,10 +272,10 @@ def distill_gradients(
     batch: dict[str, torch.Tensor],
     config: ProxyConfig,
     params: Sequence[nn.Parameter],
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """One step of the distillation phase: set each factor's ``.grad`` to the gradient of
-    ``L_KL + hidden_weight * L_hidden`` and return ``(L_KL, L_hidden)`` (detached; ``L_hidden``
-    is None at weight 0). ``L_hidden`` (:func:`hidden_state_error`) matches every decoder
+    ``L_KL + hidden_weight * L_hidden`` and return ``(that sum, L_KL, L_hidden)`` (detached;
+    ``L_hidden`` is None at weight 0). ``L_hidden`` (:func:`hidden_state_error`) matches every decoder
     layer's output on attended positions, so the inputs each compressed layer sees, one factor
     of its per-sample gradients, move toward the target's as well as the output distribution.
     First order: the target runs without a graph, the proxy's backward is a plain one (no
@@ -297,7 +297,7 @@ def distill_gradients(
         grads = torch.autograd.grad(loss, list(params))
     for p, g in zip(params, grads, strict=True):
         p.grad = g.to(p.dtype)
-    return kl.detach(), None if states is None else states.detach()
+    return loss.detach(), kl.detach(), None if states is None else states.detach()
 
 
 def lr_factor(step: int, total: int, warmup_fraction: float, schedule: str = "cosine") -> float:
@@ -402,9 +402,8 @@ def _distill(
         check_stop(should_stop, "aligning")
         batch = collate(next(stream), pad_id, model_device(proxy))
         optimizer.zero_grad(set_to_none=True)
-        kl_t, states_t = distill_gradients(target, proxy, batch, config, params)
-        kl = float(kl_t)
-        loss = kl if states_t is None else kl + config.hidden_weight * float(states_t)
+        loss_t, kl_t, states_t = distill_gradients(target, proxy, batch, config, params)
+        loss, kl = float(loss_t), float(kl_t)
         grad_norm = _clip(params, config)
         entry = {
             "step": len(history) + 1,
