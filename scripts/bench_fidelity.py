@@ -44,9 +44,11 @@ from scripts.bench_score import DATA, TASKS, all_scores, make_files  # noqa: E40
 from scripts.benchdoc import write_section  # noqa: E402
 from worker.engine.data import collate, encode_all, load_records, pad_token_id  # noqa: E402
 from worker.engine.math.scores import spearman, top_overlap  # noqa: E402
+from worker.engine.lowrank import LowRankLinear  # noqa: E402
 from worker.engine.models import load_model  # noqa: E402
 from worker.engine.proxy import ProxyConfig, build_proxy  # noqa: E402
 from worker.engine.proxy import build as build_module  # noqa: E402
+from worker.engine.proxy.compress import factor_modules  # noqa: E402
 from worker.engine.proxy.lm import forward_logits, sequence_losses  # noqa: E402
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -98,9 +100,11 @@ def parse_args() -> argparse.Namespace:
         "--spaces",
         nargs="+",
         default=["factors"],
-        choices=["factors", "weights"],
+        choices=["factors", "weights", "target-factors"],
         help="score each built proxy in these gradient spaces (one row each; weights: the "
-        "product A B of each low-rank layer as one matrix, marked in the row's name)",
+        "product A B of each low-rank layer as one matrix, marked in the row's name; "
+        "target-factors: a diagnostic, the full target's own gradients seen through the "
+        "proxy's factor maps, the ceiling of factor-space scores)",
     )
     p.add_argument("--sparsity", type=float, default=0.5)
     p.add_argument("--pool-size", type=int, default=240)
@@ -267,10 +271,15 @@ def main() -> None:
             m = proxy.manifest
             loss = heldout_loss(proxy.model, tok, extra["heldout"], args)
             for space in args.spaces:
-                scored = label + (" [weight-space scores]" if space == "weights" else "")
+                scored = label + SPACE_LABELS[space]
                 print(f"{scored}: scoring the pool", flush=True)
                 t = time.perf_counter()
-                scores = all_scores(proxy.model, tok, files, {}, args, space=space)["exact"]
+                if space == "target-factors":
+                    viewed = target_through_factors(model, proxy.model)
+                    scores = all_scores(viewed, tok, files, {}, args)["exact"]
+                    del viewed
+                else:
+                    scores = all_scores(proxy.model, tok, files, {}, args, space=space)["exact"]
                 score_s = time.perf_counter() - t
                 row = {
                     "row": scored,
@@ -286,7 +295,9 @@ def main() -> None:
                     "align_steps": m["alignment"]["steps"],
                     "align_last": m["alignment"]["last"],
                     "distill_summary": m["alignment"]["distill"],
-                    "heldout_loss": loss,
+                    "heldout_loss": (
+                        state["reference"]["heldout_loss"] if space == "target-factors" else loss
+                    ),
                     "ranks_by_type": m["ranks_by_type"],
                     "fidelity": m.get("fidelity"),
                     **compare(scores, ref, files["gsm_idx"], args.pool_size),
@@ -297,6 +308,41 @@ def main() -> None:
                 if not args.no_write:
                     write(args, state, files)
             del proxy
+
+
+SPACE_LABELS = {
+    "factors": "",
+    "weights": " [weight-space scores]",
+    "target-factors": " [the target's gradients in its factor space]",
+}
+
+
+class DenseFactorView(LowRankLinear):
+    """A target layer that computes with its dense weight ``W`` but is scored through a proxy
+    layer's factor maps: its per-sample gradient ``G = sum_t delta_t h_t^T`` is seen as
+    ``(G B^T, A^T G)``, what the proxy's factor gradients would be were the proxy's own
+    ``delta`` and ``h`` the target's. Scores of a model of these are the ceiling of any
+    factor-space proxy with those factors: alignment can at best make the proxy's gradients
+    match them."""
+
+    def __init__(self, dense: torch.nn.Linear, factors: LowRankLinear) -> None:
+        super().__init__(factors.A, factors.B, dense.bias)
+        self.dense = dense.weight.detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(x, self.dense.to(x.dtype), self.bias)
+
+
+def target_through_factors(target: torch.nn.Module, proxy: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``target`` whose layers compressed in ``proxy`` are :class:`DenseFactorView`
+    modules: the same function, scored in the proxy's factor coordinates."""
+    viewed = copy.deepcopy(target)
+    for name, factors in factor_modules(proxy).items():
+        parent, _, leaf = name.rpartition(".")
+        dense = viewed.get_submodule(name)
+        assert isinstance(dense, torch.nn.Linear)
+        setattr(viewed.get_submodule(parent), leaf, DenseFactorView(dense, factors))
+    return viewed
 
 
 def stamp() -> dict[str, Any]:
