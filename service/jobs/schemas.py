@@ -70,6 +70,13 @@ class ProxySpec(BaseModel):
         "the target's) beside the KL term in the distillation phase; 0: KL alone.",
         examples=[1.0],
     )
+    ga_unit: Literal["batch", "sample"] | None = Field(
+        None,
+        description="Whose gradients the alignment cosines compare: batch (the batch-mean "
+        "gradients, the paper's) or sample (each record's own, averaged over the batch; one "
+        "pass per record). Default batch.",
+        examples=["batch"],
+    )
     kl_weight: float | None = Field(
         None, ge=0, description="Weight of the KL term in the alignment loss.", examples=[1.0]
     )

@@ -35,10 +35,12 @@ def test_proxy_spec_fields_exist_in_proxy_config() -> None:
     memory = proxy_config(ProxySpec(checkpointing=True, factor_dtype="float32").model_dump())
     assert (memory.checkpointing, memory.factor_dtype) == (True, "float32")
     distilled = proxy_config(
-        ProxySpec(distill_steps=5, distill_lr=3e-4, hidden_weight=2.0).model_dump()
+        ProxySpec(
+            distill_steps=5, distill_lr=3e-4, hidden_weight=2.0, ga_unit="sample"
+        ).model_dump()
     )
     assert (distilled.distill_steps, distilled.distill_lr, distilled.aligns) == (5, 3e-4, True)
-    assert distilled.hidden_weight == 2.0
+    assert (distilled.hidden_weight, distilled.ga_unit) == (2.0, "sample")
 
 
 def test_proxy_recipe_resolves_in_the_worker_with_overrides() -> None:

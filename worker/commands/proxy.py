@@ -45,6 +45,7 @@ _FLAGS: tuple[str, ...] = (
     "distill_lr",
     "hidden_weight",
     "ga_weight",
+    "ga_unit",
     "gram_weight",
     "kl_weight",
     "temperature",

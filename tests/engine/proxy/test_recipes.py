@@ -334,3 +334,51 @@ def test_an_alignment_step_out_of_memory_splits_its_passes(
     )
     with pytest.raises(torch.OutOfMemoryError):
         align_module.step_gradients(target.model, proxy, one, config, params)
+
+
+def test_per_record_alignment_is_the_mean_of_each_records_own_objective(
+    make_target: Callable[..., LoadedModel], records: list[Record]
+) -> None:
+    """``ga_unit: sample``: the step's gradient and losses are the means over the batch's
+    records of each record's objective on its own (unpadded) sequence, not the batch-mean
+    objective's; gram matching, which compares records, refuses it."""
+    from worker.engine.proxy import align as align_module
+
+    target = make_target("llama")
+    target.model.double()
+    proxy = build_proxy(target, records, ProxyConfig(sparsity=0.5, **FAST)).model.double()
+    params = [p for p in proxy.parameters() if p.requires_grad]
+    examples = encode_all(records[:3], target.tokenizer, 64)
+    pad = pad_token_id(target.tokenizer)
+    assert len({len(e.input_ids) for e in examples}) > 1  # the batch is padded
+    batch = collate(examples, pad)
+    per_record = ProxyConfig(kl_weight=0.1, ga_unit="sample")
+
+    def flat() -> torch.Tensor:
+        out = torch.cat([p.grad.flatten() for p in params])  # type: ignore[union-attr]
+        for p in params:
+            p.grad = None
+        return out
+
+    with align_module.eager_attention(proxy), align_module.eager_attention(target.model):
+        want, ga, kl = torch.zeros(sum(p.numel() for p in params), dtype=torch.float64), 0.0, 0.0
+        for e in examples:
+            one = align_module.alignment_losses(
+                target.model, proxy, collate([e], pad), per_record, create_graph=True
+            )
+            one.total.backward()  # type: ignore[no-untyped-call]
+            want += flat() / 3
+            ga, kl = ga + float(one.ga.detach()) / 3, kl + float(one.kl.detach()) / 3
+        losses, rows = align_module.step_gradients(target.model, proxy, batch, per_record, params)
+        got = flat()
+        align_module.step_gradients(target.model, proxy, batch, ProxyConfig(kl_weight=0.1), params)
+        batch_mean = flat()
+    assert rows == 1
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-10)
+    assert float(losses.ga) == pytest.approx(ga, rel=1e-9)
+    assert float(losses.kl) == pytest.approx(kl, rel=1e-6)
+    assert len(losses.cosines) == len(params) // 2
+    cos = float(torch.nn.functional.cosine_similarity(got, batch_mean, dim=0))
+    assert cos < 0.99  # a different objective from the batch-mean one
+    with pytest.raises(ConfigError, match="gram_weight"):
+        ProxyConfig(gram_weight=1.0, ga_unit="sample")

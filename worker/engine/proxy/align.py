@@ -3,8 +3,11 @@
 ``L_GA`` is the mean over compressed layers of ``0.5 [(1 - cos_A) + (1 - cos_B)]``, each
 cosine between a proxy factor's gradient and the target's weight gradient pushed into that
 factor's space (the authors' per-factor form: unlike one cosine over both factors, it does not
-depend on how the factor gauge splits scale between ``A`` and ``B``); ``L_KL`` the temperature-scaled KL from the target's to the proxy's
-token distributions over response tokens. ``L_GA`` is a function of gradients, so its own
+depend on how the factor gauge splits scale between ``A`` and ``B``); ``L_KL`` the
+temperature-scaled KL from the target's to the proxy's token distributions over response
+tokens. The gradients compared are the batch's mean (``ga_unit: batch``, the authors') or each
+record's own, the objective then the mean over the batch (``ga_unit: sample``: what scoring
+compares, a record's gradient against the target's). ``L_GA`` is a function of gradients, so its own
 gradient needs second-order autograd (``create_graph=True`` on the proxy's backward pass); the
 target's side is a constant (computed without a graph to the factors).
 
@@ -436,9 +439,12 @@ def step_gradients(
     the rows at a time and down to one, by the finite-difference route, whose passes are all
     first order and accumulate exactly. An exact (double backward) step that runs out of
     memory takes that route for the step. The ``gram`` term needs the whole batch's graph, so
-    there the error is raised.
+    there the error is raised. With ``ga_unit: sample`` each record takes its own passes
+    (:func:`_per_record_gradients`), so the rows per pass are one.
     """
     n = int(batch["input_ids"].shape[0])
+    if config.ga_unit == "sample" and n > 1:
+        return _per_record_gradients(target, proxy, batch, config, params), 1
     rows = n
     if config.align_hvp == "exact":
         try:
@@ -459,6 +465,52 @@ def step_gradients(
             if rows == 1:
                 raise
         rows = max(1, rows // 2)
+
+
+def _trimmed(batch: dict[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]:
+    """Row ``i`` of a right-padded batch alone, its padding cut off (the same computation)."""
+    width = int(batch["attention_mask"][i].sum())
+    return {k: v[i : i + 1, :width] for k, v in batch.items()}
+
+
+def _per_record_gradients(
+    target: nn.Module,
+    proxy: nn.Module,
+    batch: dict[str, torch.Tensor],
+    config: ProxyConfig,
+    params: Sequence[nn.Parameter],
+) -> AlignLosses:
+    """``ga_unit: sample``: the factors' ``.grad`` of the mean over the batch's records of each
+    record's own objective (``L_GA`` between its proxy and target gradients, plus its KL), one
+    pass per record; the losses (and each layer's cosines) are those means."""
+    n = int(batch["input_ids"].shape[0])
+    total: list[torch.Tensor] | None = None
+    parts: list[AlignLosses] = []
+    for i in range(n):
+        for p in params:
+            p.grad = None
+        losses, _ = step_gradients(target, proxy, _trimmed(batch, i), config, params)
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        total = _add(total, grads, 1.0 / n)
+        parts.append(losses)
+    assert total is not None
+    for p, g in zip(params, total, strict=True):
+        p.grad = g.to(p.dtype)
+
+    def mean(values: Sequence[torch.Tensor]) -> torch.Tensor:
+        wide = [v.detach().to(torch.promote_types(v.dtype, torch.float32)) for v in values]
+        return torch.stack(wide).mean()
+
+    cosines = [
+        (sum(c[0] for c in layer) / n, sum(c[1] for c in layer) / n)
+        for layer in zip(*(part.cosines for part in parts), strict=True)
+    ]
+    return AlignLosses(
+        mean([q.total for q in parts]),
+        mean([q.ga for q in parts]),
+        mean([q.kl for q in parts]),
+        cosines,
+    )
 
 
 def _clip(params: Sequence[nn.Parameter], config: ProxyConfig) -> float:

@@ -203,8 +203,15 @@ class ProxyConfig:
             "beside the KL term (0: KL alone)"
         ),
     )
-    ga_weight: float = field(
-        default=1.0, metadata=_help("weight of L_GA (batch-mean gradient alignment)")
+    ga_weight: float = field(default=1.0, metadata=_help("weight of L_GA (gradient alignment)"))
+    ga_unit: Literal["batch", "sample"] = field(
+        default="batch",
+        metadata=_help(
+            "whose gradients L_GA's cosines compare: batch: the batch-mean gradients (the "
+            "paper's); sample: each record's own, the step's objective the mean over its "
+            "records (what scoring compares: one record's gradient against the target's), at "
+            "one pass per record"
+        ),
     )
     gram_weight: float = field(
         default=0.0,
@@ -272,6 +279,11 @@ class ProxyConfig:
         if self.gram_weight > 0 and self.align_hvp == "finite":
             raise ConfigError(
                 "gram_weight needs align_hvp exact (its gradient is a double backward)",
+                field="gram_weight",
+            )
+        if self.gram_weight > 0 and self.ga_unit == "sample":
+            raise ConfigError(
+                "gram_weight needs ga_unit batch (it compares the records of one batch)",
                 field="gram_weight",
             )
         if self.fidelity_samples == 1:
@@ -374,6 +386,7 @@ OFFICIAL: dict[str, Any] = {
     "align_batch_size": 4,
     "distill_steps": 0,
     "hidden_weight": 0.0,
+    "ga_unit": "batch",
     "kl_weight": 0.0,
     "temperature": 2.0,
     "lr": 1e-4,
