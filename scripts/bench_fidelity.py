@@ -43,8 +43,8 @@ sys.path.insert(0, str(ROOT))
 from scripts.bench_score import DATA, TASKS, all_scores, make_files  # noqa: E402
 from scripts.benchdoc import write_section  # noqa: E402
 from worker.engine.data import collate, encode_all, load_records, pad_token_id  # noqa: E402
-from worker.engine.math.scores import spearman, top_overlap  # noqa: E402
 from worker.engine.lowrank import LowRankLinear  # noqa: E402
+from worker.engine.math.scores import spearman, top_overlap  # noqa: E402
 from worker.engine.models import load_model  # noqa: E402
 from worker.engine.proxy import ProxyConfig, build_proxy  # noqa: E402
 from worker.engine.proxy import build as build_module  # noqa: E402
