@@ -7,8 +7,8 @@ depend on how the factor gauge splits scale between ``A`` and ``B``); ``L_KL`` t
 temperature-scaled KL from the target's to the proxy's token distributions over response
 tokens. The gradients compared are the batch's mean (``ga_unit: batch``, the authors') or each
 record's own, the objective then the mean over the batch (``ga_unit: sample``: what scoring
-compares, a record's gradient against the target's). ``L_GA`` is a function of gradients, so its own
-gradient needs second-order autograd (``create_graph=True`` on the proxy's backward pass); the
+compares, a record's gradient against the target's). ``L_GA`` is a function of gradients, so
+its own gradient needs second-order autograd (``create_graph=True`` on the proxy's backward pass); the
 target's side is a constant (computed without a graph to the factors).
 
 An optional distillation phase (``distill_steps``) comes first: ``L_KL`` alone, first order,
