@@ -48,6 +48,7 @@ from worker.engine.math.scores import spearman, top_overlap  # noqa: E402
 from worker.engine.models import load_model  # noqa: E402
 from worker.engine.proxy import ProxyConfig, build_proxy  # noqa: E402
 from worker.engine.proxy import build as build_module  # noqa: E402
+from worker.engine.proxy.artifacts import load_proxy, save_proxy  # noqa: E402
 from worker.engine.proxy.compress import factor_modules  # noqa: E402
 from worker.engine.proxy.lm import forward_logits, sequence_losses  # noqa: E402
 
@@ -100,11 +101,21 @@ def parse_args() -> argparse.Namespace:
         "--spaces",
         nargs="+",
         default=["factors"],
-        choices=["factors", "weights", "target-factors"],
+        choices=list(SPACE_LABELS),
         help="score each built proxy in these gradient spaces (one row each; weights: the "
         "product A B of each low-rank layer as one matrix, marked in the row's name; "
         "target-factors: a diagnostic, the full target's own gradients seen through the "
-        "proxy's factor maps, the ceiling of factor-space scores)",
+        "proxy's factor maps, the ceiling of factor-space scores; hybrid / hybrid-weights: the "
+        "pool's gradients from the proxy, the target tasks' from the full target, in the "
+        "proxy's factor space / in weight space)",
+    )
+    p.add_argument(
+        "--proxy-dir",
+        type=Path,
+        default=None,
+        help="keep each built proxy under this folder (one subfolder per row name) and load "
+        "it from there when a later run asks for the same row and config, so more spaces can "
+        "be scored without building again",
     )
     p.add_argument("--sparsity", type=float, default=0.5)
     p.add_argument("--pool-size", type=int, default=240)
@@ -113,6 +124,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--mmlu-targets", type=int, default=32)
     p.add_argument("--build-size", type=int, default=2000, help="Dolly records to build from")
     p.add_argument("--heldout", type=int, default=32, help="Dolly records for the held-out loss")
+    p.add_argument(
+        "--build-mix",
+        choices=["dolly", "pool"],
+        default="dolly",
+        help="build set: Dolly only, or Dolly and GSM8K train records at the pool's share "
+        "(both disjoint from the pool)",
+    )
     p.add_argument("--max-length", type=int, default=96)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
@@ -129,15 +147,24 @@ def parse_args() -> argparse.Namespace:
 
 
 def build_files(args: argparse.Namespace, work: Path, pool_ids: set[str]) -> dict[str, Path]:
-    """Build set and held-out set: Dolly records not in the pool, seeded."""
+    """Build set and held-out set, seeded, disjoint from the pool: Dolly records, and with
+    ``--build-mix pool`` GSM8K train records in the build set at the pool's share (what a job
+    that builds from its own pool sees). The held-out set is Dolly records either way."""
     import random
 
     rng = random.Random(args.seed + 1)
     dolly = json.loads((DATA / "dolly" / "dolly_3k.json").read_text(encoding="utf-8"))
     free = [r for r in dolly if json.dumps(r, sort_keys=True) not in pool_ids]
     rng.shuffle(free)
-    build = free[: args.build_size]
     held = free[args.build_size : args.build_size + args.heldout]
+    if args.build_mix == "pool":
+        gsm_train = [json.loads(x) for x in (DATA / "gsm8k" / "train.jsonl").open("rb")]
+        gsm_free = [r for r in gsm_train if json.dumps(r, sort_keys=True) not in pool_ids]
+        n_gsm = round(args.gsm_fraction * args.build_size)
+        build = free[: args.build_size - n_gsm] + rng.sample(gsm_free, n_gsm)
+        rng.shuffle(build)
+    else:
+        build = free[: args.build_size]
     out = {}
     for name, rows in (("build", build), ("heldout", held)):
         path = work / f"{name}.jsonl"
@@ -263,11 +290,7 @@ def main() -> None:
             }
             config = ProxyConfig.for_recipe(recipe, **given)
             label = name + (f" ({args.label})" if args.label else "")
-            print(f"{label}: building ({config.to_dict()})", flush=True)
-            t = time.perf_counter()
-            # the report's target set is the GSM8K targets, as a select job's would be its own
-            proxy = build_proxy(target, build_records, config, targets=gsm_targets)
-            build_s = time.perf_counter() - t
+            proxy, build_s = built_proxy(args, label, target, build_records, config, gsm_targets)
             m = proxy.manifest
             loss = heldout_loss(proxy.model, tok, extra["heldout"], args)
             for space in args.spaces:
@@ -278,12 +301,23 @@ def main() -> None:
                     viewed = target_through_factors(model, proxy.model)
                     scores = all_scores(viewed, tok, files, {}, args)["exact"]
                     del viewed
+                elif space == "hybrid":
+                    viewed = target_through_factors(model, proxy.model)
+                    scores = all_scores(proxy.model, tok, files, {}, args, targets_from=viewed)
+                    scores = scores["exact"]
+                    del viewed
+                elif space == "hybrid-weights":
+                    scores = all_scores(
+                        proxy.model, tok, files, {}, args, space="weights", targets_from=model
+                    )["exact"]
                 else:
                     scores = all_scores(proxy.model, tok, files, {}, args, space=space)["exact"]
                 score_s = time.perf_counter() - t
                 row = {
                     "row": scored,
                     "space": space,
+                    "loaded": m.get("loaded_from_cache", False),
+                    "build_mix": args.build_mix,
                     "recipe": recipe,
                     "sparsity": args.sparsity,
                     "overrides": {**row_overrides, **overrides},
@@ -314,7 +348,40 @@ SPACE_LABELS = {
     "factors": "",
     "weights": " [weight-space scores]",
     "target-factors": " [the target's gradients in its factor space]",
+    "hybrid": " [target tasks' gradients from the full target]",
+    "hybrid-weights": " [target tasks' gradients from the full target, weight space]",
 }
+
+
+def built_proxy(
+    args: argparse.Namespace,
+    label: str,
+    target: Any,
+    build_records: list[Any],
+    config: ProxyConfig,
+    gsm_targets: list[Any],
+) -> tuple[Any, float]:
+    """The row's proxy and its build seconds: built (the report's target set is the GSM8K
+    targets, as a select job's would be its own), or, with ``--proxy-dir``, loaded when an
+    earlier run kept one of the same row name, config and build mix (its build seconds then
+    the stored ones, and ``manifest["loaded_from_cache"]`` set)."""
+    folder = args.proxy_dir / label.replace("/", "_").replace(" ", "_") if args.proxy_dir else None
+    if folder is not None and (folder / "bench.json").exists():
+        kept = json.loads((folder / "bench.json").read_text())
+        if kept["config"] == config.to_dict() and kept.get("build_mix") == args.build_mix:
+            print(f"{label}: loading the proxy kept in {folder}", flush=True)
+            proxy = load_proxy(folder, target)
+            proxy.manifest["loaded_from_cache"] = True
+            return proxy, float(kept["build_s"])
+    print(f"{label}: building ({config.to_dict()})", flush=True)
+    t = time.perf_counter()
+    proxy = build_proxy(target, build_records, config, targets=gsm_targets)
+    build_s = time.perf_counter() - t
+    if folder is not None:
+        save_proxy(proxy, folder)
+        kept = {"config": config.to_dict(), "build_mix": args.build_mix, "build_s": build_s}
+        (folder / "bench.json").write_text(json.dumps(kept))
+    return proxy, build_s
 
 
 class DenseFactorView(LowRankLinear):

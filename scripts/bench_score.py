@@ -211,11 +211,22 @@ def all_scores(
     feats: dict[str, GradientFeaturizer],
     args: argparse.Namespace,
     space: GradientSpace = "factors",
+    targets_from: nn.Module | None = None,
 ) -> dict[str, torch.Tensor]:
     """``{mode: (pool, tasks)}`` in pool order: ``exact`` and every featurizer's cosine scores
-    (a proxy's low-rank layers scored in ``space``)."""
+    (a proxy's low-rank layers scored in ``space``). ``targets_from``: a model whose scored
+    parameters match ``model``'s (names and shapes) that gives the target tasks' exact vectors
+    instead of ``model`` (no featurizers then): the pool's gradients stay ``model``'s."""
     pad = pad_token_id(tok)
     scorer = ExactScorer(model, LAYERS, space=space)
+    if targets_from is not None:
+        if feats:
+            raise ValueError("targets_from scores exact modes only: give no featurizers")
+        target_scorer = ExactScorer(targets_from, LAYERS, space=space)
+        if target_scorer.blocks != scorer.blocks:
+            raise ValueError("targets_from's scored parameters differ from the model's")
+    else:
+        target_scorer = scorer
     task_batches = {
         t: batches(
             encode_records(files[t], load_records(files[t]), tok, args.max_length),
@@ -232,16 +243,16 @@ def all_scores(
         units: dict[str, list[torch.Tensor]] = {k: [] for k in feats}
         sq.append([])
         for b in task_batches[t]:
-            consumer, total = scorer.norms(int(b["attention_mask"].shape[0]))
+            consumer, total = target_scorer.norms(int(b["attention_mask"].shape[0]))
             for f in feats.values():
                 f.begin(int(b["attention_mask"].shape[0]))
-            hooked_pass(model, b, [consumer, *feats.values()])
+            hooked_pass(target_scorer.model, b, [consumer, *feats.values()])
             sq[-1].append(total)
             for k, f in feats.items():
                 units[k].append(l2_normalize(f.result().cpu())[0].half().float())
         for k in feats:
             directions[k].append(target_direction(torch.cat(units[k])))
-    vectors = scorer.target_vectors([task_batches[t] for t in TASKS], normalize=True, sq=sq)
+    vectors = target_scorer.target_vectors([task_batches[t] for t in TASKS], normalize=True, sq=sq)
     pool = encode_records(files["pool"], load_records(files["pool"]), tok, args.max_length)
     ordered = length_order(pool)
     index = torch.tensor([e.index for e in ordered])
