@@ -82,7 +82,7 @@ def step_phases(
 ) -> dict[str, float]:
     layers = factor_modules(proxy)
     params = [t for m in layers.values() for t in (m.A, m.B)]
-    (t_logits, t_grads), t_target = timed(lambda: target_signals(target, list(layers), batch))
+    (t_logits, t_grads, _), t_target = timed(lambda: target_signals(target, list(layers), batch))
     with torch.enable_grad():
         p_logits, t_fwd = timed(lambda: forward_logits(proxy, batch))
 

@@ -25,6 +25,7 @@ scores each built proxy once per gradient space (``weights``: each low-rank laye
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import platform
@@ -32,6 +33,7 @@ import shlex
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from scripts import bench_score  # noqa: E402
 from scripts.bench_score import DATA, TASKS, all_scores, make_files  # noqa: E402
 from scripts.benchdoc import write_section  # noqa: E402
 from worker.engine.data import collate, encode_all, load_records, pad_token_id  # noqa: E402
@@ -51,6 +54,8 @@ from worker.engine.proxy import build as build_module  # noqa: E402
 from worker.engine.proxy.artifacts import load_proxy, save_proxy  # noqa: E402
 from worker.engine.proxy.compress import factor_modules  # noqa: E402
 from worker.engine.proxy.lm import forward_logits, sequence_losses  # noqa: E402
+from worker.engine.scoring import exact as exact_module  # noqa: E402
+from worker.engine.scoring.hooks import Callbacks, per_sample_loss, wants_masked  # noqa: E402
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -303,8 +308,14 @@ def main() -> None:
                     del viewed
                 elif space == "hybrid":
                     viewed = target_through_factors(model, proxy.model)
-                    scores = all_scores(proxy.model, tok, files, {}, args, targets_from=viewed)
-                    scores = scores["exact"]
+                    scores = all_scores(proxy.model, tok, files, {}, args, targets_from=viewed)[
+                        "exact"
+                    ]
+                    del viewed
+                elif space in ("mix-target-h", "mix-target-delta", "mix-target-logit-grad"):
+                    viewed = target_through_factors(model, proxy.model)
+                    with mixed_captures(proxy.model, viewed, space.removeprefix("mix-target-")):
+                        scores = all_scores(proxy.model, tok, files, {}, args)["exact"]
                     del viewed
                 elif space == "hybrid-weights":
                     scores = all_scores(
@@ -350,7 +361,71 @@ SPACE_LABELS = {
     "target-factors": " [the target's gradients in its factor space]",
     "hybrid": " [target tasks' gradients from the full target]",
     "hybrid-weights": " [target tasks' gradients from the full target, weight space]",
+    "mix-target-h": " [proxy's delta, target's h]",
+    "mix-target-delta": " [target's delta, proxy's h]",
+    "mix-target-logit-grad": " [proxy's backward from the target's logit gradient]",
 }
+
+
+@contextlib.contextmanager
+def mixed_captures(proxy: torch.nn.Module, viewed: torch.nn.Module, side: str) -> Iterator[None]:
+    """A diagnostic: while open, every hooked pass of ``proxy`` (in the scorers this script
+    uses) runs ``viewed`` (:func:`target_through_factors`) on the same batch too and feeds its
+    consumers the proxy's output gradients ``delta`` with the target's inputs ``h``
+    (``side="h"``), or the target's ``delta`` with the proxy's ``h`` (``side="delta"``): which
+    of the two loses the target's ranking. ``side="logit-grad"``: the proxy's own pass, but
+    its backward starts from the target's loss gradient at the logits (``softmax(z) - y``
+    per loss token) instead of its own: how much of ``delta``'s loss is the proxy's output
+    distribution rather than its backward through the compressed layers. Scored parameters are
+    the proxy's factors; only consumers that take raw (unmasked) inputs are fed (the exact
+    scorer's)."""
+    real = bench_score.hooked_pass
+
+    def from_target_logits(batch: dict[str, torch.Tensor], consumers: Any) -> None:
+        with torch.no_grad():
+            z = forward_logits(viewed, batch).float()
+        z.requires_grad_(True)
+        (grad,) = torch.autograd.grad(per_sample_loss(z, batch["labels"]).sum(), z)
+
+        def inject(_m: torch.nn.Module, _i: Any, out: torch.Tensor) -> None:
+            out.register_hook(lambda g: grad.to(g.dtype))
+
+        head = proxy.get_output_embeddings()  # type: ignore[operator]
+        handle = head.register_forward_hook(inject)
+        try:
+            real(proxy, batch, consumers)
+        finally:
+            handle.remove()
+
+    def record(model: torch.nn.Module, batch: dict[str, torch.Tensor], names: list[str]) -> Any:
+        got: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        consumer = Callbacks(names, lambda _n, h: h, lambda n, d, h: got.__setitem__(n, (d, h)))
+        real(model, batch, [consumer])
+        return got
+
+    def mixed(model: torch.nn.Module, batch: dict[str, torch.Tensor], consumers: Any) -> None:
+        if model is not proxy:
+            real(model, batch, consumers)
+            return
+        if side == "logit-grad":
+            from_target_logits(batch, consumers)
+            return
+        names = sorted({n for c in consumers for n in c.modules()})
+        assert not any(wants_masked(c) for c in consumers)
+        ours, theirs = record(proxy, batch, names), record(viewed, batch, names)
+        for c in consumers:
+            for name in c.modules():
+                delta = ours[name][0] if side == "h" else theirs[name][0]
+                h = theirs[name][1] if side == "h" else ours[name][1]
+                c.on_backward(name, delta, c.on_forward(name, h))
+
+    bench_score.hooked_pass = mixed
+    exact_module.hooked_pass = mixed
+    try:
+        yield
+    finally:
+        bench_score.hooked_pass = real
+        exact_module.hooked_pass = real
 
 
 def built_proxy(

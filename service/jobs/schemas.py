@@ -77,6 +77,14 @@ class ProxySpec(BaseModel):
         "pass per record). Default batch.",
         examples=["batch"],
     )
+    delta_weight: float | None = Field(
+        None,
+        ge=0,
+        description="Weight of output-gradient matching in the alignment loss: every "
+        "compressed layer's per-token output gradients against the target's, per record "
+        "(0: off, the default).",
+        examples=[1.0],
+    )
     kl_weight: float | None = Field(
         None, ge=0, description="Weight of the KL term in the alignment loss.", examples=[1.0]
     )

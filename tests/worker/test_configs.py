@@ -36,11 +36,19 @@ def test_proxy_spec_fields_exist_in_proxy_config() -> None:
     assert (memory.checkpointing, memory.factor_dtype) == (True, "float32")
     distilled = proxy_config(
         ProxySpec(
-            distill_steps=5, distill_lr=3e-4, hidden_weight=2.0, ga_unit="sample"
+            distill_steps=5,
+            distill_lr=3e-4,
+            hidden_weight=2.0,
+            ga_unit="sample",
+            delta_weight=0.5,
         ).model_dump()
     )
     assert (distilled.distill_steps, distilled.distill_lr, distilled.aligns) == (5, 3e-4, True)
-    assert (distilled.hidden_weight, distilled.ga_unit) == (2.0, "sample")
+    assert (distilled.hidden_weight, distilled.ga_unit, distilled.delta_weight) == (
+        2.0,
+        "sample",
+        0.5,
+    )
 
 
 def test_proxy_recipe_resolves_in_the_worker_with_overrides() -> None:

@@ -47,6 +47,7 @@ _FLAGS: tuple[str, ...] = (
     "ga_weight",
     "ga_unit",
     "gram_weight",
+    "delta_weight",
     "kl_weight",
     "temperature",
     "lr",

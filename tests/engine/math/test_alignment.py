@@ -9,6 +9,7 @@ from worker.engine.math.alignment import (
     factor_cosines,
     factor_space_targets,
     gradient_alignment_loss,
+    output_gradient_error,
 )
 
 
@@ -88,3 +89,31 @@ def test_sample_gram_equals_inner_products_of_formed_gradients() -> None:
     assert float(gram_alignment_loss(C, torch.eye(3, dtype=torch.float64))) > 0
     with pytest.raises(ValueError, match="B >= 2"):
         gram_alignment_loss(C[:1, :1], C[:1, :1])
+
+
+def test_output_gradient_error_is_the_mean_relative_error_per_layer_and_record() -> None:
+    t = torch.zeros(2, 3, 4)
+    t[0, 0] = torch.tensor([3.0, 4.0, 0.0, 0.0])  # |t_0|^2 = 25
+    t[1, 1] = torch.tensor([0.0, 0.0, 1.0, 0.0])  # |t_1|^2 = 1
+    p = t.clone()
+    p[0, 2] = torch.tensor([0.0, 5.0, 0.0, 0.0])  # error 25 on record 0: ratio 1
+    p[1, 1, 2] = 3.0  # error 4 on record 1: ratio 4
+    u = torch.ones(2, 1, 2)  # a second layer, matched exactly
+    got = output_gradient_error([p, u], [t, u])
+    assert float(got) == pytest.approx(((1.0 + 4.0) / 2 + 0.0) / 2)
+    assert float(output_gradient_error([t], [t])) == 0.0
+    # a record whose target gradient vanishes at a layer is left out of that layer's mean
+    t2 = t.clone()
+    t2[1] = 0.0
+    assert float(output_gradient_error([p], [t2])) == pytest.approx(1.0)
+    # differentiable in the proxy's side only
+    q = p.clone().requires_grad_(True)
+    tt = t.clone().requires_grad_(True)
+    output_gradient_error([q], [tt]).backward()
+    assert q.grad is not None and float(q.grad.abs().sum()) > 0 and tt.grad is None
+    with pytest.raises(ValueError, match="one target per proxy layer"):
+        output_gradient_error([p], [])
+    with pytest.raises(ValueError, match=r"\(B, T, out\)"):
+        output_gradient_error([p], [t[:, :2]])
+    with pytest.raises(ValueError, match="every target output gradient is zero"):
+        output_gradient_error([p], [torch.zeros_like(p)])

@@ -257,7 +257,7 @@ def test_gram_term_matches_per_sample_autograd(
         want_p = per_sample(proxy, params)
         _, t_cos, t_grads = target_gram(target.model, list(layers), batch)
         _, p_cos, p_grads = proxy_gram(proxy, layers, batch)
-        _, ref_grads = target_signals(target.model, list(layers), batch)
+        _, ref_grads, _ = target_signals(target.model, list(layers), batch)
         logits = proxy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         ref_p = torch.autograd.grad(sequence_losses(logits, batch["labels"]).mean(), params)
     torch.testing.assert_close(t_cos.double(), want_t, rtol=1e-5, atol=1e-6)
@@ -382,3 +382,79 @@ def test_per_record_alignment_is_the_mean_of_each_records_own_objective(
     assert cos < 0.99  # a different objective from the batch-mean one
     with pytest.raises(ConfigError, match="gram_weight"):
         ProxyConfig(gram_weight=1.0, ga_unit="sample")
+
+
+def _output_gradients(
+    model: torch.nn.Module, names: list[str], batch: dict[str, torch.Tensor]
+) -> list[torch.Tensor]:
+    """Each named module's ``dL/dy`` by ``retain_grad`` on its output, the batch-mean response
+    loss's (an independent route from the alignment code's)."""
+    from worker.engine.proxy.lm import forward_logits, sequence_losses
+
+    outs: dict[str, torch.Tensor] = {}
+
+    def keep(name: str) -> Any:
+        def hook(_m: torch.nn.Module, _i: Any, out: torch.Tensor) -> None:
+            out.retain_grad()
+            outs[name] = out
+
+        return hook
+
+    handles = [model.get_submodule(n).register_forward_hook(keep(n)) for n in names]
+    try:
+        with torch.enable_grad():
+            model.get_input_embeddings().weight.requires_grad_(True)  # type: ignore[operator]
+            sequence_losses(forward_logits(model, batch), batch["labels"]).mean().backward()
+    finally:
+        model.get_input_embeddings().weight.requires_grad_(False)  # type: ignore[operator]
+        for h in handles:
+            h.remove()
+    model.zero_grad(set_to_none=True)
+    return [outs[n].grad.detach() for n in names]  # type: ignore[union-attr]
+
+
+def test_output_gradient_matching_measures_and_reduces_the_per_token_error(
+    make_target: Callable[..., LoadedModel], records: list[Record]
+) -> None:
+    """``delta_weight``: ``L_delta`` is each compressed layer's per-record relative error of the
+    proxy's per-token output gradients against the target's (checked against ``retain_grad``
+    on both models), and steps on it alone reduce it."""
+    from worker.engine.math.alignment import output_gradient_error
+    from worker.engine.proxy import align as align_module
+
+    target = make_target("llama")
+    target.model.double()
+    proxy = build_proxy(target, records, ProxyConfig(sparsity=0.5, **FAST)).model.double()
+    names = list(_factors(proxy))
+    examples = encode_all(records[:4], target.tokenizer, 64)
+    batch = collate(examples, pad_token_id(target.tokenizer))
+    config = ProxyConfig(ga_weight=0.0, kl_weight=0.0, delta_weight=1.0)
+    with align_module.eager_attention(proxy), align_module.eager_attention(target.model):
+        got = align_module.alignment_losses(target.model, proxy, batch, config, create_graph=False)
+        want = output_gradient_error(
+            _output_gradients(proxy, names, batch), _output_gradients(target.model, names, batch)
+        )
+        assert got.delta is not None and float(got.delta) > 1e-3
+        assert float(got.delta) == pytest.approx(float(want), rel=1e-9)
+        assert float(got.total.detach()) == pytest.approx(float(got.delta), rel=1e-12)
+    history = align_module.align(
+        target.model,
+        proxy,
+        examples,
+        ProxyConfig(
+            ga_weight=0.0,
+            kl_weight=0.0,
+            delta_weight=1.0,
+            align_steps=12,
+            distill_steps=0,
+            align_batch_size=4,
+            lr=1e-3,
+            lr_schedule="constant",
+        ),
+        pad_id=pad_token_id(target.tokenizer),
+    )
+    assert len(history) == 12 and all("delta" in h for h in history)
+    assert history[-1]["delta"] < 0.75 * history[0]["delta"]
+    for bad in ({"align_hvp": "finite"}, {"gram_weight": 1.0}):
+        with pytest.raises(ConfigError, match="delta_weight"):
+            ProxyConfig(delta_weight=1.0, **bad)

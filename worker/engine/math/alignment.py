@@ -93,3 +93,35 @@ def gram_alignment_loss(proxy: torch.Tensor, target: torch.Tensor) -> torch.Tens
         raise ValueError(f"need two (B, B) matrices with B >= 2, got {tuple(proxy.shape)}")
     off = ~torch.eye(b, dtype=torch.bool, device=proxy.device)
     return (proxy - target.detach())[off].square().mean()
+
+
+def output_gradient_error(
+    proxy: Sequence[torch.Tensor], target: Sequence[torch.Tensor], eps: float = 1e-30
+) -> torch.Tensor:
+    """``L_delta``: how far a proxy's per-token output gradients are from the target's.
+
+    ``proxy[l]``, ``target[l]``: ``(B, T, out_l)`` output gradients ``dL/dy`` of layer ``l``
+    (zero at positions without loss influence, e.g. right padding). Per layer and record, the
+    relative squared error ``sum_t |d'_t - d_t|^2 / sum_t |d_t|^2``; the mean over layers and
+    records -> a scalar in at least float32, differentiable in ``proxy`` (``target`` is
+    detached). Each record's per-sample gradient of a layer is ``sum_t d_t h_t^T``: when the
+    ``d`` match, the gradients differ only through the inputs ``h``. A record whose target
+    gradient vanishes at a layer is left out of that layer's mean.
+    """
+    if not proxy or len(proxy) != len(target):
+        raise ValueError(f"need one target per proxy layer, got {len(proxy)} and {len(target)}")
+    per_layer = []
+    for p, t in zip(proxy, target, strict=True):
+        if p.shape != t.shape or p.dim() != 3:
+            raise ValueError(
+                f"need two (B, T, out) tensors, got {tuple(p.shape)}, {tuple(t.shape)}"
+            )
+        p, t = _wide(p), _wide(t.detach())
+        ref = t.square().sum(dim=(1, 2))
+        err = (p - t).square().sum(dim=(1, 2))
+        live = ref > eps
+        if bool(live.any()):
+            per_layer.append((err[live] / ref[live]).mean())
+    if not per_layer:
+        raise ValueError("every target output gradient is zero")
+    return torch.stack(per_layer).mean()

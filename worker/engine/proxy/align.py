@@ -7,7 +7,11 @@ depend on how the factor gauge splits scale between ``A`` and ``B``); ``L_KL`` t
 temperature-scaled KL from the target's to the proxy's token distributions over response
 tokens. The gradients compared are the batch's mean (``ga_unit: batch``, the authors') or each
 record's own, the objective then the mean over the batch (``ga_unit: sample``: what scoring
-compares, a record's gradient against the target's). ``L_GA`` is a function of gradients, so
+compares, a record's gradient against the target's). ``delta_weight`` adds ``L_delta``
+(:func:`~worker.engine.math.alignment.output_gradient_error`): every compressed layer's
+per-token output gradients ``dL/dy`` against the target's, per record. A per-sample gradient is
+``sum_t delta_t h_t^T``, and of the two sides the proxy's ``delta`` is the one that loses the
+target's ranking (bench:fidelity's mixed-capture rows). ``L_GA`` is a function of gradients, so
 its own gradient needs second-order autograd (``create_graph=True`` on the proxy's backward pass); the
 target's side is a constant (computed without a graph to the factors).
 
@@ -38,6 +42,7 @@ from worker.engine.math.alignment import (
     factor_cosines,
     factor_space_targets,
     gradient_alignment_loss,
+    output_gradient_error,
 )
 from worker.engine.progress import ProgressFn, StopFn, check_stop, report
 from worker.engine.proxy.compress import factor_modules
@@ -60,6 +65,7 @@ class AlignLosses:
     kl: torch.Tensor
     cosines: list[tuple[float, float]]
     gram: torch.Tensor | None = None
+    delta: torch.Tensor | None = None
 
 
 @contextmanager
@@ -93,21 +99,45 @@ def eager_attention(model: nn.Module) -> Iterator[None]:
         setter(previous)
 
 
+@contextmanager
+def captured_outputs(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
+    """While open, each named module's latest forward output lands in the yielded dict (the
+    tensor itself, in the graph: a gradient can be taken with respect to it)."""
+    got: dict[str, torch.Tensor] = {}
+    handles = [
+        model.get_submodule(n).register_forward_hook(
+            lambda _m, _i, out, n=n: got.__setitem__(n, out)
+        )
+        for n in names
+    ]
+    try:
+        yield got
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def target_signals(
-    target: nn.Module, names: Sequence[str], batch: dict[str, torch.Tensor]
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The target's logits ``(batch, seq, vocab)`` and ``dL/dW`` of each named layer (out, in),
-    where ``L`` is the batch mean of per-sequence response losses. Both detached."""
+    target: nn.Module,
+    names: Sequence[str],
+    batch: dict[str, torch.Tensor],
+    *,
+    outputs: bool = False,
+) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """The target's logits ``(batch, seq, vocab)``, ``dL/dW`` of each named layer (out, in),
+    and with ``outputs`` its output gradients ``dL/dy`` ``(batch, seq, out)`` (else ``[]``),
+    where ``L`` is the batch mean of per-sequence response losses. All detached."""
     weights: list[nn.Parameter] = []
     for n in names:
         w = target.get_submodule(n).weight
         assert isinstance(w, nn.Parameter)
         weights.append(w)
-    with torch.enable_grad(), _requires_grad(weights):
+    with torch.enable_grad(), _requires_grad(weights), captured_outputs(target, names) as ys:
         logits = forward_logits(target, batch)
         loss = sequence_losses(logits, batch["labels"]).mean()
-        grads = torch.autograd.grad(loss, weights)
-    return logits.detach(), [g.detach() for g in grads]
+        wrt = [*weights, *(ys[n] for n in names)] if outputs else weights
+        found = [g.detach() for g in torch.autograd.grad(loss, wrt)]
+    return logits.detach(), found[: len(weights)], found[len(weights) :]
 
 
 def alignment_losses(
@@ -118,7 +148,8 @@ def alignment_losses(
     *,
     create_graph: bool,
 ) -> AlignLosses:
-    """``L_GA``, ``L_KL`` and ``L_GA + kl_weight * L_KL`` on one batch.
+    """``L_GA``, ``L_KL`` (and ``L_delta``, ``L_gram`` when weighted) and their weighted sum
+    on one batch.
 
     With ``create_graph`` the result is differentiable in the factors (for a training step);
     without it, the values are for reporting.
@@ -127,18 +158,25 @@ def alignment_losses(
     if not layers:
         raise ValueError("the proxy has no low-rank layer to align")
     gram: torch.Tensor | None = None
+    delta: torch.Tensor | None = None
     if config.gram_weight > 0:
         t_logits, t_cos, t_grads = target_gram(target, list(layers), batch)
         with torch.enable_grad():
             p_logits, p_cos, p_grads = proxy_gram(proxy, layers, batch)
             gram = gram_loss(p_cos, t_cos)
     else:
-        t_logits, t_grads = target_signals(target, list(layers), batch)
-        with torch.enable_grad():
+        names = list(layers)
+        matched = config.delta_weight > 0
+        t_logits, t_grads, t_deltas = target_signals(target, names, batch, outputs=matched)
+        with torch.enable_grad(), captured_outputs(proxy, names if matched else []) as ys:
             p_logits = forward_logits(proxy, batch)
             p_loss = sequence_losses(p_logits, batch["labels"]).mean()
             params = [t for m in layers.values() for t in (m.A, m.B)]
-            p_grads = list(torch.autograd.grad(p_loss, params, create_graph=create_graph))
+            wrt = [*params, *(ys[n] for n in names)] if matched else params
+            got = list(torch.autograd.grad(p_loss, wrt, create_graph=create_graph))
+            p_grads = got[: len(params)]
+            if matched:
+                delta = output_gradient_error(got[len(params) :], t_deltas)
     with torch.enable_grad():
         cosines = []
         for i, (mod, gW) in enumerate(zip(layers.values(), t_grads, strict=True)):
@@ -149,8 +187,15 @@ def alignment_losses(
         total = config.ga_weight * ga + config.kl_weight * kl
         if gram is not None:
             total = total + config.gram_weight * gram
+        if delta is not None:
+            total = total + config.delta_weight * delta
     return AlignLosses(
-        total, ga, kl, [(float(ca.detach()), float(cb.detach())) for ca, cb in cosines], gram
+        total,
+        ga,
+        kl,
+        [(float(ca.detach()), float(cb.detach())) for ca, cb in cosines],
+        gram,
+        delta,
     )
 
 
@@ -213,7 +258,7 @@ def finite_difference_gradients(
     for piece in pieces:
         rows = int(piece["input_ids"].shape[0])
         mask = loss_positions(piece["labels"])
-        t_logits, t_part = target_signals(target, list(layers), piece)
+        t_logits, t_part, _ = target_signals(target, list(layers), piece)
         t_grads = _add(t_grads, t_part, rows / n)
         with torch.enable_grad():
             p_logits = forward_logits(proxy, piece)
@@ -374,6 +419,8 @@ def align(
                 metrics = {"step": step + 1, "L_GA": h["ga"], "KL": h["kl"], "loss": h["loss"]}
                 if "gram" in h:
                     metrics["L_gram"] = h["gram"]
+                if "delta" in h:
+                    metrics["L_delta"] = h["delta"]
                 report(progress, "aligning", step + 1, total, metrics)
     for p in params:
         p.grad = None
@@ -438,8 +485,8 @@ def step_gradients(
     gradients: a smaller batch is a different objective): its passes are split instead, half
     the rows at a time and down to one, by the finite-difference route, whose passes are all
     first order and accumulate exactly. An exact (double backward) step that runs out of
-    memory takes that route for the step. The ``gram`` term needs the whole batch's graph, so
-    there the error is raised. With ``ga_unit: sample`` each record takes its own passes
+    memory takes that route for the step. The ``gram`` and ``delta`` terms need the whole
+    batch's double backward, so there the error is raised. With ``ga_unit: sample`` each record takes its own passes
     (:func:`_per_record_gradients`), so the rows per pass are one.
     """
     n = int(batch["input_ids"].shape[0])
@@ -452,7 +499,7 @@ def step_gradients(
             losses.total.backward()  # type: ignore[no-untyped-call]
             return losses, n
         except torch.OutOfMemoryError:
-            if config.gram_weight > 0 or n == 1:
+            if config.gram_weight > 0 or config.delta_weight > 0 or n == 1:
                 raise
         rows = max(1, n // 2)
     while True:
@@ -505,11 +552,13 @@ def _per_record_gradients(
         (sum(c[0] for c in layer) / n, sum(c[1] for c in layer) / n)
         for layer in zip(*(part.cosines for part in parts), strict=True)
     ]
+    deltas = [q.delta for q in parts if q.delta is not None]
     return AlignLosses(
         mean([q.total for q in parts]),
         mean([q.ga for q in parts]),
         mean([q.kl for q in parts]),
         cosines,
+        delta=mean(deltas) if deltas else None,
     )
 
 
@@ -549,6 +598,7 @@ def _step(
             "ga": float(losses.ga.detach()),
             "kl": float(losses.kl.detach()),
             **({"gram": float(losses.gram.detach())} if losses.gram is not None else {}),
+            **({"delta": float(losses.delta.detach())} if losses.delta is not None else {}),
             # Rows per pass when the device ran out of memory on the whole batch.
             **({"rows_per_pass": rows} if rows < len(chunk) else {}),
             "grad_norm": grad_norm,

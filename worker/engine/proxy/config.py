@@ -221,6 +221,15 @@ class ProxyConfig:
             "align_hvp only)"
         ),
     )
+    delta_weight: float = field(
+        default=0.0,
+        metadata=_help(
+            "weight of output-gradient matching in the alignment phase: at every compressed "
+            "layer, each record's per-token output gradients dL/dy against the target's "
+            "(relative squared error), the side of a per-sample gradient a proxy loses most "
+            "(0: off; exact align_hvp only)"
+        ),
+    )
     kl_weight: float = field(
         default=1.0, metadata=_help("lambda_KL, the weight of the KL term against L_GA")
     )
@@ -280,6 +289,17 @@ class ProxyConfig:
             raise ConfigError(
                 "gram_weight needs align_hvp exact (its gradient is a double backward)",
                 field="gram_weight",
+            )
+        if self.delta_weight > 0 and self.align_hvp == "finite":
+            raise ConfigError(
+                "delta_weight needs align_hvp exact (its gradient is a double backward)",
+                field="delta_weight",
+            )
+        if self.delta_weight > 0 and self.gram_weight > 0:
+            raise ConfigError(
+                "delta_weight and gram_weight cannot both be set (each takes its own "
+                "second-order pass): set one of them to 0",
+                field="delta_weight",
             )
         if self.gram_weight > 0 and self.ga_unit == "sample":
             raise ConfigError(
@@ -361,6 +381,7 @@ RANGES: dict[str, Range] = {
     "align_fd_step": Range(gt=0, lt=1),
     "ga_weight": NON_NEGATIVE,
     "gram_weight": NON_NEGATIVE,
+    "delta_weight": NON_NEGATIVE,
     "weight_decay": NON_NEGATIVE,
     "fidelity_samples": Range(ge=0, le=100_000),
     "fidelity_targets": Range(gt=0, le=100_000),
@@ -387,6 +408,7 @@ OFFICIAL: dict[str, Any] = {
     "distill_steps": 0,
     "hidden_weight": 0.0,
     "ga_unit": "batch",
+    "delta_weight": 0.0,
     "kl_weight": 0.0,
     "temperature": 2.0,
     "lr": 1e-4,
