@@ -443,7 +443,9 @@ def built_proxy(
     folder = args.proxy_dir / label.replace("/", "_").replace(" ", "_") if args.proxy_dir else None
     if folder is not None and (folder / "bench.json").exists():
         kept = json.loads((folder / "bench.json").read_text())
-        if kept["config"] == config.to_dict() and kept.get("build_mix") == args.build_mix:
+        # a field added since the proxy was kept reads as its default
+        same = ProxyConfig.from_dict(kept["config"]) == config
+        if same and kept.get("build_mix") == args.build_mix:
             print(f"{label}: loading the proxy kept in {folder}", flush=True)
             proxy = load_proxy(folder, target)
             proxy.manifest["loaded_from_cache"] = True

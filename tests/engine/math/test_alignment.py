@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -91,21 +93,26 @@ def test_sample_gram_equals_inner_products_of_formed_gradients() -> None:
         gram_alignment_loss(C[:1, :1], C[:1, :1])
 
 
-def test_output_gradient_error_is_the_mean_relative_error_per_layer_and_record() -> None:
+def test_output_gradient_error_is_one_minus_the_cosine_per_layer_and_record() -> None:
     t = torch.zeros(2, 3, 4)
-    t[0, 0] = torch.tensor([3.0, 4.0, 0.0, 0.0])  # |t_0|^2 = 25
-    t[1, 1] = torch.tensor([0.0, 0.0, 1.0, 0.0])  # |t_1|^2 = 1
+    t[0, 0] = torch.tensor([3.0, 4.0, 0.0, 0.0])
+    t[1, 1] = torch.tensor([0.0, 0.0, 1.0, 0.0])
     p = t.clone()
-    p[0, 2] = torch.tensor([0.0, 5.0, 0.0, 0.0])  # error 25 on record 0: ratio 1
-    p[1, 1, 2] = 3.0  # error 4 on record 1: ratio 4
-    u = torch.ones(2, 1, 2)  # a second layer, matched exactly
-    got = output_gradient_error([p, u], [t, u])
-    assert float(got) == pytest.approx(((1.0 + 4.0) / 2 + 0.0) / 2)
-    assert float(output_gradient_error([t], [t])) == 0.0
+    p[0, 2] = torch.tensor([0.0, 5.0, 0.0, 0.0])  # record 0: cos = 25 / (5 * sqrt(50))
+    p[1] = -7.0 * t[1]  # record 1: opposite direction, any scale: cos = -1
+    u = torch.ones(2, 1, 2)  # a second layer, matched up to scale
+    got = output_gradient_error([p, 3.0 * u], [t, u])
+    cos0 = 25.0 / (5.0 * math.sqrt(50.0))
+    assert float(got) == pytest.approx((((1.0 - cos0) + 2.0) / 2 + 0.0) / 2)
+    assert float(output_gradient_error([t], [t])) == pytest.approx(0.0, abs=1e-7)
+    # shrinking the proxy's gradients changes nothing: only directions count
+    assert float(output_gradient_error([0.01 * p], [t])) == pytest.approx(
+        float(output_gradient_error([p], [t]))
+    )
     # a record whose target gradient vanishes at a layer is left out of that layer's mean
     t2 = t.clone()
     t2[1] = 0.0
-    assert float(output_gradient_error([p], [t2])) == pytest.approx(1.0)
+    assert float(output_gradient_error([p], [t2])) == pytest.approx(1.0 - cos0)
     # differentiable in the proxy's side only
     q = p.clone().requires_grad_(True)
     tt = t.clone().requires_grad_(True)

@@ -416,7 +416,7 @@ def _output_gradients(
 def test_output_gradient_matching_measures_and_reduces_the_per_token_error(
     make_target: Callable[..., LoadedModel], records: list[Record]
 ) -> None:
-    """``delta_weight``: ``L_delta`` is each compressed layer's per-record relative error of the
+    """``delta_weight``: ``L_delta`` is each compressed layer's per-record 1 - cos of the
     proxy's per-token output gradients against the target's (checked against ``retain_grad``
     on both models), and steps on it alone reduce it."""
     from worker.engine.math.alignment import output_gradient_error

@@ -98,15 +98,19 @@ def gram_alignment_loss(proxy: torch.Tensor, target: torch.Tensor) -> torch.Tens
 def output_gradient_error(
     proxy: Sequence[torch.Tensor], target: Sequence[torch.Tensor], eps: float = 1e-30
 ) -> torch.Tensor:
-    """``L_delta``: how far a proxy's per-token output gradients are from the target's.
+    """``L_delta``: how far a proxy's per-token output gradients point from the target's.
 
     ``proxy[l]``, ``target[l]``: ``(B, T, out_l)`` output gradients ``dL/dy`` of layer ``l``
-    (zero at positions without loss influence, e.g. right padding). Per layer and record, the
-    relative squared error ``sum_t |d'_t - d_t|^2 / sum_t |d_t|^2``; the mean over layers and
-    records -> a scalar in at least float32, differentiable in ``proxy`` (``target`` is
+    (zero at positions without loss influence, e.g. right padding). Per layer and record,
+    ``1 - cos`` between the two record's gradients taken whole (``T x out``: the tokens' relative
+    weights count, the record's overall scale does not); the mean over layers and records -> a
+    scalar in ``[0, 2]``, at least float32, differentiable in ``proxy`` (``target`` is
     detached). Each record's per-sample gradient of a layer is ``sum_t d_t h_t^T``: when the
-    ``d`` match, the gradients differ only through the inputs ``h``. A record whose target
-    gradient vanishes at a layer is left out of that layer's mean.
+    ``d`` match, the gradients differ only through the inputs ``h``. A cosine, not a relative
+    squared error: where the two are nearly orthogonal (early layers of a compressed proxy) a
+    squared error is lowered most by shrinking the proxy's gradients toward zero, which moves
+    no direction. A record whose target gradient vanishes at a layer is left out of that
+    layer's mean.
     """
     if not proxy or len(proxy) != len(target):
         raise ValueError(f"need one target per proxy layer, got {len(proxy)} and {len(target)}")
@@ -116,12 +120,13 @@ def output_gradient_error(
             raise ValueError(
                 f"need two (B, T, out) tensors, got {tuple(p.shape)}, {tuple(t.shape)}"
             )
-        p, t = _wide(p), _wide(t.detach())
-        ref = t.square().sum(dim=(1, 2))
-        err = (p - t).square().sum(dim=(1, 2))
+        p, t = _wide(p).flatten(1), _wide(t.detach()).flatten(1)
+        ref = t.square().sum(dim=1)
         live = ref > eps
         if bool(live.any()):
-            per_layer.append((err[live] / ref[live]).mean())
+            dot = (p * t).sum(dim=1)
+            cos = dot / (p.square().sum(dim=1) * ref).sqrt().clamp_min(eps)
+            per_layer.append((1.0 - cos[live]).mean())
     if not per_layer:
         raise ValueError("every target output gradient is zero")
     return torch.stack(per_layer).mean()

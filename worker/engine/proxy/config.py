@@ -226,7 +226,7 @@ class ProxyConfig:
         metadata=_help(
             "weight of output-gradient matching in the alignment phase: at every compressed "
             "layer, each record's per-token output gradients dL/dy against the target's "
-            "(relative squared error), the side of a per-sample gradient a proxy loses most "
+            "(1 - cos per record), the side of a per-sample gradient a proxy loses most "
             "(0: off; exact align_hvp only)"
         ),
     )
