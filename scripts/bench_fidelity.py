@@ -112,7 +112,8 @@ def parse_args() -> argparse.Namespace:
         "target-factors: a diagnostic, the full target's own gradients seen through the "
         "proxy's factor maps, the ceiling of factor-space scores; hybrid / hybrid-weights: the "
         "pool's gradients from the proxy, the target tasks' from the full target, in the "
-        "proxy's factor space / in weight space)",
+        "proxy's factor space / in weight space; mix-target-*: diagnostics, one side of each "
+        "per-sample gradient from the target, see mixed_captures)",
     )
     p.add_argument(
         "--proxy-dir",
@@ -302,27 +303,7 @@ def main() -> None:
                 scored = label + SPACE_LABELS[space]
                 print(f"{scored}: scoring the pool", flush=True)
                 t = time.perf_counter()
-                if space == "target-factors":
-                    viewed = target_through_factors(model, proxy.model)
-                    scores = all_scores(viewed, tok, files, {}, args)["exact"]
-                    del viewed
-                elif space == "hybrid":
-                    viewed = target_through_factors(model, proxy.model)
-                    scores = all_scores(proxy.model, tok, files, {}, args, targets_from=viewed)[
-                        "exact"
-                    ]
-                    del viewed
-                elif space in ("mix-target-h", "mix-target-delta", "mix-target-logit-grad"):
-                    viewed = target_through_factors(model, proxy.model)
-                    with mixed_captures(proxy.model, viewed, space.removeprefix("mix-target-")):
-                        scores = all_scores(proxy.model, tok, files, {}, args)["exact"]
-                    del viewed
-                elif space == "hybrid-weights":
-                    scores = all_scores(
-                        proxy.model, tok, files, {}, args, space="weights", targets_from=model
-                    )["exact"]
-                else:
-                    scores = all_scores(proxy.model, tok, files, {}, args, space=space)["exact"]
+                scores = space_scores(space, model, proxy.model, tok, files, args)
                 score_s = time.perf_counter() - t
                 row = {
                     "row": scored,
@@ -426,6 +407,32 @@ def mixed_captures(proxy: torch.nn.Module, viewed: torch.nn.Module, side: str) -
     finally:
         bench_score.hooked_pass = real
         exact_module.hooked_pass = real
+
+
+def space_scores(
+    space: str,
+    target: torch.nn.Module,
+    proxy: torch.nn.Module,
+    tok: Any,
+    files: dict[str, Any],
+    args: argparse.Namespace,
+) -> torch.Tensor:
+    """The pool's exact scores ``(pool, tasks)`` of ``proxy`` in one of :data:`SPACE_LABELS`'
+    spaces; the ones that need the target seen through the proxy's factors build that view
+    (:func:`target_through_factors`) for this call only."""
+    if space == "hybrid-weights":
+        return all_scores(proxy, tok, files, {}, args, space="weights", targets_from=target)[
+            "exact"
+        ]
+    if space in ("factors", "weights"):
+        return all_scores(proxy, tok, files, {}, args, space=space)["exact"]
+    viewed = target_through_factors(target, proxy)
+    if space == "target-factors":
+        return all_scores(viewed, tok, files, {}, args)["exact"]
+    if space == "hybrid":
+        return all_scores(proxy, tok, files, {}, args, targets_from=viewed)["exact"]
+    with mixed_captures(proxy, viewed, space.removeprefix("mix-target-")):
+        return all_scores(proxy, tok, files, {}, args)["exact"]
 
 
 def built_proxy(
