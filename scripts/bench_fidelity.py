@@ -43,10 +43,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from scripts import bench_score  # noqa: E402
-from scripts.bench_score import DATA, TASKS, all_scores, make_files  # noqa: E402
+from scripts.bench_score import DATA, LAYERS, TASKS, all_scores, batches, make_files  # noqa: E402
 from scripts.benchdoc import write_section  # noqa: E402
 from worker.engine.data import collate, encode_all, load_records, pad_token_id  # noqa: E402
 from worker.engine.lowrank import LowRankLinear  # noqa: E402
+from worker.engine.math.exact import inner_products, sq_norms  # noqa: E402
 from worker.engine.math.scores import spearman, top_overlap  # noqa: E402
 from worker.engine.models import load_model  # noqa: E402
 from worker.engine.proxy import ProxyConfig, build_proxy  # noqa: E402
@@ -55,7 +56,14 @@ from worker.engine.proxy.artifacts import load_proxy, save_proxy  # noqa: E402
 from worker.engine.proxy.compress import factor_modules  # noqa: E402
 from worker.engine.proxy.lm import forward_logits, sequence_losses  # noqa: E402
 from worker.engine.scoring import exact as exact_module  # noqa: E402
-from worker.engine.scoring.hooks import Callbacks, per_sample_loss, wants_masked  # noqa: E402
+from worker.engine.scoring.exact import ExactScorer  # noqa: E402
+from worker.engine.scoring.features import encode_records, length_order  # noqa: E402
+from worker.engine.scoring.hooks import (  # noqa: E402
+    Callbacks,
+    hooked_pass,
+    per_sample_loss,
+    wants_masked,
+)
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -303,7 +311,10 @@ def main() -> None:
                 scored = label + SPACE_LABELS[space]
                 print(f"{scored}: scoring the pool", flush=True)
                 t = time.perf_counter()
-                scores = space_scores(space, model, proxy.model, tok, files, args)
+                more: dict[str, Any] = {}
+                scores = space_scores(
+                    space, model, proxy.model, tok, files, args, more, extra["heldout"], ref
+                )
                 score_s = time.perf_counter() - t
                 row = {
                     "row": scored,
@@ -327,14 +338,18 @@ def main() -> None:
                     "ranks_by_type": m["ranks_by_type"],
                     "fidelity": m.get("fidelity"),
                     **compare(scores, ref, files["gsm_idx"], args.pool_size),
+                    **more,
                     **stamp(),
                 }
                 state["rows"] = [r for r in state["rows"] if r["row"] != scored] + [row]
-                print(json.dumps({k: row[k] for k in row if k != "ranks_by_type"}, indent=1))
+                print(json.dumps({k: row[k] for k in row if k not in HIDDEN}, indent=1))
                 if not args.no_write:
                     write(args, state, files)
             del proxy
 
+
+HIDDEN = ("ranks_by_type", "weights")
+"""Row fields too long to print (they stay in the JSON)."""
 
 SPACE_LABELS = {
     "factors": "",
@@ -345,6 +360,7 @@ SPACE_LABELS = {
     "mix-target-h": " [proxy's delta, target's h]",
     "mix-target-delta": " [target's delta, proxy's h]",
     "mix-target-logit-grad": " [proxy's backward from the target's logit gradient]",
+    "module-norms": " [each module scaled to the target's gradient norm]",
 }
 
 
@@ -416,10 +432,14 @@ def space_scores(
     tok: Any,
     files: dict[str, Any],
     args: argparse.Namespace,
+    extra: dict[str, Any] | None = None,
+    calibration: Path | None = None,
+    ref: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The pool's exact scores ``(pool, tasks)`` of ``proxy`` in one of :data:`SPACE_LABELS`'
     spaces; the ones that need the target seen through the proxy's factors build that view
-    (:func:`target_through_factors`) for this call only."""
+    (:func:`target_through_factors`) for this call only. ``module-norms`` (needs
+    ``calibration`` records and ``ref``) also fills ``extra`` (see :func:`module_norm_scores`)."""
     if space == "hybrid-weights":
         return all_scores(proxy, tok, files, {}, args, space="weights", targets_from=target)[
             "exact"
@@ -427,12 +447,146 @@ def space_scores(
     if space in ("factors", "weights"):
         return all_scores(proxy, tok, files, {}, args, space=space)["exact"]
     viewed = target_through_factors(target, proxy)
+    if space == "module-norms":
+        assert calibration is not None and ref is not None and extra is not None
+        return module_norm_scores(viewed, proxy, tok, files, args, calibration, ref, extra)
     if space == "target-factors":
         return all_scores(viewed, tok, files, {}, args)["exact"]
     if space == "hybrid":
         return all_scores(proxy, tok, files, {}, args, targets_from=viewed)["exact"]
     with mixed_captures(proxy, viewed, space.removeprefix("mix-target-")):
         return all_scores(proxy, tok, files, {}, args)["exact"]
+
+
+def module_parts(
+    model: torch.nn.Module,
+    tok: Any,
+    files: dict[str, Any],
+    args: argparse.Namespace,
+    records: Path,
+    tasks: bool = True,
+) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """Per scored module ``m`` (in module order) and record of ``records`` (in file order): the
+    contributions ``<g_im, v_km>`` ``(n, M, K)`` to the exact cosine score's numerator, where
+    ``v_k`` is task ``k``'s vector of the whole gradient (:func:`all_scores`' targets), and the
+    squared norms ``|g_im|^2`` ``(n, M)``. ``tasks=False``: the norms alone (inner is empty).
+    Summed over ``m``, ``inner / sqrt(sq)`` is :func:`all_scores`' exact score."""
+    pad = pad_token_id(tok)
+    scorer = ExactScorer(model, LAYERS)
+    names = [name for name, _, _ in scorer.blocks]
+    modules = list(dict.fromkeys(names))
+    column = [modules.index(n) for n in names]
+    vectors = (
+        scorer.target_vectors(
+            [
+                batches(
+                    encode_records(files[t], load_records(files[t]), tok, args.max_length),
+                    args.batch_size,
+                    pad,
+                )
+                for t in TASKS
+            ],
+            normalize=True,
+        )
+        if tasks
+        else []
+    )
+    examples = encode_records(records, load_records(records), tok, args.max_length)
+    ordered = length_order(examples)
+    inner = torch.zeros(len(examples), len(modules), len(TASKS) if tasks else 0)
+    sq = torch.zeros(len(examples), len(modules))
+    for start in range(0, len(ordered), args.batch_size):
+        chunk = ordered[start : start + args.batch_size]
+        rows = torch.tensor([e.index for e in chunk])
+
+        def on_block(
+            j: int, left: torch.Tensor, right: torch.Tensor, rows: torch.Tensor = rows
+        ) -> None:
+            sq[rows, column[j]] += sq_norms(left, right).cpu()
+            if tasks:
+                inner[rows, column[j]] += inner_products(left, right, vectors[j]).cpu()
+
+        hooked_pass(model, collate(chunk, pad), [scorer.consumer(on_block)])
+    return modules, inner, sq
+
+
+def weighted_scores(inner: torch.Tensor, sq: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Cosine scores ``(n, K)`` from :func:`module_parts` with module ``m``'s gradient scaled
+    by ``sqrt(w_m)`` on the pool's side (the task vectors keep their unweighted norms)."""
+    return (inner * w[None, :, None]).sum(1) / (sq * w).sum(1).clamp_min(1e-30).sqrt()[:, None]
+
+
+def layer_table(
+    modules: list[str],
+    proxy: tuple[torch.Tensor, torch.Tensor],
+    target: tuple[torch.Tensor, torch.Tensor],
+    ref: torch.Tensor,
+) -> dict[str, Any]:
+    """Where the proxy loses the ranking, from both models' :func:`module_parts` on the pool.
+    Per module type and per third of the depth: the Spearman of the proxy's scores from those
+    modules alone against the target's from the same modules (``proxy_vs_target``), and of the
+    target's from those modules alone against its full reference (``target_vs_full``: how much
+    of the ranking they carry); each module group's share of the pool's mean squared gradient
+    norm in each model; and the proxy's full scores with each group left out."""
+    depth = [int(next(p for p in m.split(".") if p.isdigit())) for m in modules]
+    layers = max(depth) + 1
+    groups: dict[str, list[int]] = {}
+    for i, m in enumerate(modules):
+        groups.setdefault(m.rsplit(".", 1)[-1], []).append(i)
+    for b in range(3):
+        lo, hi = b * layers // 3, (b + 1) * layers // 3
+        groups[f"layers {lo}-{hi - 1}"] = [i for i, d in enumerate(depth) if lo <= d < hi]
+    out: dict[str, Any] = {}
+    p_share = proxy[1].mean(0) / proxy[1].mean(0).sum()
+    t_share = target[1].mean(0) / target[1].mean(0).sum()
+    for g, idx in groups.items():
+        only = torch.zeros(len(modules))
+        only[idx] = 1.0
+        p = weighted_scores(*proxy, only)
+        t = weighted_scores(*target, only)
+        drop = weighted_scores(*proxy, 1.0 - only)
+        out[g] = {
+            "proxy_vs_target": [spearman(p[:, k], t[:, k]) for k in range(len(TASKS))],
+            "target_vs_full": [spearman(t[:, k], ref[:, k]) for k in range(len(TASKS))],
+            "proxy_without_vs_full": [spearman(drop[:, k], ref[:, k]) for k in range(len(TASKS))],
+            "proxy_norm_share": float(p_share[idx].sum()),
+            "target_norm_share": float(t_share[idx].sum()),
+        }
+    return out
+
+
+def module_norm_scores(
+    viewed: torch.nn.Module,
+    proxy: torch.nn.Module,
+    tok: Any,
+    files: dict[str, Any],
+    args: argparse.Namespace,
+    calibration: Path,
+    ref: torch.Tensor,
+    extra: dict[str, Any],
+) -> torch.Tensor:
+    """The proxy's exact scores with each scored module's gradient scaled so that its mean
+    squared norm on ``calibration`` records (the held-out Dolly records, disjoint from the pool
+    and the build set) matches the target's in the same factor space (``viewed``): a
+    per-module correction that needs only norms a build could measure. Fills ``extra`` with
+    the :func:`layer_table` (the target's side from ``viewed`` on the pool), the figures with
+    weights from the pool's own norms instead, and the weights."""
+    modules, _, p_cal = module_parts(proxy, tok, files, args, calibration, tasks=False)
+    _, _, t_cal = module_parts(viewed, tok, files, args, calibration, tasks=False)
+    _, p_inner, p_sq = module_parts(proxy, tok, files, args, files["pool"])
+    _, t_inner, t_sq = module_parts(viewed, tok, files, args, files["pool"])
+    w_cal = t_cal.mean(0) / p_cal.mean(0).clamp_min(1e-30)
+    w_pool = t_sq.mean(0) / p_sq.mean(0).clamp_min(1e-30)
+    from_pool = weighted_scores(p_inner, p_sq, w_pool)
+    extra["layers"] = layer_table(modules, (p_inner, p_sq), (t_inner, t_sq), ref)
+    unweighted = weighted_scores(p_inner, p_sq, torch.ones(len(modules)))
+    for key, s in (("weights_from_pool", from_pool), ("unweighted", unweighted)):
+        extra[key] = {
+            "spearman": [spearman(s[:, k], ref[:, k]) for k in range(len(TASKS))],
+            "top5": [top_overlap(s[:, k], ref[:, k], 0.05) for k in range(len(TASKS))],
+        }
+    extra["weights"] = {m: float(w) for m, w in zip(modules, w_cal, strict=True)}
+    return weighted_scores(p_inner, p_sq, w_cal)
 
 
 def built_proxy(
