@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import csv
 import json
 import platform
 import shlex
@@ -93,7 +94,12 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
 # is from the float32 reference is a floor for any proxy's agreement (scores that move under
 # rounding alone cannot be kept by a smaller model either) and what bfloat16 scoring on a GPU
 # gives up.
-CONTROLS: dict[str, torch.dtype] = {"target-bfloat16": torch.bfloat16}
+CONTROLS: dict[str, torch.dtype | None] = {
+    "target-bfloat16": torch.bfloat16,
+    "target-split-half": None,
+}
+"""Rows without a proxy: the full target in another dtype, scored against the reference; or
+(``None``) the target's scores from one half of each target set against the other half's."""
 
 
 def parse_args() -> argparse.Namespace:
@@ -361,6 +367,7 @@ SPACE_LABELS = {
     "mix-target-delta": " [target's delta, proxy's h]",
     "mix-target-logit-grad": " [proxy's backward from the target's logit gradient]",
     "module-norms": " [each module scaled to the target's gradient norm]",
+    "dense-backward": " [proxy's forward, the target's weights in its backward]",
 }
 
 
@@ -446,6 +453,8 @@ def space_scores(
         ]
     if space in ("factors", "weights"):
         return all_scores(proxy, tok, files, {}, args, space=space)["exact"]
+    if space == "dense-backward":
+        return all_scores(dense_backward(target, proxy), tok, files, {}, args)["exact"]
     viewed = target_through_factors(target, proxy)
     if space == "module-norms":
         assert calibration is not None and ref is not None and extra is not None
@@ -579,13 +588,31 @@ def module_norm_scores(
     w_pool = t_sq.mean(0) / p_sq.mean(0).clamp_min(1e-30)
     from_pool = weighted_scores(p_inner, p_sq, w_pool)
     extra["layers"] = layer_table(modules, (p_inner, p_sq), (t_inner, t_sq), ref)
-    unweighted = weighted_scores(p_inner, p_sq, torch.ones(len(modules)))
+    unweighted = weighted_scores(p_inner, p_sq, torch.ones(len(modules)))  # = the factors row
     for key, s in (("weights_from_pool", from_pool), ("unweighted", unweighted)):
         extra[key] = {
             "spearman": [spearman(s[:, k], ref[:, k]) for k in range(len(TASKS))],
             "top5": [top_overlap(s[:, k], ref[:, k], 0.05) for k in range(len(TASKS))],
         }
     extra["weights"] = {m: float(w) for m, w in zip(modules, w_cal, strict=True)}
+    # the cosine's two parts apart: each model's numerator over the other's norm
+    ones = torch.ones(len(modules))
+    p_num, t_num = p_inner.sum(1), t_inner.sum(1)
+    p_norm, t_norm = p_sq.sum(1).sqrt()[:, None], t_sq.sum(1).sqrt()[:, None]
+    extra["decomposition"] = {
+        "proxy_inner_over_target_norm": [
+            spearman((p_num / t_norm)[:, k], ref[:, k]) for k in range(len(TASKS))
+        ],
+        "target_inner_over_proxy_norm": [
+            spearman((t_num / p_norm)[:, k], ref[:, k]) for k in range(len(TASKS))
+        ],
+        "proxy_inner_alone": [spearman(p_num[:, k], ref[:, k]) for k in range(len(TASKS))],
+        "norms_proxy_vs_target": spearman(p_norm[:, 0], t_norm[:, 0]),
+        "target_factor_view_vs_reference": [
+            spearman(weighted_scores(t_inner, t_sq, ones)[:, k], ref[:, k])
+            for k in range(len(TASKS))
+        ],
+    }
     return weighted_scores(p_inner, p_sq, w_cal)
 
 
@@ -650,6 +677,57 @@ def target_through_factors(target: torch.nn.Module, proxy: torch.nn.Module) -> t
     return viewed
 
 
+class _DenseInputGrad(torch.autograd.Function):
+    """``y = A (B x) + b`` forward; backward to ``x`` through a dense ``W`` instead of
+    ``B^T A^T`` (no parameter gradients: the scorers take theirs from the captures)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: torch.Tensor,
+        A: torch.Tensor,
+        B: torch.Tensor,
+        bias: torch.Tensor | None,
+        W: torch.Tensor,
+    ) -> torch.Tensor:
+        ctx.save_for_backward(W)
+        return torch.nn.functional.linear(torch.nn.functional.linear(x, B), A, bias)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        (W,) = ctx.saved_tensors
+        return grad @ W.to(grad.dtype), None, None, None, None
+
+
+class DenseBackwardView(LowRankLinear):
+    """A proxy layer whose forward is its own (``A B``) but whose backward passes output
+    gradients to its input through the target's dense ``W``: a diagnostic of how much of the
+    proxy's lost ranking is its backward through compressed layers, with its own forward
+    (activations, attention, logits) kept. Scored in its factor space, as the proxy."""
+
+    def __init__(self, dense: torch.nn.Linear, factors: LowRankLinear) -> None:
+        super().__init__(factors.A, factors.B, factors.bias)
+        self.dense = dense.weight.detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = self.bias.to(x.dtype) if self.bias is not None else None
+        out: torch.Tensor = _DenseInputGrad.apply(
+            x, self.A.to(x.dtype), self.B.to(x.dtype), b, self.dense
+        )
+        return out
+
+
+def dense_backward(target: torch.nn.Module, proxy: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``proxy`` whose low-rank layers are :class:`DenseBackwardView` modules."""
+    viewed = copy.deepcopy(proxy)
+    for name, factors in factor_modules(proxy).items():
+        parent, _, leaf = name.rpartition(".")
+        dense = target.get_submodule(name)
+        assert isinstance(dense, torch.nn.Linear)
+        setattr(viewed.get_submodule(parent), leaf, DenseBackwardView(dense, factors))
+    return viewed
+
+
 def stamp() -> dict[str, Any]:
     """How, when and at what load a row was measured."""
     return {
@@ -668,11 +746,26 @@ def control_row(
     ref: torch.Tensor,
     args: argparse.Namespace,
 ) -> dict[str, Any]:
-    """The row of a :data:`CONTROLS` entry: a copy of the target in that dtype, scored exactly."""
-    other = copy.deepcopy(model).to(CONTROLS[name])
+    """The row of a :data:`CONTROLS` entry: a copy of the target in that dtype scored exactly
+    against ``ref``; or the split-half control, the target scored against the first half of
+    each target set and compared with its scores against the second half (how much the
+    reference ranking depends on which target records were drawn; each half against ``ref``
+    is in ``halves_vs_reference``)."""
+    dtype = CONTROLS[name]
+    other = copy.deepcopy(model).to(dtype) if dtype is not None else model
     print(f"{name}: scoring the pool", flush=True)
     t = time.perf_counter()
-    scores = all_scores(other, tok, files, {}, args)["exact"]
+    more: dict[str, Any] = {}
+    if dtype is None:
+        first, second = (
+            all_scores(model, tok, half_targets(files, part), {}, args)["exact"] for part in (0, 1)
+        )
+        more["halves_vs_reference"] = [
+            compare(h, ref, files["gsm_idx"], args.pool_size) for h in (first, second)
+        ]
+        scores, ref = first, second
+    else:
+        scores = all_scores(other, tok, files, {}, args)["exact"]
     row = {
         "row": name,
         "space": "weights",
@@ -690,10 +783,35 @@ def control_row(
         "ranks_by_type": {},
         "fidelity": None,
         **compare(scores, ref, files["gsm_idx"], args.pool_size),
+        **more,
         **stamp(),
     }
     print(json.dumps(row, indent=1))
     return row
+
+
+def half_targets(files: dict[str, Any], part: int) -> dict[str, Any]:
+    """``files`` with each target set cut to its first (``part`` 0) or second half, written
+    beside it."""
+    out = dict(files)
+    for task in TASKS:
+        path = Path(files[task])
+        rows: list[Any]
+        if path.suffix == ".csv":
+            with path.open(newline="", encoding="utf-8") as fh:
+                rows = [r for r in csv.reader(fh) if r]
+        else:
+            rows = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        mid = len(rows) // 2
+        kept = rows[:mid] if part == 0 else rows[mid:]
+        half = path.with_name(f"{path.stem}-half{part}{path.suffix}")
+        if path.suffix == ".csv":
+            with half.open("w", newline="", encoding="utf-8") as fh:
+                csv.writer(fh).writerows(kept)
+        else:
+            half.write_text("".join(kept), encoding="utf-8")
+        out[task] = half
+    return out
 
 
 def _f(x: Any, digits: int = 2) -> str:
