@@ -368,6 +368,8 @@ SPACE_LABELS = {
     "mix-target-logit-grad": " [proxy's backward from the target's logit gradient]",
     "module-norms": " [each module scaled to the target's gradient norm]",
     "dense-backward": " [proxy's forward, the target's weights in its backward]",
+    "logits-x1.5": " [proxy's logits sharpened 1.5x for its loss gradient]",
+    "logits-x2": " [proxy's logits sharpened 2x for its loss gradient]",
 }
 
 
@@ -453,6 +455,8 @@ def space_scores(
         ]
     if space in ("factors", "weights"):
         return all_scores(proxy, tok, files, {}, args, space=space)["exact"]
+    if space.startswith("logits-x"):
+        return sharpened_scores(proxy, float(space.removeprefix("logits-x")), tok, files, args)
     if space == "dense-backward":
         return all_scores(dense_backward(target, proxy), tok, files, {}, args)["exact"]
     viewed = target_through_factors(target, proxy)
@@ -675,6 +679,21 @@ def target_through_factors(target: torch.nn.Module, proxy: torch.nn.Module) -> t
         assert isinstance(dense, torch.nn.Linear)
         setattr(viewed.get_submodule(parent), leaf, DenseFactorView(dense, factors))
     return viewed
+
+
+def sharpened_scores(
+    proxy: torch.nn.Module, scale: float, tok: Any, files: dict[str, Any], args: argparse.Namespace
+) -> torch.Tensor:
+    """The proxy's exact scores with its logits multiplied by ``scale`` (a softmax temperature
+    of ``1 / scale``) before the loss, for pool and target records alike: a diagnostic of
+    whether an under-confident proxy's loss gradients (``softmax(z) - y`` large at tokens the
+    target already predicts) cost it the ranking, and of the cheapest repair."""
+    head = proxy.get_output_embeddings()  # type: ignore[operator]
+    handle = head.register_forward_hook(lambda _m, _i, out: out * scale)
+    try:
+        return all_scores(proxy, tok, files, {}, args)["exact"]
+    finally:
+        handle.remove()
 
 
 class _DenseInputGrad(torch.autograd.Function):
