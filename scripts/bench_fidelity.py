@@ -34,7 +34,7 @@ import shlex
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -672,13 +672,24 @@ class DenseFactorView(LowRankLinear):
 def target_through_factors(target: torch.nn.Module, proxy: torch.nn.Module) -> torch.nn.Module:
     """A copy of ``target`` whose layers compressed in ``proxy`` are :class:`DenseFactorView`
     modules: the same function, scored in the proxy's factor coordinates."""
-    viewed = copy.deepcopy(target)
+    return with_views(target, target, proxy, DenseFactorView)
+
+
+def with_views(
+    base: torch.nn.Module,
+    target: torch.nn.Module,
+    proxy: torch.nn.Module,
+    view: Callable[[torch.nn.Linear, LowRankLinear], LowRankLinear],
+) -> torch.nn.Module:
+    """A copy of ``base`` in which every layer compressed in ``proxy`` is ``view(the target's
+    dense layer, the proxy's factors)``."""
+    out = copy.deepcopy(base)
     for name, factors in factor_modules(proxy).items():
         parent, _, leaf = name.rpartition(".")
-        dense = viewed.get_submodule(name)
+        dense = target.get_submodule(name)
         assert isinstance(dense, torch.nn.Linear)
-        setattr(viewed.get_submodule(parent), leaf, DenseFactorView(dense, factors))
-    return viewed
+        setattr(out.get_submodule(parent), leaf, view(dense, factors))
+    return out
 
 
 def sharpened_scores(
@@ -738,13 +749,7 @@ class DenseBackwardView(LowRankLinear):
 
 def dense_backward(target: torch.nn.Module, proxy: torch.nn.Module) -> torch.nn.Module:
     """A copy of ``proxy`` whose low-rank layers are :class:`DenseBackwardView` modules."""
-    viewed = copy.deepcopy(proxy)
-    for name, factors in factor_modules(proxy).items():
-        parent, _, leaf = name.rpartition(".")
-        dense = target.get_submodule(name)
-        assert isinstance(dense, torch.nn.Linear)
-        setattr(viewed.get_submodule(parent), leaf, DenseBackwardView(dense, factors))
-    return viewed
+    return with_views(proxy, target, proxy, DenseBackwardView)
 
 
 def stamp() -> dict[str, Any]:
