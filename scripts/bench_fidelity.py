@@ -523,6 +523,11 @@ def module_parts(
     return modules, inner, sq
 
 
+def task_spearman(scores: torch.Tensor, ref: torch.Tensor) -> list[float]:
+    """Spearman of ``scores`` against ``ref`` per task column (``(n, K)`` each)."""
+    return [spearman(scores[:, k], ref[:, k]) for k in range(scores.shape[1])]
+
+
 def weighted_scores(inner: torch.Tensor, sq: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """Cosine scores ``(n, K)`` from :func:`module_parts` with module ``m``'s gradient scaled
     by ``sqrt(w_m)`` on the pool's side (the task vectors keep their unweighted norms)."""
@@ -559,9 +564,9 @@ def layer_table(
         t = weighted_scores(*target, only)
         drop = weighted_scores(*proxy, 1.0 - only)
         out[g] = {
-            "proxy_vs_target": [spearman(p[:, k], t[:, k]) for k in range(len(TASKS))],
-            "target_vs_full": [spearman(t[:, k], ref[:, k]) for k in range(len(TASKS))],
-            "proxy_without_vs_full": [spearman(drop[:, k], ref[:, k]) for k in range(len(TASKS))],
+            "proxy_vs_target": task_spearman(p, t),
+            "target_vs_full": task_spearman(t, ref),
+            "proxy_without_vs_full": task_spearman(drop, ref),
             "proxy_norm_share": float(p_share[idx].sum()),
             "target_norm_share": float(t_share[idx].sum()),
         }
@@ -592,30 +597,24 @@ def module_norm_scores(
     w_pool = t_sq.mean(0) / p_sq.mean(0).clamp_min(1e-30)
     from_pool = weighted_scores(p_inner, p_sq, w_pool)
     extra["layers"] = layer_table(modules, (p_inner, p_sq), (t_inner, t_sq), ref)
-    unweighted = weighted_scores(p_inner, p_sq, torch.ones(len(modules)))  # = the factors row
+    ones = torch.ones(len(modules))
+    unweighted = weighted_scores(p_inner, p_sq, ones)  # = the factors row
+    unweighted_target = weighted_scores(t_inner, t_sq, ones)
     for key, s in (("weights_from_pool", from_pool), ("unweighted", unweighted)):
         extra[key] = {
-            "spearman": [spearman(s[:, k], ref[:, k]) for k in range(len(TASKS))],
+            "spearman": task_spearman(s, ref),
             "top5": [top_overlap(s[:, k], ref[:, k], 0.05) for k in range(len(TASKS))],
         }
     extra["weights"] = {m: float(w) for m, w in zip(modules, w_cal, strict=True)}
     # the cosine's two parts apart: each model's numerator over the other's norm
-    ones = torch.ones(len(modules))
     p_num, t_num = p_inner.sum(1), t_inner.sum(1)
     p_norm, t_norm = p_sq.sum(1).sqrt()[:, None], t_sq.sum(1).sqrt()[:, None]
     extra["decomposition"] = {
-        "proxy_inner_over_target_norm": [
-            spearman((p_num / t_norm)[:, k], ref[:, k]) for k in range(len(TASKS))
-        ],
-        "target_inner_over_proxy_norm": [
-            spearman((t_num / p_norm)[:, k], ref[:, k]) for k in range(len(TASKS))
-        ],
-        "proxy_inner_alone": [spearman(p_num[:, k], ref[:, k]) for k in range(len(TASKS))],
+        "proxy_inner_over_target_norm": task_spearman(p_num / t_norm, ref),
+        "target_inner_over_proxy_norm": task_spearman(t_num / p_norm, ref),
+        "proxy_inner_alone": task_spearman(p_num, ref),
         "norms_proxy_vs_target": spearman(p_norm[:, 0], t_norm[:, 0]),
-        "target_factor_view_vs_reference": [
-            spearman(weighted_scores(t_inner, t_sq, ones)[:, k], ref[:, k])
-            for k in range(len(TASKS))
-        ],
+        "target_factor_view_vs_reference": task_spearman(unweighted_target, ref),
     }
     return weighted_scores(p_inner, p_sq, w_cal)
 
