@@ -157,6 +157,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="data slice seed")
     p.add_argument("--no-write", action="store_true")
     p.add_argument(
+        "--ensemble",
+        nargs="+",
+        default=[],
+        metavar="ROW",
+        help="no build: a row from stored rows' pool scores (exact row names), each task's "
+        "scores standardised per row and averaged, named 'ensemble of N' with --label",
+    )
+    p.add_argument(
         "--wait-reference",
         type=float,
         default=0.0,
@@ -275,6 +283,13 @@ def main() -> None:
             for r in pool_rows
         }
         extra = build_files(args, work, pool_ids)
+        if args.ensemble:
+            row = ensemble_row(args, state, files)
+            state["rows"] = [r for r in state["rows"] if r["row"] != row["row"]] + [row]
+            print(json.dumps({k: row[k] for k in row if k not in HIDDEN}, indent=1))
+            if not args.no_write:
+                write(args, state, files)
+            return
         if not args.rows:  # rewrite the docs from the stored rows
             write(args, state, files)
             return
@@ -345,6 +360,7 @@ def main() -> None:
                     "fidelity": m.get("fidelity"),
                     **compare(scores, ref, files["gsm_idx"], args.pool_size),
                     **more,
+                    "scores": [[round(x, 7) for x in r] for r in scores.tolist()],
                     **stamp(),
                 }
                 state["rows"] = [r for r in state["rows"] if r["row"] != scored] + [row]
@@ -354,7 +370,7 @@ def main() -> None:
             del proxy
 
 
-HIDDEN = ("ranks_by_type", "weights")
+HIDDEN = ("ranks_by_type", "weights", "scores")
 """Row fields too long to print (they stay in the JSON)."""
 
 SPACE_LABELS = {
@@ -751,6 +767,58 @@ def dense_backward(target: torch.nn.Module, proxy: torch.nn.Module) -> torch.nn.
     return with_views(proxy, target, proxy, DenseBackwardView)
 
 
+def ensemble_row(
+    args: argparse.Namespace, state: dict[str, Any], files: dict[str, Any]
+) -> dict[str, Any]:
+    """The row of ``--ensemble``: the named rows' stored pool scores, each task's column
+    standardised (zero mean, unit spread) per row and averaged, against the reference. Its
+    cost is the members' together: build and scoring seconds summed (each member is scored on
+    the whole pool), params the largest member's."""
+    by_name = {r["row"]: r for r in state["rows"]}
+    missing = [n for n in args.ensemble if n not in by_name]
+    if missing:
+        raise SystemExit(f"--ensemble: no stored row named {missing}")
+    members = [by_name[n] for n in args.ensemble]
+    unscored = [m["row"] for m in members if "scores" not in m]
+    if unscored:
+        raise SystemExit(f"--ensemble: rows {unscored} predate stored scores; score them again")
+    stacked = torch.stack([torch.tensor(m["scores"]) for m in members])  # (rows, pool, tasks)
+    z = (stacked - stacked.mean(1, keepdim=True)) / stacked.std(1, keepdim=True).clamp_min(1e-12)
+    scores = z.mean(0)
+    ref = torch.tensor(state["reference"]["scores"])
+    first = members[0]
+    keys = ("probe", "factorise", "align", "total")
+    return {
+        "row": f"ensemble of {len(members)}" + (f" ({args.label})" if args.label else ""),
+        "members": args.ensemble,
+        "space": first["space"],
+        "recipe": first["recipe"],
+        "sparsity": first["sparsity"],
+        "overrides": first["overrides"],
+        "param_share": max(m["param_share"] for m in members),
+        "timings_s": {k: sum(m["timings_s"].get(k, 0.0) for m in members) for k in keys},
+        "build_s": sum(m["build_s"] for m in members),
+        "score_s": sum(m["score_s"] for m in members),
+        "distill_steps": first.get("distill_steps", 0),
+        "align_steps": first["align_steps"],
+        "align_last": None,
+        "heldout_loss": None,  # no one model's
+        "ranks_by_type": first["ranks_by_type"],
+        "fidelity": None,
+        "members_vs_reference": [
+            {k: m[k] for k in ("gsm8k_spearman", "mmlu_spearman")} for m in members
+        ],
+        "members_agree": [
+            task_spearman(stacked[i], stacked[j])
+            for i in range(len(members))
+            for j in range(i + 1, len(members))
+        ],
+        **compare(scores, ref, files["gsm_idx"], args.pool_size),
+        "scores": [[round(x, 7) for x in r] for r in scores.tolist()],
+        **stamp(),
+    }
+
+
 def stamp() -> dict[str, Any]:
     """How, when and at what load a row was measured."""
     return {
@@ -865,7 +933,7 @@ def write(args: argparse.Namespace, state: dict[str, Any], files: dict[str, Any]
             f"| {r['row']} | {r['recipe']} | {r['sparsity']} | {r['param_share']:.3f} | "
             f"{t['probe']:.0f} / {t['factorise']:.0f} / {t['align']:.0f} | "
             f"{r.get('distill_steps', 0)} + {r['align_steps']} | "
-            f"{r['heldout_loss']:.2f} | {r['gsm8k_spearman']:.2f} | {r['gsm8k_top5']:.2f} | "
+            f"{_f(r['heldout_loss'])} | {r['gsm8k_spearman']:.2f} | {r['gsm8k_top5']:.2f} | "
             f"{r['mmlu_spearman']:.2f} | {r['mmlu_top5']:.2f} | {r['gsm8k_share_top5']:.2f} | "
             f"{report} |\n"
         )
