@@ -277,12 +277,6 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         files = make_files(args, work)
-        pool_rows = [json.loads(x) for x in files["pool"].open(encoding="utf-8")]
-        pool_ids = {
-            json.dumps({k: v for k, v in r.items() if k != "origin"}, sort_keys=True)
-            for r in pool_rows
-        }
-        extra = build_files(args, work, pool_ids)
         if args.ensemble:
             row = ensemble_row(args, state, files)
             state["rows"] = [r for r in state["rows"] if r["row"] != row["row"]] + [row]
@@ -290,6 +284,12 @@ def main() -> None:
             if not args.no_write:
                 write(args, state, files)
             return
+        pool_rows = [json.loads(x) for x in files["pool"].open(encoding="utf-8")]
+        pool_ids = {
+            json.dumps({k: v for k, v in r.items() if k != "origin"}, sort_keys=True)
+            for r in pool_rows
+        }
+        extra = build_files(args, work, pool_ids)
         if not args.rows:  # rewrite the docs from the stored rows
             write(args, state, files)
             return
@@ -360,7 +360,7 @@ def main() -> None:
                     "fidelity": m.get("fidelity"),
                     **compare(scores, ref, files["gsm_idx"], args.pool_size),
                     **more,
-                    "scores": [[round(x, 7) for x in r] for r in scores.tolist()],
+                    "scores": stored(scores),
                     **stamp(),
                 }
                 state["rows"] = [r for r in state["rows"] if r["row"] != scored] + [row]
@@ -805,18 +805,20 @@ def ensemble_row(
         "heldout_loss": None,  # no one model's
         "ranks_by_type": first["ranks_by_type"],
         "fidelity": None,
-        "members_vs_reference": [
-            {k: m[k] for k in ("gsm8k_spearman", "mmlu_spearman")} for m in members
-        ],
         "members_agree": [
             task_spearman(stacked[i], stacked[j])
             for i in range(len(members))
             for j in range(i + 1, len(members))
         ],
         **compare(scores, ref, files["gsm_idx"], args.pool_size),
-        "scores": [[round(x, 7) for x in r] for r in scores.tolist()],
+        "scores": stored(scores),
         **stamp(),
     }
+
+
+def stored(scores: torch.Tensor) -> list[list[float]]:
+    """A row's pool scores ``(pool, tasks)`` as kept in the JSON (7 decimals)."""
+    return [[round(x, 7) for x in r] for r in scores.tolist()]
 
 
 def stamp() -> dict[str, Any]:
