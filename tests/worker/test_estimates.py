@@ -1,11 +1,12 @@
 """dry_run estimates: nothing stored or queued; the built-in table before any job ran; after one
-calibration job, the rates it measured predict a like job within 2x, and a job's result sets
-its estimate against what it took."""
+calibration job, the rates it measured predict a like job (stage seconds fixed, so the check is
+of the arithmetic, not of a shared machine's speed), and a job's result sets its estimate
+against what it took."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -50,52 +51,61 @@ def test_a_dry_run_stores_nothing_and_uses_the_built_in_table_at_first(
     assert bad.status_code == 422  # validated as a real submission is
 
 
+FAKE_STAGE_S = {"loading": 3.0, "compressing": 5.0, "aligning": 7.0, "scoring": 11.0}
+"""Seconds each stage is said to last: wall time on a shared machine swings by up to 3x between
+identical jobs, which would make this a timed test; the estimator's arithmetic is what it
+checks (how close real estimates come is a property of the machine, not of the code)."""
+
+
 @pytest.fixture
-def one_thread() -> Iterator[None]:
-    """One torch thread: a multi-threaded kernel on cores that other processes share waits on
-    its slowest thread, so its wall time swings far more than a single thread's."""
-    import torch
+def fixed_stage_seconds(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, float]]:
+    """Every job's stages (the names its real stage events give) last ``FAKE_STAGE_S``; the
+    real per-stage seconds of each job are kept in the returned list."""
+    from worker.tasks import calibrate
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    real = calibrate.stage_seconds
+    seen: list[dict[str, float]] = []
+
+    def fixed(job_id: str, ended: Any) -> dict[str, float]:
+        measured = real(job_id, ended)
+        seen.append(measured)
+        return {name: FAKE_STAGE_S.get(name, 1.0) for name in measured}
+
+    monkeypatch.setattr(calibrate, "stage_seconds", fixed)
+    return seen
 
 
-def test_after_one_calibration_job_the_estimate_is_within_2x(
+def test_after_one_calibration_job_its_rates_predict_a_like_job(
     client: TestClient,
     auth: dict[str, str],
     job_body: Callable[..., dict[str, Any]],
     own_model: str,
-    svc_roots: dict[str, Path],
-    one_thread: None,
+    fixed_stage_seconds: list[dict[str, float]],
 ) -> None:
-    # A worker is long-lived: its first job in a process also pays one-off costs (torch's
-    # first kernels, imports) that no later job does. Pay them here, on another model.
-    spare = str(save_tiny_model(svc_roots["models"] / f"tiny-{uuid.uuid4().hex[:8]}", "llama"))
-    InlineQueue().run(
-        client.post("/jobs", json=job_body(target_model=spare), headers=auth).json()["id"]
-    )
     body = job_body(target_model=own_model)
     first = client.post("/jobs", json=body, headers=auth).json()["id"]
     InlineQueue().run(first)
     assert client.get(f"/jobs/{first}", headers=auth).json()["status"] == "succeeded"
+    assert {"loading", "scoring"} <= set(fixed_stage_seconds[0])  # real events were read
 
     est = client.post("/jobs", json=body | {"dry_run": True}, headers=auth).json()
     assert est["calibration"]["source"] == "measured" and est["calibration"]["jobs"] == [first]
     assert est["tokens_error"] == 0.25
-    # Submitted before any runs: each estimate rests on the one calibration job. Identical
-    # runs on this shared 2-core machine differ by up to 3x in wall time, so the bound is
-    # checked on the median of three like jobs.
-    like = [client.post("/jobs", json=body, headers=auth).json()["id"] for _ in range(3)]
-    ratios = []
-    for job_id in like:
-        InlineQueue().run(job_id)
-        job = client.get(f"/jobs/{job_id}", headers=auth).json()
-        assert job["status"] == "succeeded", job["error"]
-        vs = job["result"]["estimate_vs_actual"]
-        assert vs["tokens"]["estimated"] == vs["tokens"]["counted"]  # same pool, same ratio
-        assert set(vs["stages"]) >= {"loading", "proxy", "scoring", "ranking"}
-        assert vs["total"]["actual_s"] > 0
-        ratios.append(vs["total"]["estimated_s"] / vs["total"]["actual_s"])
-    assert 0.5 <= sorted(ratios)[1] <= 2.0, ratios
+    stages = est["stages"]
+    assert stages["loading"]["seconds"] == pytest.approx(FAKE_STAGE_S["loading"], rel=0.01)
+    # the calibration job's scoring rate, per token, times the same pool's tokens
+    assert stages["scoring"]["seconds"] == pytest.approx(FAKE_STAGE_S["scoring"], rel=0.01)
+
+    like = client.post("/jobs", json=body, headers=auth).json()["id"]
+    InlineQueue().run(like)
+    job = client.get(f"/jobs/{like}", headers=auth).json()
+    assert job["status"] == "succeeded", job["error"]
+    vs = job["result"]["estimate_vs_actual"]
+    assert vs["tokens"]["estimated"] == vs["tokens"]["counted"]  # same pool, same ratio
+    assert set(vs["stages"]) >= {"loading", "proxy", "scoring", "ranking"}
+    for name in ("loading", "scoring"):
+        assert vs["stages"][name]["estimated_s"] == pytest.approx(
+            vs["stages"][name]["actual_s"], rel=0.01
+        ), name
+    # ranking is the one stage timed for real (milliseconds beside the fixed stages)
+    assert vs["total"]["estimated_s"] / vs["total"]["actual_s"] == pytest.approx(1.0, abs=0.05)
