@@ -351,6 +351,7 @@ def main() -> None:
                     "score_s": score_s,
                     "distill_steps": m["alignment"]["distill"]["steps"],
                     "align_steps": m["alignment"]["steps"],
+                    "align_first": m["alignment"].get("first"),
                     "align_last": m["alignment"]["last"],
                     "distill_summary": m["alignment"]["distill"],
                     "heldout_loss": (
@@ -659,13 +660,20 @@ def built_proxy(
             return proxy, float(kept["build_s"])
     print(f"{label}: building ({config.to_dict()})", flush=True)
     t = time.perf_counter()
-    proxy = build_proxy(target, build_records, config, targets=gsm_targets)
+    proxy = build_proxy(target, build_records, config, targets=gsm_targets, progress=log_steps)
     build_s = time.perf_counter() - t
     if folder is not None:
         save_proxy(proxy, folder)
         kept = {"config": config.to_dict(), "build_mix": args.build_mix, "build_s": build_s}
         (folder / "bench.json").write_text(json.dumps(kept))
     return proxy, build_s
+
+
+def log_steps(stage: str, done: int, total: int, metrics: Any = None) -> None:
+    """Print every 10th alignment step's metrics (the L_GA trajectory of a build)."""
+    if stage == "aligning" and metrics and (done % 10 == 0 or done == total):
+        shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+        print(f"  aligning {done}/{total}: {shown}", flush=True)
 
 
 class DenseFactorView(LowRankLinear):
